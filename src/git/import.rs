@@ -1,0 +1,86 @@
+//! Importing a directory from disk into a git repository as a tree, the way
+//! `git add -A && git write-tree` would see it, plus empty directories (which
+//! justbuild trees keep).
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use git2::{FileMode, Oid, Repository};
+
+use super::GitError;
+
+/// Writes every file, symlink and directory below `dir` into `repo`; returns the root tree id.
+pub fn import_directory(repo: &Repository, dir: &Path) -> Result<Oid, GitError> {
+    let odb = repo.odb()?;
+    import_dir(repo, &odb, dir)
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
+    move |source| GitError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn import_dir(repo: &Repository, odb: &git2::Odb<'_>, dir: &Path) -> Result<Oid, GitError> {
+    let mut builder = repo.treebuilder(None)?;
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+        let file_type = meta.file_type();
+        let (oid, mode) = if file_type.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_err(&path))?;
+            let oid = odb.write(git2::ObjectType::Blob, target.as_os_str().as_bytes())?;
+            (oid, FileMode::Link)
+        } else if file_type.is_dir() {
+            (import_dir(repo, odb, &path)?, FileMode::Tree)
+        } else if file_type.is_file() {
+            let oid = write_file_blob(odb, &path, meta.len())?;
+            // git records any owner-executable file as executable.
+            let exec = meta.permissions().mode() & 0o100 != 0;
+            (
+                oid,
+                if exec {
+                    FileMode::BlobExecutable
+                } else {
+                    FileMode::Blob
+                },
+            )
+        } else {
+            return Err(GitError::Import {
+                path,
+                message: "not a file, directory or symlink".to_string(),
+            });
+        };
+        builder.insert(name.as_bytes(), oid, mode.into())?;
+    }
+    Ok(builder.write()?)
+}
+
+/// Small files are written in one call; large ones are streamed into the object database.
+fn write_file_blob(odb: &git2::Odb<'_>, path: &Path, len: u64) -> Result<Oid, GitError> {
+    const STREAM_ABOVE: u64 = 1 << 20;
+    if len <= STREAM_ABOVE {
+        let content = fs::read(path).map_err(io_err(path))?;
+        return Ok(odb.write(git2::ObjectType::Blob, &content)?);
+    }
+    let mut file = fs::File::open(path).map_err(io_err(path))?;
+    let mut writer = odb.writer(len as usize, git2::ObjectType::Blob)?;
+    std::io::copy(&mut file, &mut writer).map_err(io_err(path))?;
+    Ok(writer.finalize()?)
+}
+
+/// Pins `tree` in `repo` with a reference, so that `git gc` never drops it.
+pub fn keep_tree(repo: &Repository, tree: Oid) -> Result<(), GitError> {
+    repo.reference(
+        &format!("refs/jserve/keep/{tree}"),
+        tree,
+        true,
+        "jserve: keep tree",
+    )?;
+    Ok(())
+}

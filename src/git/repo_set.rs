@@ -1,0 +1,218 @@
+//! The ordered set of git repositories objects are looked up in: jserve's own
+//! git cache first, then the configured repositories in config order.
+
+use std::path::{Path, PathBuf};
+
+use git2::{ObjectType, Repository};
+
+use super::{parse_oid, GitError};
+use crate::digest::ObjectKind;
+
+/// Where a look-up found an object: index into `RepoSet::paths()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found<T> {
+    pub repo: usize,
+    pub value: T,
+}
+
+/// One entry of a recursively read tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeItem {
+    /// Path relative to the tree's root, `/`-separated (raw bytes).
+    pub path: Vec<u8>,
+    pub kind: ObjectKind,
+    /// Hex git id.
+    pub id: String,
+}
+
+/// The git cache plus the configured repositories.
+#[derive(Clone, Debug)]
+pub struct RepoSet {
+    paths: Vec<PathBuf>,
+}
+
+impl RepoSet {
+    /// `git_cache` is searched first, then `repositories` in the given order.
+    pub fn new(git_cache: PathBuf, repositories: Vec<PathBuf>) -> RepoSet {
+        let mut paths = vec![git_cache];
+        paths.extend(repositories);
+        RepoSet { paths }
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Opens one repository: a bare one or a work tree's `.git`, without searching upwards.
+    pub fn open(&self, index: usize) -> Result<Repository, GitError> {
+        open_exact(&self.paths[index])
+    }
+
+    /// Runs `probe` on each repository in order until it yields a value.
+    fn first<T>(
+        &self,
+        mut probe: impl FnMut(&Repository) -> Result<Option<T>, GitError>,
+    ) -> Result<Option<Found<T>>, GitError> {
+        for index in 0..self.paths.len() {
+            // A missing git cache just means nothing was imported yet.
+            if index == 0 && !self.paths[0].exists() {
+                continue;
+            }
+            let repo = self.open(index)?;
+            if let Some(value) = probe(&repo)? {
+                return Ok(Some(Found { repo: index, value }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The root tree of `commit`, if some repository has the commit.
+    pub fn commit_tree(&self, commit: &str) -> Result<Option<Found<String>>, GitError> {
+        let oid = parse_oid(commit)?;
+        self.first(|repo| match repo.find_commit(oid) {
+            Ok(c) => Ok(Some(c.tree_id().to_string())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    /// The tree at `subdir` of `commit` (`""` or `"."` is the root tree).
+    pub fn commit_subtree(
+        &self,
+        commit: &str,
+        subdir: &str,
+    ) -> Result<Option<Found<String>>, GitError> {
+        let oid = parse_oid(commit)?;
+        let rel = normalize_subdir(subdir)?;
+        self.first(|repo| {
+            let c = match repo.find_commit(oid) {
+                Ok(c) => c,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let root = c.tree()?;
+            match &rel {
+                None => Ok(Some(root.id().to_string())),
+                Some(p) => match root.get_path(Path::new(p)) {
+                    Ok(entry) if entry.kind() == Some(ObjectType::Tree) => {
+                        Ok(Some(entry.id().to_string()))
+                    }
+                    Ok(_) => Ok(None),
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    Err(e) => Err(e.into()),
+                },
+            }
+        })
+    }
+
+    /// Whether some repository has object `id` of type `kind`.
+    fn has(&self, id: &str, kind: ObjectType) -> Result<Option<Found<()>>, GitError> {
+        let oid = parse_oid(id)?;
+        self.first(|repo| {
+            let odb = repo.odb()?;
+            match odb.read_header(oid) {
+                Ok((_, t)) if t == kind => Ok(Some(())),
+                Ok(_) => Ok(None),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Which repository (first in order) has tree `id`.
+    pub fn find_tree(&self, id: &str) -> Result<Option<usize>, GitError> {
+        Ok(self.has(id, ObjectType::Tree)?.map(|f| f.repo))
+    }
+
+    /// Which repository (first in order) has blob `id`.
+    pub fn find_blob(&self, id: &str) -> Result<Option<usize>, GitError> {
+        Ok(self.has(id, ObjectType::Blob)?.map(|f| f.repo))
+    }
+
+    /// The content of blob `id`.
+    pub fn read_blob(&self, id: &str) -> Result<Option<Found<Vec<u8>>>, GitError> {
+        let oid = parse_oid(id)?;
+        self.first(|repo| match repo.find_blob(oid) {
+            Ok(b) => Ok(Some(b.content().to_vec())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    /// Every entry below tree `id`, depth first, directories before their content.
+    pub fn read_tree_recursive(&self, id: &str) -> Result<Option<Found<Vec<TreeItem>>>, GitError> {
+        let oid = parse_oid(id)?;
+        self.first(|repo| {
+            let tree = match repo.find_tree(oid) {
+                Ok(t) => t,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut items = Vec::new();
+            collect_tree(repo, &tree, &mut Vec::new(), &mut items)?;
+            Ok(Some(items))
+        })
+    }
+}
+
+fn collect_tree(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    prefix: &mut Vec<u8>,
+    out: &mut Vec<TreeItem>,
+) -> Result<(), GitError> {
+    for entry in tree.iter() {
+        let mode = entry.filemode();
+        let kind =
+            ObjectKind::from_git_mode(mode as u32).ok_or_else(|| GitError::UnsupportedEntry {
+                tree: tree.id().to_string(),
+                name: String::from_utf8_lossy(entry.name_bytes()).into_owned(),
+                mode,
+            })?;
+        let len = prefix.len();
+        if len > 0 {
+            prefix.push(b'/');
+        }
+        prefix.extend_from_slice(entry.name_bytes());
+        out.push(TreeItem {
+            path: prefix.clone(),
+            kind,
+            id: entry.id().to_string(),
+        });
+        if kind == ObjectKind::Tree {
+            let sub = repo.find_tree(entry.id())?;
+            collect_tree(repo, &sub, prefix, out)?;
+        }
+        prefix.truncate(len);
+    }
+    Ok(())
+}
+
+/// Opens exactly the repository at `path` (bare, or a work tree with `.git`).
+pub(crate) fn open_exact(path: &Path) -> Result<Repository, GitError> {
+    Repository::open_ext(
+        path,
+        git2::RepositoryOpenFlags::NO_SEARCH,
+        std::iter::empty::<&std::ffi::OsStr>(),
+    )
+    .map_err(|source| GitError::Open {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn is_not_found(e: &git2::Error) -> bool {
+    e.code() == git2::ErrorCode::NotFound
+}
+
+/// `""`/`"."` is the root; otherwise a relative path without `..`.
+fn normalize_subdir(subdir: &str) -> Result<Option<String>, GitError> {
+    let parts: Vec<&str> = subdir
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if subdir.starts_with('/') || parts.contains(&"..") {
+        return Err(GitError::BadPath(subdir.to_string()));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}

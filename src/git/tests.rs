@@ -1,0 +1,169 @@
+//! Tests against repositories made with the git command line.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use super::*;
+use crate::digest::ObjectKind;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A work-tree repository with one commit of `files` (path, content); returns (commit, tree).
+fn repo_with(dir: &Path, files: &[(&str, &str)]) -> (String, String) {
+    fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q"]);
+    for (path, content) in files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "c"]);
+    (
+        git(dir, &["rev-parse", "HEAD"]),
+        git(dir, &["rev-parse", "HEAD^{tree}"]),
+    )
+}
+
+#[test]
+fn look_ups_across_two_repositories_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, t1) = repo_with(
+        &tmp.path().join("one"),
+        &[("a.txt", "one\n"), ("sub/b.txt", "b\n")],
+    );
+    let (c2, t2) = repo_with(&tmp.path().join("two"), &[("x.txt", "two\n")]);
+    // A bare clone of "one" also holds c1; the set's order decides who answers.
+    git(tmp.path(), &["clone", "-q", "--bare", "one", "one-bare"]);
+    let set = RepoSet::new(
+        tmp.path().join("no-cache-yet"),
+        vec![
+            tmp.path().join("two"),
+            tmp.path().join("one-bare"),
+            tmp.path().join("one"),
+        ],
+    );
+    let found = set.commit_tree(&c1).unwrap().unwrap();
+    assert_eq!(
+        found,
+        Found {
+            repo: 2,
+            value: t1.clone()
+        }
+    );
+    assert_eq!(set.commit_tree(&c2).unwrap().unwrap().repo, 1);
+    assert_eq!(set.commit_tree(&"0".repeat(40)).unwrap(), None);
+    assert!(matches!(set.commit_tree("HEAD"), Err(GitError::BadId(_))));
+
+    let sub = set.commit_subtree(&c1, "sub").unwrap().unwrap().value;
+    assert_eq!(
+        sub,
+        git(&tmp.path().join("one"), &["rev-parse", "HEAD:sub"])
+    );
+    assert_eq!(set.commit_subtree(&c1, "./").unwrap().unwrap().value, t1);
+    assert_eq!(
+        set.commit_subtree(&c1, "a.txt").unwrap(),
+        None,
+        "a blob is not a tree"
+    );
+    assert_eq!(set.commit_subtree(&c1, "nope").unwrap(), None);
+    assert!(set.commit_subtree(&c1, "../x").is_err());
+
+    assert_eq!(set.find_tree(&t2).unwrap(), Some(1));
+    assert_eq!(set.find_tree(&t1).unwrap(), Some(2));
+    let blob = git(&tmp.path().join("one"), &["rev-parse", "HEAD:a.txt"]);
+    assert_eq!(set.find_blob(&blob).unwrap(), Some(2));
+    assert_eq!(set.find_tree(&blob).unwrap(), None, "a blob is not a tree");
+    assert_eq!(set.read_blob(&blob).unwrap().unwrap().value, b"one\n");
+
+    let items = set.read_tree_recursive(&t1).unwrap().unwrap().value;
+    let paths: Vec<_> = items
+        .iter()
+        .map(|i| String::from_utf8_lossy(&i.path).into_owned())
+        .collect();
+    assert_eq!(paths, vec!["a.txt", "sub", "sub/b.txt"]);
+    assert_eq!(items[1].kind, ObjectKind::Tree);
+}
+
+#[test]
+fn unreadable_configured_repository_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("not-a-repo")).unwrap();
+    let set = RepoSet::new(
+        tmp.path().join("cache"),
+        vec![tmp.path().join("not-a-repo")],
+    );
+    assert!(matches!(
+        set.find_blob(&"1".repeat(40)),
+        Err(GitError::Open { .. })
+    ));
+}
+
+#[test]
+fn import_gives_the_tree_git_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(work.join("src/deep")).unwrap();
+    fs::write(work.join("README"), "readme\n").unwrap();
+    fs::write(work.join("src/main.c"), "int main() {}\n").unwrap();
+    fs::write(work.join("src/deep/data.bin"), vec![0u8, 1, 2, 255]).unwrap();
+    fs::write(work.join("run.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(work.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("src/main.c", work.join("link")).unwrap();
+    symlink("../README", work.join("src/up")).unwrap();
+    // A file large enough to be streamed.
+    fs::write(work.join("big"), vec![7u8; 3 << 20]).unwrap();
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    let expected = git(&work, &["write-tree"]);
+    fs::remove_dir_all(work.join(".git")).unwrap();
+
+    let cache = tmp.path().join("cache");
+    let repo = git2::Repository::init_bare(&cache).unwrap();
+    let tree = import_directory(&repo, &work).unwrap();
+    assert_eq!(tree.to_string(), expected);
+    keep_tree(&repo, tree).unwrap();
+    // The imported tree is now found through the set, in the git cache.
+    let set = RepoSet::new(cache.clone(), vec![]);
+    assert_eq!(set.find_tree(&expected).unwrap(), Some(0));
+    assert_eq!(git(&cache, &["cat-file", "-t", &expected]), "tree");
+}
+
+#[test]
+fn import_keeps_empty_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(work.join("empty")).unwrap();
+    let repo = git2::Repository::init_bare(tmp.path().join("cache")).unwrap();
+    let tree = import_directory(&repo, &work).unwrap();
+    let t = repo.find_tree(tree).unwrap();
+    let e = t.get_name("empty").unwrap();
+    assert_eq!(
+        e.id().to_string(),
+        "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+    );
+}

@@ -1,0 +1,15 @@
+//! jserve: a drop-in replacement for justbuild's `just serve`.
+
+pub mod config;
+pub mod digest;
+pub mod git;
+pub mod storage;
+
+/// Code generated from proto/just_serve.proto.
+pub mod proto {
+    tonic::include_proto!("justbuild.just_serve");
+
+    /// Encoded descriptors of the serve protocol, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("just_serve_descriptor");
+}

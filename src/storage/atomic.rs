@@ -1,0 +1,115 @@
+//! Atomic file creation inside the local build root: content goes to a
+//! temporary file on the same filesystem, is flushed, and only then renamed to
+//! its final name, so readers never see a partial file under that name.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary file that is removed unless it was committed.
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Creates a fresh, uniquely named temporary file in `dir`.
+    pub fn new_in(dir: &Path) -> io::Result<TempFile> {
+        fs::create_dir_all(dir)?;
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("tmp-{}-{n}", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file: Some(file),
+                    })
+                }
+                // Left over by an earlier process with the same pid: pick the next name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("temp file is open until committed")
+    }
+
+    /// Flushes the content to disk, sets `mode`, and renames the file to `dest`.
+    /// An existing `dest` is replaced.
+    pub fn commit(mut self, dest: &Path, mode: u32) -> io::Result<()> {
+        let file = self.file.take().expect("temp file committed once");
+        file.sync_data()?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        drop(file);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(&self.path, dest)?;
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `data` to `dest` atomically, staging it in `tmp_dir`.
+pub fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp = TempFile::new_in(tmp_dir)?;
+    tmp.write_all(data)?;
+    tmp.commit(dest, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_file_has_content_and_mode_and_no_temp_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        let dest = dir.path().join("a/b/file");
+        write_atomic(&tmp, &dest, b"data", 0o444).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"data");
+        assert_eq!(
+            fs::metadata(&dest).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dropped_temp_file_is_removed_and_dest_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        {
+            let mut t = TempFile::new_in(dir.path()).unwrap();
+            t.write_all(b"partial").unwrap();
+        }
+        assert!(!dest.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,389 @@
+//! The local content-addressable store of one hash mode: blobs, executables
+//! and (native mode) git trees, each file named by its hex id and sharded by
+//! the id's first two characters, as justbuild lays them out.
+//!
+//! Every object is hashed while it is written and only gets its final name
+//! when the hash is what the caller expected.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::atomic::TempFile;
+use crate::digest::{Digest, HashFunction, ObjectKind};
+
+/// Errors of the local CAS.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("content hashes to {actual}, not to the announced {expected}")]
+    HashMismatch { expected: String, actual: String },
+    #[error("content has {actual} bytes, not the announced {expected}")]
+    SizeMismatch { expected: u64, actual: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CasError + '_ {
+    move |source| CasError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which of the three stores an object lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    File,
+    Executable,
+    Tree,
+}
+
+impl Store {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Store::File => "casf",
+            Store::Executable => "casx",
+            Store::Tree => "cast",
+        }
+    }
+
+    fn mode(self) -> u32 {
+        match self {
+            Store::Executable => 0o555,
+            _ => 0o444,
+        }
+    }
+}
+
+/// The local CAS of one hash mode.
+#[derive(Clone, Debug)]
+pub struct Cas {
+    hash: HashFunction,
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Cas {
+    /// A CAS rooted at `root` (the mode's directory of a generation), staging writes in `tmp`.
+    pub fn new(hash: HashFunction, root: PathBuf, tmp: PathBuf) -> Cas {
+        Cas { hash, root, tmp }
+    }
+
+    pub fn hash_function(&self) -> HashFunction {
+        self.hash
+    }
+
+    /// Native trees get their own store; compatible `Directory` messages are plain blobs.
+    fn store(&self, kind: ObjectKind) -> Store {
+        match kind {
+            ObjectKind::Executable => Store::Executable,
+            ObjectKind::Tree if self.hash.is_native() => Store::Tree,
+            _ => Store::File,
+        }
+    }
+
+    fn path_in(&self, store: Store, hash: &str) -> PathBuf {
+        let (shard, rest) = hash.split_at(2.min(hash.len()));
+        self.root.join(store.dir_name()).join(shard).join(rest)
+    }
+
+    /// Where an object of `kind` with `hash` is (or would be) stored.
+    pub fn path(&self, kind: ObjectKind, hash: &str) -> PathBuf {
+        self.path_in(self.store(kind), hash)
+    }
+
+    /// Path of a stored object of `kind`, if present. A blob asked for as a plain
+    /// file is also found among the executables, and vice versa (same bytes).
+    pub fn find(&self, kind: ObjectKind, hash: &str) -> Option<PathBuf> {
+        if self.hash.check_hex(hash).is_err() {
+            return None;
+        }
+        let first = self.store(kind);
+        let candidates: &[Store] = match first {
+            Store::File => &[Store::File, Store::Executable],
+            Store::Executable => &[Store::Executable, Store::File],
+            Store::Tree => &[Store::Tree],
+        };
+        candidates
+            .iter()
+            .map(|s| self.path_in(*s, hash))
+            .find(|p| p.is_file())
+    }
+
+    pub fn contains(&self, kind: ObjectKind, hash: &str) -> bool {
+        self.find(kind, hash).is_some()
+    }
+
+    /// Stores in-memory content; returns its digest.
+    pub fn put_bytes(&self, kind: ObjectKind, data: &[u8]) -> Result<Digest, CasError> {
+        self.put_bytes_checked(kind, data, None)
+    }
+
+    /// Stores in-memory content, refusing it unless it hashes to `expected`.
+    pub fn put_bytes_checked(
+        &self,
+        kind: ObjectKind,
+        data: &[u8],
+        expected: Option<&str>,
+    ) -> Result<Digest, CasError> {
+        let digest = self.hash.digest_bytes(kind, data);
+        check_expected(expected, &digest.hash)?;
+        let dest = self.path(kind, &digest.hash);
+        if !dest.is_file() {
+            let mut tmp = TempFile::new_in(&self.tmp).map_err(io_err(&self.tmp))?;
+            tmp.write_all(data).map_err(io_err(&self.tmp))?;
+            tmp.commit(&dest, self.store(kind).mode())
+                .map_err(io_err(&dest))?;
+        }
+        Ok(digest)
+    }
+
+    /// Stores `len` bytes read from `reader`, hashing them on the way (constant memory).
+    pub fn put_stream(
+        &self,
+        kind: ObjectKind,
+        len: u64,
+        reader: impl Read,
+        expected: Option<&str>,
+    ) -> Result<Digest, CasError> {
+        let is_tree = kind.is_tree() && self.hash.is_native();
+        let mut hasher = self.hash.hasher(is_tree, len);
+        let mut tmp = TempFile::new_in(&self.tmp).map_err(io_err(&self.tmp))?;
+        let mut reader = reader.take(len);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut copied = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&self.tmp)(e)),
+            };
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(io_err(&self.tmp))?;
+            copied += n as u64;
+        }
+        if copied != len {
+            return Err(CasError::SizeMismatch {
+                expected: len,
+                actual: copied,
+            });
+        }
+        let hash = hasher.finish_hex();
+        check_expected(expected, &hash)?;
+        let dest = self.path(kind, &hash);
+        if !dest.is_file() {
+            tmp.commit(&dest, self.store(kind).mode())
+                .map_err(io_err(&dest))?;
+        }
+        Ok(Digest {
+            hash,
+            size: len,
+            is_tree,
+        })
+    }
+
+    /// Stores a file from disk as `kind`, streaming it.
+    pub fn put_file(&self, kind: ObjectKind, path: &Path) -> Result<Digest, CasError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        self.put_stream(kind, len, file, None)
+    }
+
+    /// Opens a stored object for reading.
+    pub fn open(&self, kind: ObjectKind, hash: &str) -> Result<Option<File>, CasError> {
+        match self.find(kind, hash) {
+            Some(p) => File::open(&p).map(Some).map_err(io_err(&p)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a stored object into memory (for small objects; stream large ones with `open`).
+    pub fn read(&self, kind: ObjectKind, hash: &str) -> Result<Option<Vec<u8>>, CasError> {
+        match self.find(kind, hash) {
+            Some(p) => fs::read(&p).map(Some).map_err(io_err(&p)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn check_expected(expected: Option<&str>, actual: &str) -> Result<(), CasError> {
+    match expected {
+        Some(e) if e != actual => Err(CasError::HashMismatch {
+            expected: e.to_string(),
+            actual: actual.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
+    fn cas(hf: HashFunction) -> (tempfile::TempDir, Cas) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cas::new(hf, dir.path().join("store"), dir.path().join("tmp"));
+        (dir, c)
+    }
+
+    fn tmp_is_empty(dir: &tempfile::TempDir) -> bool {
+        fs::read_dir(dir.path().join("tmp")).map_or(true, |mut d| d.next().is_none())
+    }
+
+    #[test]
+    fn put_and_read_in_both_modes() {
+        for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let (dir, c) = cas(hf);
+            let d = c.put_bytes(ObjectKind::File, b"hello\n").unwrap();
+            assert_eq!(d.hash, hf.hash_bytes(false, b"hello\n"));
+            assert_eq!(d.size, 6);
+            assert_eq!(
+                c.read(ObjectKind::File, &d.hash).unwrap().unwrap(),
+                b"hello\n"
+            );
+            let p = c.path(ObjectKind::File, &d.hash);
+            assert!(p.ends_with(format!("casf/{}/{}", &d.hash[..2], &d.hash[2..])));
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o444
+            );
+            assert!(tmp_is_empty(&dir));
+        }
+    }
+
+    #[test]
+    fn executables_and_trees_have_their_own_stores() {
+        let (_dir, c) = cas(HashFunction::GitSha1);
+        let x = c.put_bytes(ObjectKind::Executable, b"#!/bin/sh\n").unwrap();
+        let px = c.find(ObjectKind::Executable, &x.hash).unwrap();
+        assert!(px.to_string_lossy().contains("/casx/"));
+        assert_eq!(
+            fs::metadata(&px).unwrap().permissions().mode() & 0o777,
+            0o555
+        );
+        // Asked for as a plain file, the same bytes are found among the executables.
+        assert!(c.contains(ObjectKind::File, &x.hash));
+        let t = c.put_bytes(ObjectKind::Tree, b"").unwrap();
+        assert!(t.is_tree);
+        assert_eq!(t.hash, "4b825dc642cb6eb9a060e54bf8d69288fbee4904");
+        assert!(c
+            .find(ObjectKind::Tree, &t.hash)
+            .unwrap()
+            .to_string_lossy()
+            .contains("/cast/"));
+        assert!(!c.contains(ObjectKind::File, &t.hash));
+        // Compatible mode keeps Directory messages among the blobs.
+        let (_dir, c) = cas(HashFunction::Sha256);
+        let t = c.put_bytes(ObjectKind::Tree, b"dir").unwrap();
+        assert!(!t.is_tree);
+        assert!(c.contains(ObjectKind::File, &t.hash));
+    }
+
+    #[test]
+    fn wrong_hash_or_size_stores_nothing() {
+        let (dir, c) = cas(HashFunction::GitSha1);
+        let wrong = "0".repeat(40);
+        let e = c
+            .put_bytes_checked(ObjectKind::File, b"abc", Some(&wrong))
+            .unwrap_err();
+        assert!(matches!(e, CasError::HashMismatch { .. }));
+        let e = c
+            .put_stream(ObjectKind::File, 3, &b"abc"[..], Some(&wrong))
+            .unwrap_err();
+        assert!(matches!(e, CasError::HashMismatch { .. }));
+        let e = c
+            .put_stream(ObjectKind::File, 10, &b"abc"[..], None)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            CasError::SizeMismatch {
+                expected: 10,
+                actual: 3
+            }
+        ));
+        assert!(!c.contains(
+            ObjectKind::File,
+            &HashFunction::GitSha1.hash_bytes(false, b"abc")
+        ));
+        assert!(!dir.path().join("store").exists());
+        assert!(tmp_is_empty(&dir));
+    }
+
+    #[test]
+    fn streamed_put_matches_in_memory_put() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let (_dir, c) = cas(hf);
+            let d = c
+                .put_stream(ObjectKind::File, data.len() as u64, &data[..], None)
+                .unwrap();
+            assert_eq!(d, hf.digest_bytes(ObjectKind::File, &data));
+            let mut f = c.open(ObjectKind::File, &d.hash).unwrap().unwrap();
+            let mut back = Vec::new();
+            f.read_to_end(&mut back).unwrap();
+            assert_eq!(back, data);
+        }
+    }
+
+    #[test]
+    fn unknown_and_malformed_ids_are_absent() {
+        let (_dir, c) = cas(HashFunction::GitSha1);
+        assert!(c.read(ObjectKind::File, &"a".repeat(40)).unwrap().is_none());
+        assert!(c
+            .read(ObjectKind::File, "../../etc/passwd")
+            .unwrap()
+            .is_none());
+        assert!(c.find(ObjectKind::File, "").is_none());
+    }
+
+    #[test]
+    fn concurrent_writers_of_the_same_object() {
+        let (dir, c) = cas(HashFunction::GitSha1);
+        let c = Arc::new(c);
+        let data: Arc<Vec<u8>> = Arc::new((0..300_000u32).map(|i| (i % 13) as u8).collect());
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (c, data) = (c.clone(), data.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        if i % 2 == 0 {
+                            c.put_bytes(ObjectKind::File, &data).unwrap();
+                        } else {
+                            c.put_stream(ObjectKind::File, data.len() as u64, &data[..], None)
+                                .unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let hash = HashFunction::GitSha1.hash_bytes(false, &data);
+        assert_eq!(c.read(ObjectKind::File, &hash).unwrap().unwrap(), *data);
+        assert!(tmp_is_empty(&dir));
+    }
+
+    #[test]
+    fn readers_never_see_a_partial_object() {
+        // A reader polling the final name sees either nothing or the whole object.
+        let (_dir, c) = cas(HashFunction::Sha256);
+        let c = Arc::new(c);
+        let data: Arc<Vec<u8>> = Arc::new(vec![42u8; 4 << 20]);
+        let hash = HashFunction::Sha256.hash_bytes(false, &data);
+        let reader = {
+            let (c, hash, len) = (c.clone(), hash.clone(), data.len());
+            std::thread::spawn(move || loop {
+                if let Some(bytes) = c.read(ObjectKind::File, &hash).unwrap() {
+                    assert_eq!(bytes.len(), len);
+                    break;
+                }
+            })
+        };
+        c.put_bytes(ObjectKind::File, &data).unwrap();
+        reader.join().unwrap();
+    }
+}

@@ -1,0 +1,86 @@
+//! Small persistent maps from a hex id to a short text value (one file per
+//! key), such as "archive blob -> unpacked tree". Values are written atomically.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use super::atomic::write_atomic;
+
+/// The archive families whose unpacked trees are remembered separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveKind {
+    /// Tar archives, compressed or not.
+    Archive,
+    Zip,
+}
+
+impl ArchiveKind {
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            ArchiveKind::Archive => "archive",
+            ArchiveKind::Zip => "zip",
+        }
+    }
+}
+
+/// A directory of `<key>` files holding values.
+#[derive(Clone, Debug)]
+pub struct IdMap {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 128 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl IdMap {
+    pub fn new(dir: PathBuf, tmp: PathBuf) -> IdMap {
+        IdMap { dir, tmp }
+    }
+
+    /// The value stored for `key`, if any. Keys must be hex ids.
+    pub fn get(&self, key: &str) -> io::Result<Option<String>> {
+        if !valid_key(key) {
+            return Ok(None);
+        }
+        match fs::read_to_string(self.dir.join(key)) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `value` for `key` (last writer wins).
+    pub fn set(&self, key: &str, value: &str) -> io::Result<()> {
+        if !valid_key(key) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("map key {key:?} is not a hex id"),
+            ));
+        }
+        write_atomic(&self.tmp, &self.dir.join(key), value.as_bytes(), 0o644)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_and_bad_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = IdMap::new(dir.path().join("m"), dir.path().join("tmp"));
+        let key = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+        assert_eq!(m.get(key).unwrap(), None);
+        m.set(key, "4b825dc642cb6eb9a060e54bf8d69288fbee4904")
+            .unwrap();
+        assert_eq!(
+            m.get(key).unwrap().as_deref(),
+            Some("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
+        );
+        assert!(m.set("../escape", "x").is_err());
+        assert_eq!(m.get("../escape").unwrap(), None);
+    }
+}
