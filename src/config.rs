@@ -422,12 +422,14 @@ impl ServeConfig {
                     "disable" => TargetCacheWriteStrategy::Disable,
                     "sync" => TargetCacheWriteStrategy::Sync,
                     "split" => TargetCacheWriteStrategy::Split,
-                    other => return Err(invalid(
-                        &k,
-                        format!(
+                    other => {
+                        return Err(invalid(
+                            &k,
+                            format!(
                             "unknown value {other:?} (expected \"disable\", \"sync\" or \"split\")"
                         ),
-                    )),
+                        ))
+                    }
                 };
             }
             if let Some((k, v)) = o.get("local launcher") {

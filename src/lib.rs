@@ -1,8 +1,12 @@
 //! jserve: a drop-in replacement for justbuild's `just serve`.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod digest;
 pub mod git;
+pub mod logging;
+pub mod serve;
 pub mod storage;
 
 /// Code generated from proto/just_serve.proto.

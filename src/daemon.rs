@@ -1,0 +1,215 @@
+//! Running the serve daemon: bind, TLS, pid and info files, the start-up line,
+//! and graceful shutdown. Used by the CLI and, in-process, by the tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::proto::configuration_server::ConfigurationServer;
+use crate::proto::source_tree_server::SourceTreeServer;
+use crate::proto::target_server::TargetServer;
+use crate::serve::{ConfigurationService, ServeContext, SourceTreeService, TargetService};
+use crate::storage::atomic::write_atomic;
+
+/// Errors starting or running the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {interface}:{port}: {source}")]
+    Bind {
+        interface: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid TLS set-up: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("cannot write {what} {path}: {source}")]
+    StateFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What the info file records about a running daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub interface: String,
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl ServerInfo {
+    /// Compact JSON with sorted keys and no trailing newline, as `just serve` writes it.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({"interface": self.interface, "pid": self.pid, "port": self.port})
+            .to_string()
+    }
+}
+
+/// A daemon serving in the background of the current tokio runtime.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub info: ServerInfo,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    state_files: Vec<PathBuf>,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, lets running calls finish, removes pid and info files.
+    pub async fn shutdown(self) -> Result<(), DaemonError> {
+        let _ = self.shutdown.send(());
+        let served = self.task.await?;
+        for path in &self.state_files {
+            let _ = std::fs::remove_file(path);
+        }
+        served.map_err(DaemonError::Serve)
+    }
+}
+
+/// Numbers the RPCs, so that every log line of one call can be found together.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+fn read_tls_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
+    std::fs::read(path).map_err(|source| DaemonError::TlsFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Server TLS from "server cert"/"server key"; with a "ca cert", clients must
+/// present a certificate signed by it.
+fn tls_config(ctx: &ServeContext) -> Result<Option<ServerTlsConfig>, DaemonError> {
+    let service = &ctx.config.remote_service;
+    let (Some(cert), Some(key)) = (&service.server_cert, &service.server_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(read_tls_file(cert)?, read_tls_file(key)?);
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &ctx.config.authentication.ca_cert {
+        tls = tls.client_ca_root(Certificate::from_pem(read_tls_file(ca)?));
+    }
+    Ok(Some(tls))
+}
+
+fn write_state_file(what: &'static str, path: &Path, content: &str) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::StateFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    write_atomic(dir, path, content.as_bytes(), 0o644).map_err(err)
+}
+
+/// Binds the configured interface and port and starts serving in the background.
+pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError> {
+    let service = ctx.config.remote_service.clone();
+    let listener = tokio::net::TcpListener::bind((service.interface.as_str(), service.port))
+        .await
+        .map_err(|source| DaemonError::Bind {
+            interface: service.interface.clone(),
+            port: service.port,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| DaemonError::Bind {
+        interface: service.interface.clone(),
+        port: service.port,
+        source,
+    })?;
+
+    let mut builder = Server::builder().trace_fn(|request| {
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        tracing::info_span!("rpc", id, method = %request.uri().path())
+    });
+    let tls = tls_config(&ctx)?;
+    let uses_tls = tls.is_some();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(DaemonError::Tls)?;
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SourceTreeServer<SourceTreeService>>()
+        .await;
+    health.set_serving::<TargetServer<TargetService>>().await;
+    health
+        .set_serving::<ConfigurationServer<ConfigurationService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| DaemonError::Reflection(e.to_string()))?;
+
+    let router = builder
+        .add_service(SourceTreeServer::new(SourceTreeService::new(ctx.clone())))
+        .add_service(TargetServer::new(TargetService::new(ctx.clone())))
+        .add_service(ConfigurationServer::new(ConfigurationService::new(
+            ctx.clone(),
+        )))
+        .add_service(health_service)
+        .add_service(reflection);
+
+    let info = ServerInfo {
+        interface: service.interface.clone(),
+        pid: std::process::id(),
+        port: addr.port(),
+    };
+    let mut state_files = Vec::new();
+    if let Some(path) = &service.pid_file {
+        write_state_file("pid file", path, &info.pid.to_string())?;
+        state_files.push(path.clone());
+    }
+
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop.await;
+    }));
+
+    let compatible = if ctx.hash.is_native() {
+        ""
+    } else {
+        "compatible "
+    };
+    tracing::info!(
+        tls = uses_tls,
+        build_root = %ctx.config.local_build_root.display(),
+        "{compatible}serve service started: {}",
+        info.to_json()
+    );
+    if let Some(path) = &service.info_file {
+        if let Err(e) = write_state_file("info file", path, &info.to_json()) {
+            let _ = shutdown.send(());
+            let _ = task.await;
+            return Err(e);
+        }
+        state_files.push(path.clone());
+    }
+    Ok(RunningServer {
+        addr,
+        info,
+        shutdown,
+        task,
+        state_files,
+    })
+}

@@ -1,0 +1,62 @@
+//! The three just-serve gRPC services: a thin layer from protocol messages to
+//! jserve's domain code, choosing status codes.
+
+mod configuration;
+mod source_tree;
+mod target;
+
+pub use configuration::ConfigurationService;
+pub use source_tree::SourceTreeService;
+pub use target::TargetService;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::ServeConfig;
+use crate::digest::HashFunction;
+use crate::git::RepoSet;
+use crate::storage::BuildRoot;
+
+/// Errors while preparing the serve state at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot prepare local build root {path}: {source}")]
+    BuildRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create git cache in {path}: {source}")]
+    GitCache { path: PathBuf, source: git2::Error },
+}
+
+/// What every service shares: configuration, storage, and git sources.
+pub struct ServeContext {
+    pub config: ServeConfig,
+    pub hash: HashFunction,
+    pub build_root: BuildRoot,
+    pub repos: RepoSet,
+}
+
+impl ServeContext {
+    /// Opens the local build root (creating it and the git cache as needed).
+    pub fn open(config: ServeConfig) -> Result<Arc<ServeContext>, SetupError> {
+        let root = &config.local_build_root;
+        let build_root = BuildRoot::open(root).map_err(|source| SetupError::BuildRoot {
+            path: root.clone(),
+            source,
+        })?;
+        build_root
+            .init_git_cache()
+            .map_err(|source| SetupError::GitCache {
+                path: build_root.git_cache_dir(),
+                source,
+            })?;
+        let repos = RepoSet::new(build_root.git_cache_dir(), config.repositories.clone());
+        Ok(Arc::new(ServeContext {
+            hash: config.hash_function(),
+            build_root,
+            repos,
+            config,
+        }))
+    }
+}

@@ -1,0 +1,109 @@
+//! The `jserve` binary: configuration errors at start, the start-up line, and
+//! graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn jserve() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_jserve"))
+}
+
+fn serve_with_config(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, text).unwrap();
+    jserve()
+        .arg("serve")
+        .arg(&path)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key() {
+    let cases = [
+        (
+            r#"{"remote service": {"port": "8080"}}"#,
+            "\"remote service\".\"port\": expected a number",
+        ),
+        (
+            r#"{"build": {"target-cache write strategy": "always"}}"#,
+            "unknown value \"always\"",
+        ),
+        (r#"{"jobs": "#, "not valid JSON"),
+        (r#"[1, 2]"#, "expected an object"),
+    ];
+    for (config, expected) in cases {
+        let out = serve_with_config(config);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{config}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{config}: {stderr:?} lacks {expected:?}"
+        );
+    }
+    let out = jserve()
+        .args(["serve", "/nonexistent/jserve.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn starts_logs_and_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path(), json!({"logging": {"plain": true}}));
+    config["colour"] = json!("unknown keys only warn");
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let child = jserve()
+        .arg("serve")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let info_path = dir.path().join("info.json");
+    let start = Instant::now();
+    while !info_path.exists() {
+        assert!(start.elapsed() < TIMEOUT, "no info file written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let info = read_info(&info_path);
+    assert_eq!(info["pid"], child.id());
+    assert!(info["port"].as_u64().unwrap() > 0);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit after SIGTERM: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("serve service started: {\"interface\":\"127.0.0.1\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("\"port\":{}", info["port"])),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"colour\""),
+        "unknown key warned about: {stderr}"
+    );
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(!info_path.exists(), "info file removed");
+}

@@ -1,0 +1,55 @@
+//! Shared helpers: start jserve in-process on port 0 with a config of the test's choosing.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use jserve::config::{Environment, ServeConfig};
+use jserve::daemon::RunningServer;
+use jserve::serve::ServeContext;
+use serde_json::{json, Value};
+
+/// Location object for an absolute path.
+pub fn loc(path: &Path) -> Value {
+    json!({"root": "system", "path": path.to_str().unwrap()})
+}
+
+/// A config with a build root and info file inside `dir`, merged with `extra`.
+pub fn config_in(dir: &Path, extra: Value) -> Value {
+    let mut config = json!({
+        "local build root": loc(&dir.join("build-root")),
+        "remote service": {"port": 0, "info file": loc(&dir.join("info.json")),
+                           "pid file": loc(&dir.join("jserve.pid"))},
+    });
+    let (Value::Object(base), Value::Object(extra)) = (&mut config, extra) else {
+        panic!("configs are objects")
+    };
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Object(b)), Value::Object(e)) => b.extend(e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+    config
+}
+
+pub async fn start(config: &Value) -> RunningServer {
+    let env = Environment {
+        home: None,
+        cores: 2,
+    };
+    let config = ServeConfig::from_value(config, &env).expect("valid test config");
+    let ctx = ServeContext::open(config).expect("build root opens");
+    jserve::daemon::start(ctx).await.expect("daemon starts")
+}
+
+/// Reads the info file a daemon wrote: (interface, pid, port).
+pub fn read_info(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("info file written");
+    serde_json::from_str(&text).expect("info file is JSON")
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,0 +1,333 @@
+//! The daemon in-process on port 0: info and pid files, the Configuration
+//! service over plain gRPC and TLS (with client certificates), health,
+//! reflection, and UNIMPLEMENTED answers.
+
+mod common;
+
+use common::*;
+use jserve::proto::configuration_client::ConfigurationClient;
+use jserve::proto::source_tree_client::SourceTreeClient;
+use jserve::proto::target_client::TargetClient;
+use jserve::proto::*;
+use serde_json::json;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+async fn channel(port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(TIMEOUT)
+        .connect()
+        .await
+        .expect("connects")
+}
+
+#[tokio::test]
+async fn own_endpoint_info_file_and_configuration_rpcs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&config_in(dir.path(), json!({}))).await;
+
+    let info = read_info(&dir.path().join("info.json"));
+    assert_eq!(info["interface"], "127.0.0.1");
+    assert_eq!(info["pid"], std::process::id());
+    let port = info["port"].as_u64().unwrap() as u16;
+    assert_ne!(port, 0);
+    assert_eq!(port, server.addr.port());
+    // Exactly the compact, key-sorted form `just serve` writes.
+    let raw = std::fs::read_to_string(dir.path().join("info.json")).unwrap();
+    assert_eq!(
+        raw,
+        format!(
+            "{{\"interface\":\"127.0.0.1\",\"pid\":{},\"port\":{port}}}",
+            std::process::id()
+        )
+    );
+    let pid = std::fs::read_to_string(dir.path().join("jserve.pid")).unwrap();
+    assert_eq!(pid, std::process::id().to_string());
+
+    let mut client = ConfigurationClient::new(channel(port).await);
+    let endpoint = client
+        .remote_execution_endpoint(RemoteExecutionEndpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(endpoint.address, "", "jserve is its own endpoint");
+    assert_eq!(endpoint.remote_instance_name, "");
+    let compat = client
+        .compatibility(CompatibilityRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!compat.compatible);
+
+    // The build root and its git cache exist after start.
+    assert!(dir
+        .path()
+        .join("build-root/repositories/generation-0/git/HEAD")
+        .is_file());
+
+    server.shutdown().await.unwrap();
+    assert!(
+        !dir.path().join("info.json").exists(),
+        "info file removed on shutdown"
+    );
+    assert!(
+        !dir.path().join("jserve.pid").exists(),
+        "pid file removed on shutdown"
+    );
+}
+
+#[tokio::test]
+async fn configured_endpoint_is_advertised_as_json_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(
+        dir.path(),
+        json!({"execution endpoint": {"address": "re.example:8980", "client address": "re.public:443",
+                                      "instance name": "main", "compatible": true}}),
+    );
+    let server = start(&config).await;
+    let mut client = ConfigurationClient::new(channel(server.addr.port()).await);
+    let endpoint = client
+        .remote_execution_endpoint(RemoteExecutionEndpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(endpoint.address, "\"re.public:443\"");
+    assert_eq!(endpoint.remote_instance_name, "main");
+    assert!(
+        client
+            .compatibility(CompatibilityRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .compatible
+    );
+    server.shutdown().await.unwrap();
+
+    // Without a client address the endpoint's own address is advertised.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(
+        dir.path(),
+        json!({"execution endpoint": {"address": "re.example:8980"}}),
+    );
+    let server = start(&config).await;
+    let mut client = ConfigurationClient::new(channel(server.addr.port()).await);
+    let endpoint = client
+        .remote_execution_endpoint(RemoteExecutionEndpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(endpoint.address, "\"re.example:8980\"");
+    assert!(
+        !client
+            .compatibility(CompatibilityRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .compatible
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&config_in(dir.path(), json!({}))).await;
+    let ch = channel(server.addr.port()).await;
+    let status = SourceTreeClient::new(ch.clone())
+        .serve_commit_tree(ServeCommitTreeRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert!(status.message().contains("ServeCommitTree"));
+    let status = TargetClient::new(ch)
+        .serve_target(ServeTargetRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_and_reflection() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&config_in(dir.path(), json!({}))).await;
+    let ch = channel(server.addr.port()).await;
+    let mut health = HealthClient::new(ch.clone());
+    for service in [
+        "justbuild.just_serve.Configuration",
+        "justbuild.just_serve.SourceTree",
+        "justbuild.just_serve.Target",
+    ] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 1, "{service} is SERVING");
+    }
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(ch);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a service list")
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "justbuild.just_serve.SourceTree",
+        "justbuild.just_serve.Target",
+        "justbuild.just_serve.Configuration",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// A CA, a server certificate for localhost, and a client certificate, as PEM.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca)
+        .unwrap();
+    Pki {
+        ca: ca.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+async fn tls_channel(
+    port: u16,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(TIMEOUT)
+        .connect()
+        .await
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    let files = [
+        ("ca.crt", &pki.ca),
+        ("server.crt", &pki.server_cert),
+        ("server.key", &pki.server_key),
+    ];
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let config = config_in(
+        dir.path(),
+        json!({"authentication": {"ca cert": loc(&dir.path().join("ca.crt"))},
+               "remote service": {"server cert": loc(&dir.path().join("server.crt")),
+                                  "server key": loc(&dir.path().join("server.key"))}}),
+    );
+    let server = start(&config).await;
+    let port = server.addr.port();
+
+    // With a client certificate signed by the CA: served.
+    let ch = tls_channel(port, &pki.ca, Some((&pki.client_cert, &pki.client_key)))
+        .await
+        .expect("TLS connection with client certificate");
+    let compat = ConfigurationClient::new(ch)
+        .compatibility(CompatibilityRequest {})
+        .await
+        .expect("served over TLS");
+    assert!(!compat.into_inner().compatible);
+
+    // Without a client certificate: refused (the handshake or the first call fails).
+    let refused = match tls_channel(port, &pki.ca, None).await {
+        Err(_) => true,
+        Ok(ch) => ConfigurationClient::new(ch)
+            .compatibility(CompatibilityRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without certificate must be refused");
+
+    // Plain-text clients get no answer either.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(ConfigurationClient::new(ch)
+            .compatibility(CompatibilityRequest {})
+            .await
+            .is_err());
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_without_ca_serves_any_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki();
+    std::fs::write(dir.path().join("server.crt"), &pki.server_cert).unwrap();
+    std::fs::write(dir.path().join("server.key"), &pki.server_key).unwrap();
+    let config = config_in(
+        dir.path(),
+        json!({"remote service": {"server cert": loc(&dir.path().join("server.crt")),
+                                  "server key": loc(&dir.path().join("server.key"))}}),
+    );
+    let server = start(&config).await;
+    let ch = tls_channel(server.addr.port(), &pki.ca, None)
+        .await
+        .expect("TLS connection");
+    let r = ConfigurationClient::new(ch)
+        .remote_execution_endpoint(RemoteExecutionEndpointRequest {})
+        .await
+        .expect("served over TLS without client certificate");
+    assert_eq!(r.into_inner().address, "");
+    server.shutdown().await.unwrap();
+}
