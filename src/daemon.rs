@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::config::RemoteServiceConfig;
+use crate::execute::LocalEndpoint;
 use crate::proto::configuration_server::ConfigurationServer;
 use crate::proto::source_tree_server::SourceTreeServer;
 use crate::proto::target_server::TargetServer;
@@ -94,16 +96,58 @@ fn read_tls_file(path: &Path) -> Result<Vec<u8>, DaemonError> {
     })
 }
 
+/// What one daemon process serves.
+pub enum Services {
+    /// The just-serve services, plus the REAPI when the context has its own endpoint.
+    Serve(Arc<ServeContext>),
+    /// Only the REAPI (`jserve execute`).
+    Execute(Arc<LocalEndpoint>),
+}
+
+impl Services {
+    fn endpoint(&self) -> Option<&Arc<LocalEndpoint>> {
+        match self {
+            Services::Serve(ctx) => ctx.endpoint.as_ref(),
+            Services::Execute(endpoint) => Some(endpoint),
+        }
+    }
+
+    /// The start-up message, in the words `just serve` and `just execute` use.
+    fn started_message(&self) -> String {
+        let (compatible, what) = match self {
+            Services::Serve(ctx) => (
+                !ctx.hash.is_native(),
+                if ctx.endpoint.is_some() {
+                    "serve and execute services"
+                } else {
+                    "serve service"
+                },
+            ),
+            Services::Execute(e) => (!e.hash.is_native(), "execution service"),
+        };
+        let prefix = if compatible { "compatible " } else { "" };
+        format!("{prefix}{what} started")
+    }
+}
+
+/// Where and how to listen.
+#[derive(Clone, Debug, Default)]
+pub struct Listen {
+    pub service: RemoteServiceConfig,
+    /// With a server certificate: clients must present one signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Server TLS from "server cert"/"server key"; with a "ca cert", clients must
 /// present a certificate signed by it.
-fn tls_config(ctx: &ServeContext) -> Result<Option<ServerTlsConfig>, DaemonError> {
-    let service = &ctx.config.remote_service;
+fn tls_config(listen: &Listen) -> Result<Option<ServerTlsConfig>, DaemonError> {
+    let service = &listen.service;
     let (Some(cert), Some(key)) = (&service.server_cert, &service.server_key) else {
         return Ok(None);
     };
     let identity = Identity::from_pem(read_tls_file(cert)?, read_tls_file(key)?);
     let mut tls = ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &ctx.config.authentication.ca_cert {
+    if let Some(ca) = &listen.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read_tls_file(ca)?));
     }
     Ok(Some(tls))
@@ -120,9 +164,21 @@ fn write_state_file(what: &'static str, path: &Path, content: &str) -> Result<()
     write_atomic(dir, path, content.as_bytes(), 0o644).map_err(err)
 }
 
-/// Binds the configured interface and port and starts serving in the background.
+/// Starts the serve daemon as configured in the context.
 pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError> {
-    let service = ctx.config.remote_service.clone();
+    let listen = Listen {
+        service: ctx.config.remote_service.clone(),
+        client_ca: ctx.config.authentication.ca_cert.clone(),
+    };
+    start_services(&listen, Services::Serve(ctx)).await
+}
+
+/// Binds the interface and port and starts serving in the background.
+pub async fn start_services(
+    listen: &Listen,
+    services: Services,
+) -> Result<RunningServer, DaemonError> {
+    let service = listen.service.clone();
     let listener = tokio::net::TcpListener::bind((service.interface.as_str(), service.port))
         .await
         .map_err(|source| DaemonError::Bind {
@@ -140,34 +196,37 @@ pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError>
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         tracing::info_span!("rpc", id, method = %request.uri().path())
     });
-    let tls = tls_config(&ctx)?;
+    let tls = tls_config(listen)?;
     let uses_tls = tls.is_some();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(DaemonError::Tls)?;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SourceTreeServer<SourceTreeService>>()
-        .await;
-    health.set_serving::<TargetServer<TargetService>>().await;
-    health
-        .set_serving::<ConfigurationServer<ConfigurationService>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-
-    let router = builder
-        .add_service(SourceTreeServer::new(SourceTreeService::new(ctx.clone())))
-        .add_service(TargetServer::new(TargetService::new(ctx.clone())))
-        .add_service(ConfigurationServer::new(ConfigurationService::new(
-            ctx.clone(),
-        )))
-        .add_service(health_service)
-        .add_service(reflection);
+    let mut router = builder.add_service(health_service).add_service(reflection);
+    if let Services::Serve(ctx) = &services {
+        health
+            .set_serving::<SourceTreeServer<SourceTreeService>>()
+            .await;
+        health.set_serving::<TargetServer<TargetService>>().await;
+        health
+            .set_serving::<ConfigurationServer<ConfigurationService>>()
+            .await;
+        router = router
+            .add_service(SourceTreeServer::new(SourceTreeService::new(ctx.clone())))
+            .add_service(TargetServer::new(TargetService::new(ctx.clone())))
+            .add_service(ConfigurationServer::new(ConfigurationService::new(
+                ctx.clone(),
+            )));
+    }
+    if let Some(endpoint) = services.endpoint() {
+        router = crate::execute::add_services(router, endpoint.clone());
+    }
 
     let info = ServerInfo {
         interface: service.interface.clone(),
@@ -186,15 +245,10 @@ pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError>
         let _ = stop.await;
     }));
 
-    let compatible = if ctx.hash.is_native() {
-        ""
-    } else {
-        "compatible "
-    };
     tracing::info!(
         tls = uses_tls,
-        build_root = %ctx.config.local_build_root.display(),
-        "{compatible}serve service started: {}",
+        "{}: {}",
+        services.started_message(),
         info.to_json()
     );
     if let Some(path) = &service.info_file {

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod digest;
+pub mod execute;
 pub mod git;
 pub mod logging;
 pub mod serve;

@@ -93,7 +93,7 @@ fn starts_logs_and_stops_gracefully_on_sigterm() {
         out.status
     );
     assert!(
-        stderr.contains("serve service started: {\"interface\":\"127.0.0.1\""),
+        stderr.contains("serve and execute services started: {\"interface\":\"127.0.0.1\""),
         "{stderr}"
     );
     assert!(

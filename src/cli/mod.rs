@@ -1,11 +1,17 @@
 //! The command line: parse, then hand over to one module per subcommand.
 
+mod execute;
 mod serve;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+use crate::config::LoggingConfig;
+use crate::daemon::RunningServer;
 
 /// Exit code for an invalid configuration or command line.
 pub const EXIT_CONFIG: u8 = 2;
@@ -30,11 +36,67 @@ enum Command {
         /// Config file in the just-serve-config(5) format; defaults apply without one.
         config: Option<PathBuf>,
     },
+    /// Run only a remote-execution endpoint (the drop-in for `just execute`).
+    Execute(Box<execute::ExecuteArgs>),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Execute(args) => execute::run(*args),
     }
+}
+
+/// Sets up logging, starts a daemon on a runtime with `jobs` workers, and runs
+/// it until SIGTERM or SIGINT, then stops it gracefully.
+fn run_daemon<F, Fut>(
+    logging: &LoggingConfig,
+    warnings: &[String],
+    jobs: usize,
+    start: F,
+) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = anyhow::Result<RunningServer>>,
+{
+    if let Err(e) = crate::logging::init(logging) {
+        eprintln!("jserve: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(jobs.max(1))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let server = start().await?;
+                let signal = wait_for_stop_signal().await?;
+                tracing::info!("{signal} received: finishing running calls, then stopping");
+                server.shutdown().await?;
+                tracing::info!("stopped");
+                Ok(())
+            })
+        });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::config::ServeConfig;
 use crate::digest::HashFunction;
+use crate::execute::runner::RunnerConfig;
+use crate::execute::{EndpointConfig, LocalEndpoint};
 use crate::git::RepoSet;
 use crate::storage::BuildRoot;
 
@@ -35,6 +37,8 @@ pub struct ServeContext {
     pub hash: HashFunction,
     pub build_root: BuildRoot,
     pub repos: RepoSet,
+    /// jserve's own REAPI endpoint, when the config names no external one.
+    pub endpoint: Option<Arc<LocalEndpoint>>,
 }
 
 impl ServeContext {
@@ -52,10 +56,30 @@ impl ServeContext {
                 source,
             })?;
         let repos = RepoSet::new(build_root.git_cache_dir(), config.repositories.clone());
+        let hash = config.hash_function();
+        let endpoint = config.is_own_endpoint().then(|| {
+            LocalEndpoint::new(
+                &build_root,
+                EndpointConfig {
+                    hash,
+                    instance_name: config
+                        .execution_endpoint
+                        .as_ref()
+                        .map(|e| e.instance_name.clone())
+                        .unwrap_or_default(),
+                    runner: RunnerConfig {
+                        launcher: config.build.local_launcher.clone(),
+                        default_timeout: config.build.action_timeout,
+                        jobs: config.build.build_jobs,
+                    },
+                },
+            )
+        });
         Ok(Arc::new(ServeContext {
-            hash: config.hash_function(),
+            hash,
             build_root,
             repos,
+            endpoint,
             config,
         }))
     }

@@ -21,6 +21,8 @@ pub enum CasError {
     HashMismatch { expected: String, actual: String },
     #[error("content has {actual} bytes, not the announced {expected}")]
     SizeMismatch { expected: u64, actual: u64 },
+    #[error("{0}")]
+    Rejected(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CasError + '_ {
@@ -183,6 +185,20 @@ impl Cas {
         })
     }
 
+    /// Starts an upload of `len` bytes that arrive in pieces (e.g. a ByteStream
+    /// write). With `len` unknown (`None`) the content is hashed once complete.
+    pub fn begin_upload(&self, kind: ObjectKind, len: Option<u64>) -> Result<Upload, CasError> {
+        let is_tree = kind.is_tree() && self.hash.is_native();
+        Ok(Upload {
+            cas: self.clone(),
+            kind,
+            len,
+            written: 0,
+            hasher: len.map(|len| self.hash.hasher(is_tree, len)),
+            tmp: TempFile::new_in(&self.tmp).map_err(io_err(&self.tmp))?,
+        })
+    }
+
     /// Stores a file from disk as `kind`, streaming it.
     pub fn put_file(&self, kind: ObjectKind, path: &Path) -> Result<Digest, CasError> {
         let file = File::open(path).map_err(io_err(path))?;
@@ -204,6 +220,81 @@ impl Cas {
             Some(p) => fs::read(&p).map(Some).map_err(io_err(&p)),
             None => Ok(None),
         }
+    }
+}
+
+/// An object being written piece by piece; it only enters the CAS on `commit`.
+pub struct Upload {
+    cas: Cas,
+    kind: ObjectKind,
+    len: Option<u64>,
+    written: u64,
+    hasher: Option<crate::digest::ObjectHasher>,
+    tmp: TempFile,
+}
+
+impl Upload {
+    /// Bytes received so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `data`; refuses to go past the announced length.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), CasError> {
+        let total = self.written + data.len() as u64;
+        if let Some(len) = self.len.filter(|len| total > *len) {
+            return Err(CasError::SizeMismatch {
+                expected: len,
+                actual: total,
+            });
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(data);
+        }
+        let tmp_dir = self.cas.tmp.clone();
+        self.tmp.write_all(data).map_err(io_err(&tmp_dir))?;
+        self.written = total;
+        Ok(())
+    }
+
+    /// Checks length and hash, runs `accept` on the staged file (e.g. the tree
+    /// invariant), and only then gives the object its final name.
+    pub fn commit(
+        mut self,
+        expected: Option<&str>,
+        accept: impl FnOnce(&Path) -> Result<(), CasError>,
+    ) -> Result<Digest, CasError> {
+        if let Some(len) = self.len.filter(|len| *len != self.written) {
+            return Err(CasError::SizeMismatch {
+                expected: len,
+                actual: self.written,
+            });
+        }
+        let tmp_path = self.tmp.path().to_path_buf();
+        self.tmp.flush().map_err(io_err(&tmp_path))?;
+        let is_tree = self.kind.is_tree() && self.cas.hash.is_native();
+        let hash = match self.hasher.take() {
+            Some(h) => h.finish_hex(),
+            None => {
+                let file = File::open(&tmp_path).map_err(io_err(&tmp_path))?;
+                self.cas
+                    .hash
+                    .hash_reader(is_tree, self.written, file)
+                    .map_err(io_err(&tmp_path))?
+            }
+        };
+        check_expected(expected, &hash)?;
+        accept(&tmp_path)?;
+        let dest = self.cas.path(self.kind, &hash);
+        if !dest.is_file() {
+            let mode = self.cas.store(self.kind).mode();
+            self.tmp.commit(&dest, mode).map_err(io_err(&dest))?;
+        }
+        Ok(Digest {
+            hash,
+            size: self.written,
+            is_tree,
+        })
     }
 }
 
@@ -326,6 +417,51 @@ mod tests {
             f.read_to_end(&mut back).unwrap();
             assert_eq!(back, data);
         }
+    }
+
+    #[test]
+    fn piecewise_upload_checks_length_and_hash() {
+        let (dir, c) = cas(HashFunction::GitSha1);
+        let data = b"hello world";
+        let want = HashFunction::GitSha1.hash_bytes(false, data);
+        let mut up = c
+            .begin_upload(ObjectKind::File, Some(data.len() as u64))
+            .unwrap();
+        up.write(&data[..5]).unwrap();
+        up.write(&data[5..]).unwrap();
+        assert!(up.write(b"!").is_err(), "past the announced length");
+        let d = up.commit(Some(&want), |_| Ok(())).unwrap();
+        assert_eq!(d.hash, want);
+        assert!(c.contains(ObjectKind::File, &want));
+        // Short, wrong or refused uploads leave nothing behind.
+        let mut up = c.begin_upload(ObjectKind::File, Some(3)).unwrap();
+        up.write(b"ab").unwrap();
+        assert!(matches!(
+            up.commit(None, |_| Ok(())),
+            Err(CasError::SizeMismatch { .. })
+        ));
+        let mut up = c.begin_upload(ObjectKind::File, Some(3)).unwrap();
+        up.write(b"abc").unwrap();
+        assert!(matches!(
+            up.commit(Some(&want), |_| Ok(())),
+            Err(CasError::HashMismatch { .. })
+        ));
+        let mut up = c.begin_upload(ObjectKind::File, Some(3)).unwrap();
+        up.write(b"xyz").unwrap();
+        let refused = up.commit(None, |_| Err(CasError::Rejected("refused".into())));
+        assert!(refused.is_err());
+        assert!(!c.contains(
+            ObjectKind::File,
+            &HashFunction::GitSha1.hash_bytes(false, b"xyz")
+        ));
+        // Unknown length: hashed once complete.
+        let mut up = c.begin_upload(ObjectKind::File, None).unwrap();
+        up.write(data).unwrap();
+        assert_eq!(
+            up.commit(Some(&want), |_| Ok(())).unwrap().size,
+            data.len() as u64
+        );
+        assert!(tmp_is_empty(&dir));
     }
 
     #[test]

@@ -3,14 +3,17 @@
 //! justbuild's so that `just` and `just-mr` can share a build root with jserve;
 //! docs/local-build-root.md describes it.
 
+pub mod action_cache;
 pub mod atomic;
 pub mod cas;
 pub mod maps;
+pub mod trees;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::digest::HashFunction;
+pub use action_cache::{ActionCache, ActionCacheError};
 pub use cas::{Cas, CasError};
 pub use maps::{ArchiveKind, IdMap};
 
@@ -60,6 +63,25 @@ impl BuildRoot {
     /// The CAS of one hash mode.
     pub fn cas(&self, hash: HashFunction) -> Cas {
         Cas::new(hash, self.storage_dir(hash), self.tmp_dir())
+    }
+
+    /// The action cache of one hash mode.
+    pub fn action_cache(&self, hash: HashFunction) -> ActionCache {
+        ActionCache::new(
+            self.cas(hash),
+            self.storage_dir(hash).join("ac"),
+            self.tmp_dir(),
+        )
+    }
+
+    /// Working directories of locally run actions; on the build root's filesystem
+    /// so that inputs can be hard-linked from the CAS.
+    pub fn exec_root(&self) -> PathBuf {
+        self.root
+            .join("protocol-dependent")
+            .join(GENERATION)
+            .join("ephemeral")
+            .join("exec_root")
     }
 
     /// Target-cache entries of one hash mode and backend shard.

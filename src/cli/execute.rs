@@ -1,0 +1,173 @@
+//! `jserve execute`: only the remote-execution endpoint, the drop-in for `just execute`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{run_daemon, EXIT_CONFIG};
+use crate::config::{Environment, LoggingConfig, RemoteServiceConfig};
+use crate::daemon::{Listen, Services};
+use crate::digest::{HashFunction, ObjectKind};
+use crate::execute::runner::RunnerConfig;
+use crate::execute::{EndpointConfig, LocalEndpoint};
+use crate::storage::BuildRoot;
+
+#[derive(Args, Debug)]
+pub struct ExecuteArgs {
+    /// Root of the CAS, action cache and working directories [default: ~/.cache/jserve].
+    #[arg(long = "local-build-root", value_name = "PATH")]
+    local_build_root: Option<PathBuf>,
+    /// Interface to listen on.
+    #[arg(short = 'i', long, default_value = "127.0.0.1")]
+    interface: String,
+    /// Port to listen on; 0 picks a free one.
+    #[arg(short = 'p', long, default_value_t = 0)]
+    port: u16,
+    /// Write {"interface":…,"pid":…,"port":…} here once serving.
+    #[arg(long = "info-file", value_name = "PATH")]
+    info_file: Option<PathBuf>,
+    /// Write the pid here.
+    #[arg(long = "pid-file", value_name = "PATH")]
+    pid_file: Option<PathBuf>,
+    /// Serve TLS with this certificate (needs --tls-server-key).
+    #[arg(
+        long = "tls-server-cert",
+        value_name = "PATH",
+        requires = "tls_server_key"
+    )]
+    tls_server_cert: Option<PathBuf>,
+    /// Key of the TLS server certificate.
+    #[arg(
+        long = "tls-server-key",
+        value_name = "PATH",
+        requires = "tls_server_cert"
+    )]
+    tls_server_key: Option<PathBuf>,
+    /// With TLS: only serve clients presenting a certificate signed by this CA.
+    #[arg(long = "tls-ca-cert", value_name = "PATH")]
+    tls_ca_cert: Option<PathBuf>,
+    /// Compatible mode: plain SHA-256 and Directory messages instead of git ids and trees.
+    #[arg(long)]
+    compatible: bool,
+    /// The instance name to serve; requests for others are refused.
+    #[arg(long = "instance-name", default_value = "")]
+    instance_name: String,
+    /// Actions running at once [default: number of cores].
+    #[arg(short = 'J', long = "jobs")]
+    jobs: Option<usize>,
+    /// JSON list prepended to every action's command line.
+    #[arg(
+        short = 'L',
+        long = "local-launcher",
+        value_name = "JSON",
+        default_value = r#"["env","--"]"#
+    )]
+    local_launcher: String,
+    /// Time limit in seconds for actions that set none.
+    #[arg(long = "action-timeout", default_value_t = 300.0)]
+    action_timeout: f64,
+    /// Also log to this file (repeatable).
+    #[arg(short = 'f', long = "log-file", value_name = "PATH")]
+    log_files: Vec<PathBuf>,
+    /// Log level: 0 errors, 1 warnings, 2 info, 3 progress (default), up to 6 trace.
+    #[arg(long = "log-limit")]
+    log_limit: Option<u8>,
+    /// Lower limit for the log on stderr.
+    #[arg(long = "restrict-stderr-log-limit")]
+    restrict_stderr_log_limit: Option<u8>,
+    /// No colours in the log.
+    #[arg(long = "plain-log")]
+    plain_log: bool,
+    /// Append to log files instead of replacing them.
+    #[arg(long = "log-append")]
+    log_append: bool,
+    /// Accepted for compatibility with `just execute`; jserve keeps a fixed number of finished operations.
+    #[arg(long = "log-operations-threshold", hide = true)]
+    log_operations_threshold: Option<u32>,
+}
+
+fn launcher(json: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = serde_json::from_str(json)
+        .map_err(|e| format!("--local-launcher must be a JSON list of strings: {e}"))?;
+    if list.is_empty() {
+        return Err("--local-launcher must name at least the launcher program".into());
+    }
+    Ok(list)
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    }
+}
+
+pub fn run(args: ExecuteArgs) -> ExitCode {
+    let env = Environment::current();
+    let launcher = match launcher(&args.local_launcher) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("jserve: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if !(args.action_timeout > 0.0 && args.action_timeout.is_finite()) {
+        eprintln!("jserve: --action-timeout must be a positive number of seconds");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let Some(root) = args
+        .local_build_root
+        .map(absolute)
+        .or_else(|| env.home.as_ref().map(|h| h.join(".cache").join("jserve")))
+    else {
+        eprintln!("jserve: no --local-build-root given and HOME is not set");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let logging = LoggingConfig {
+        files: args.log_files.into_iter().map(absolute).collect(),
+        limit: args.log_limit,
+        restrict_stderr_limit: args.restrict_stderr_log_limit,
+        plain: args.plain_log,
+        append: args.log_append,
+    };
+    let jobs = args.jobs.unwrap_or(env.cores).max(1);
+    let listen = Listen {
+        service: RemoteServiceConfig {
+            interface: args.interface,
+            port: args.port,
+            pid_file: args.pid_file.map(absolute),
+            info_file: args.info_file.map(absolute),
+            server_cert: args.tls_server_cert,
+            server_key: args.tls_server_key,
+        },
+        client_ca: args.tls_ca_cert,
+    };
+    let hash = if args.compatible {
+        HashFunction::Sha256
+    } else {
+        HashFunction::GitSha1
+    };
+    let config = EndpointConfig {
+        hash,
+        instance_name: args.instance_name,
+        runner: RunnerConfig {
+            launcher,
+            default_timeout: Duration::from_secs_f64(args.action_timeout),
+            jobs,
+        },
+    };
+    run_daemon(&logging, &[], jobs, move || async move {
+        let build_root = BuildRoot::open(&root).map_err(|e| {
+            anyhow::anyhow!("cannot prepare local build root {}: {e}", root.display())
+        })?;
+        let endpoint = LocalEndpoint::new(&build_root, config);
+        // As `just execute` does: the empty blob is always there.
+        if let Err(e) = endpoint.cas.put_bytes(ObjectKind::File, b"") {
+            tracing::warn!("cannot store the empty blob: {e}");
+        }
+        Ok(crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?)
+    })
+}

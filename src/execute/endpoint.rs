@@ -1,0 +1,213 @@
+//! jserve's own remote-execution endpoint as a domain object: the CAS with
+//! upload verification, the action cache, the action runner and the
+//! operations. The gRPC services are thin wrappers around it, and the serve
+//! side uses it in-process when no external endpoint is configured.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+
+use super::operations::Operations;
+use super::runner::{Runner, RunnerConfig};
+use crate::digest::{Digest, DigestError, HashFunction, ObjectKind};
+use crate::storage::trees::{check_git_tree_complete, TreeStoreError};
+use crate::storage::{ActionCache, ActionCacheError, BuildRoot, Cas, CasError};
+
+/// Errors of endpoint operations, each with the gRPC code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("invalid digest: {0}")]
+    Digest(#[from] DigestError),
+    #[error("unknown instance name {0:?}")]
+    UnknownInstance(String),
+    #[error("blob {hash} announced with {announced} bytes but has {actual}")]
+    SizeMismatch {
+        hash: String,
+        announced: u64,
+        actual: u64,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("tree invariant violated: {0}")]
+    TreeInvariant(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0} not found in CAS")]
+    NotFound(String),
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    #[error(transparent)]
+    ActionCache(#[from] ActionCacheError),
+    #[error(transparent)]
+    Tree(#[from] TreeStoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl EndpointError {
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Status;
+        let msg = self.to_string();
+        match self {
+            EndpointError::Digest(_)
+            | EndpointError::SizeMismatch { .. }
+            | EndpointError::UnknownInstance(_)
+            | EndpointError::Invalid(_)
+            | EndpointError::Cas(CasError::HashMismatch { .. })
+            | EndpointError::Cas(CasError::SizeMismatch { .. }) => Status::invalid_argument(msg),
+            EndpointError::TreeInvariant(_)
+            | EndpointError::Precondition(_)
+            | EndpointError::Cas(CasError::Rejected(_)) => Status::failed_precondition(msg),
+            EndpointError::NotFound(_) => Status::not_found(msg),
+            EndpointError::Tree(TreeStoreError::Format(_))
+            | EndpointError::Tree(TreeStoreError::BadDirectory(..))
+            | EndpointError::Tree(TreeStoreError::BadDigest(..)) => Status::invalid_argument(msg),
+            _ => Status::internal(msg),
+        }
+    }
+}
+
+impl From<EndpointError> for tonic::Status {
+    fn from(e: EndpointError) -> tonic::Status {
+        e.to_status()
+    }
+}
+
+/// Settings of the endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    pub hash: HashFunction,
+    /// The one instance name served; requests naming another are refused.
+    pub instance_name: String,
+    pub runner: RunnerConfig,
+}
+
+pub struct LocalEndpoint {
+    pub hash: HashFunction,
+    pub instance_name: String,
+    pub cas: Cas,
+    pub action_cache: ActionCache,
+    pub runner: Runner,
+    pub operations: Operations,
+}
+
+impl LocalEndpoint {
+    pub fn new(build_root: &BuildRoot, config: EndpointConfig) -> Arc<LocalEndpoint> {
+        let cas = build_root.cas(config.hash);
+        Arc::new(LocalEndpoint {
+            hash: config.hash,
+            instance_name: config.instance_name,
+            action_cache: build_root.action_cache(config.hash),
+            runner: Runner::new(cas.clone(), build_root.exec_root(), config.runner),
+            operations: Operations::new(),
+            cas,
+        })
+    }
+
+    /// Refuses requests for an instance this endpoint does not serve.
+    pub fn check_instance(&self, name: &str) -> Result<(), EndpointError> {
+        if name == self.instance_name {
+            Ok(())
+        } else {
+            Err(EndpointError::UnknownInstance(name.to_string()))
+        }
+    }
+
+    pub fn parse_digest(&self, d: &reapi::Digest) -> Result<Digest, EndpointError> {
+        Ok(self.hash.digest_from_wire(d)?)
+    }
+
+    fn kind_of(digest: &Digest) -> ObjectKind {
+        if digest.is_tree {
+            ObjectKind::Tree
+        } else {
+            ObjectKind::File
+        }
+    }
+
+    /// Whether the object is in the CAS.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.cas.contains(Self::kind_of(digest), &digest.hash)
+    }
+
+    /// Where a stored object's file is.
+    pub fn object_path(&self, digest: &Digest) -> Option<PathBuf> {
+        self.cas.find(Self::kind_of(digest), &digest.hash)
+    }
+
+    /// Reads a stored object fully.
+    pub fn read(&self, digest: &Digest) -> Result<Option<Vec<u8>>, EndpointError> {
+        Ok(self.cas.read(Self::kind_of(digest), &digest.hash)?)
+    }
+
+    /// Checks an announced size: compatible mode sizes must be exact; in native mode
+    /// 0 means "unknown" and any other value must be exact.
+    pub fn check_size(&self, digest: &Digest, actual: u64) -> Result<(), EndpointError> {
+        let unknown = self.hash.is_native() && digest.size == 0;
+        if unknown || digest.size == actual {
+            Ok(())
+        } else {
+            Err(EndpointError::SizeMismatch {
+                hash: digest.hash.clone(),
+                announced: digest.size,
+                actual,
+            })
+        }
+    }
+
+    /// The first object a cached action result refers to that is no longer in the CAS.
+    pub fn first_missing(
+        &self,
+        result: &reapi::ActionResult,
+    ) -> Result<Option<String>, EndpointError> {
+        let files = result.output_files.iter().filter_map(|f| f.digest.as_ref());
+        let dirs = result
+            .output_directories
+            .iter()
+            .filter_map(|d| d.tree_digest.as_ref());
+        let logs = result
+            .stdout_digest
+            .iter()
+            .chain(result.stderr_digest.iter());
+        for d in files.chain(dirs).chain(logs) {
+            let mut digest = self.parse_digest(d)?;
+            if self.hash.is_native()
+                && result
+                    .output_directories
+                    .iter()
+                    .any(|o| o.tree_digest.as_ref() == Some(d))
+            {
+                digest.is_tree = true;
+            }
+            if !self.contains(&digest) {
+                return Ok(Some(d.hash.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores an uploaded object after checking its digest; native trees must
+    /// only name objects already present.
+    pub fn store(&self, digest: &Digest, data: &[u8]) -> Result<Digest, EndpointError> {
+        self.check_size(digest, data.len() as u64)?;
+        if digest.is_tree {
+            let actual = self.hash.hash_bytes(true, data);
+            if actual != digest.hash {
+                return Err(CasError::HashMismatch {
+                    expected: digest.hash.clone(),
+                    actual,
+                }
+                .into());
+            }
+            check_git_tree_complete(&self.cas, &digest.hash, data).map_err(|e| match e {
+                TreeStoreError::MissingEntry { .. } => EndpointError::TreeInvariant(e.to_string()),
+                other => other.into(),
+            })?;
+            return Ok(self.cas.put_bytes(ObjectKind::Tree, data)?);
+        }
+        Ok(self
+            .cas
+            .put_bytes_checked(ObjectKind::File, data, Some(&digest.hash))?)
+    }
+}

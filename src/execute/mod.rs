@@ -1,0 +1,44 @@
+//! jserve's own remote-execution endpoint (REAPI v2 server side), in native
+//! (git SHA-1 ids, git trees) or compatible (SHA-256, Directory) mode.
+
+pub mod endpoint;
+pub mod execution;
+pub mod operations;
+pub mod resource;
+pub mod runner;
+pub mod services;
+
+pub use endpoint::{EndpointConfig, EndpointError, LocalEndpoint};
+
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    action_cache_server::ActionCacheServer, capabilities_server::CapabilitiesServer,
+    content_addressable_storage_server::ContentAddressableStorageServer,
+    execution_server::ExecutionServer,
+};
+use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
+use bazel_remote_apis::google::longrunning::operations_server::OperationsServer;
+use tonic::transport::server::Router;
+
+/// Adds the six REAPI services over one endpoint to a server.
+pub fn add_services<L>(router: Router<L>, endpoint: Arc<LocalEndpoint>) -> Router<L> {
+    use services::*;
+    router
+        .add_service(CapabilitiesServer::new(CapabilitiesService::new(
+            endpoint.clone(),
+        )))
+        .add_service(ContentAddressableStorageServer::new(CasService::new(
+            endpoint.clone(),
+        )))
+        .add_service(ByteStreamServer::new(ByteStreamService::new(
+            endpoint.clone(),
+        )))
+        .add_service(ActionCacheServer::new(ActionCacheService::new(
+            endpoint.clone(),
+        )))
+        .add_service(ExecutionServer::new(ExecutionService::new(
+            endpoint.clone(),
+        )))
+        .add_service(OperationsServer::new(OperationsService::new(endpoint)))
+}

@@ -1,0 +1,304 @@
+//! The local action runner: stages the input root, runs the command with the
+//! configured launcher under a time limit, and collects outputs, stdout and
+//! stderr into the CAS. At most `jobs` actions run at once; the rest wait.
+
+mod outputs;
+mod stage;
+
+pub use outputs::Requested;
+pub use stage::StageError;
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use bazel_remote_apis::google::protobuf::Timestamp;
+use tokio::sync::Semaphore;
+
+use crate::digest::{Digest, ObjectKind};
+use crate::storage::Cas;
+use outputs::OutputError;
+
+#[derive(Clone, Debug)]
+pub struct RunnerConfig {
+    /// Prepended to every command line (default `env --`).
+    pub launcher: Vec<String>,
+    /// Limit for actions that do not set their own timeout.
+    pub default_timeout: Duration,
+    /// Actions running at once.
+    pub jobs: usize,
+}
+
+/// Errors that keep an action from producing a result.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("I/O error in the action's working directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("runner task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Cas(#[from] crate::storage::CasError),
+}
+
+/// One action to run, already taken apart from its Action and Command messages.
+#[derive(Clone, Debug)]
+pub struct ActionSpec {
+    pub input_root: Digest,
+    pub arguments: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    pub working_directory: String,
+    pub outputs: Requested,
+    /// The action's own limit, if it set one.
+    pub timeout: Option<Duration>,
+}
+
+/// What running an action gave.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub result: reapi::ActionResult,
+    pub timed_out: bool,
+}
+
+pub struct Runner {
+    cas: Cas,
+    exec_root: PathBuf,
+    config: RunnerConfig,
+    slots: Arc<Semaphore>,
+}
+
+static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
+
+/// Checks a path from a Command: relative, no `..`, nothing odd.
+pub fn check_relative_path(what: &str, path: &str, allow_empty: bool) -> Result<(), RunError> {
+    if path.is_empty() {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(RunError::Invalid(format!("{what} is empty")))
+        };
+    }
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Err(RunError::Invalid(format!("{what} {path:?} is absolute")));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(RunError::Invalid(format!(
+            "{what} {path:?} contains \"..\""
+        )));
+    }
+    if path.contains('\0') {
+        return Err(RunError::Invalid(format!("{what} {path:?} contains NUL")));
+    }
+    Ok(())
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Timestamp {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+impl Runner {
+    pub fn new(cas: Cas, exec_root: PathBuf, config: RunnerConfig) -> Runner {
+        let jobs = config.jobs.max(1);
+        Runner {
+            cas,
+            exec_root,
+            config,
+            slots: Arc::new(Semaphore::new(jobs)),
+        }
+    }
+
+    /// Validates the paths of an action before it is queued.
+    pub fn check(&self, spec: &ActionSpec) -> Result<(), RunError> {
+        if spec.arguments.is_empty() {
+            return Err(RunError::Invalid("the command has no arguments".into()));
+        }
+        check_relative_path("working directory", &spec.working_directory, true)?;
+        for out in spec.outputs.all() {
+            check_relative_path("output path", out, false)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the action once a slot is free.
+    pub async fn run(&self, spec: ActionSpec) -> Result<RunOutcome, RunError> {
+        self.check(&spec)?;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("runner semaphore never closes");
+        let dir = self.exec_root.join(format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        let outcome = self.run_in(&dir, &spec).await;
+        let cleanup = dir.clone();
+        tokio::task::spawn_blocking(move || remove_tree(&cleanup));
+        outcome
+    }
+
+    async fn run_in(&self, dir: &Path, spec: &ActionSpec) -> Result<RunOutcome, RunError> {
+        let root = dir.join("root");
+        let work = root.join(&spec.working_directory);
+        let (cas, input, root2, work2, outputs) = (
+            self.cas.clone(),
+            spec.input_root.clone(),
+            root.clone(),
+            work.clone(),
+            spec.outputs.clone(),
+        );
+        let linked = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+            let io = |p: &Path| {
+                let path = p.to_path_buf();
+                move |source| RunError::Io { path, source }
+            };
+            std::fs::create_dir_all(&root2).map_err(io(&root2))?;
+            let linked = stage::stage_tree(&cas, &input, &root2)?;
+            std::fs::create_dir_all(&work2).map_err(io(&work2))?;
+            // The server creates the parents of every output.
+            for out in outputs.all() {
+                if let Some(parent) = work2.join(out).parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+            }
+            Ok(linked)
+        })
+        .await??;
+
+        let stdout_path = dir.join("stdout");
+        let stderr_path = dir.join("stderr");
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| RunError::Io { path, source }
+        };
+        let stdout = std::fs::File::create(&stdout_path).map_err(io(&stdout_path))?;
+        let stderr = std::fs::File::create(&stderr_path).map_err(io(&stderr_path))?;
+        let argv: Vec<&String> = self
+            .config
+            .launcher
+            .iter()
+            .chain(spec.arguments.iter())
+            .collect();
+        let mut command = tokio::process::Command::new(argv[0]);
+        command
+            .args(&argv[1..])
+            .env_clear()
+            .envs(spec.environment.iter().map(|(k, v)| (k, v)))
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(true);
+
+        let start = SystemTime::now();
+        let mut child = command.spawn().map_err(|source| RunError::Spawn {
+            program: argv[0].clone(),
+            source,
+        })?;
+        let limit = spec
+            .timeout
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.config.default_timeout);
+        let (status, timed_out) = match tokio::time::timeout(limit, child.wait()).await {
+            Ok(status) => (Some(status.map_err(io(&work))?), false),
+            Err(_) => {
+                // Kill the whole process group: the launcher's children too.
+                if let Some(pid) = child.id() {
+                    unsafe {
+                        libc::kill(-(pid as i32), libc::SIGKILL);
+                    }
+                }
+                let _ = child.wait().await;
+                (None, true)
+            }
+        };
+        let end = SystemTime::now();
+        let exit_code = match status {
+            Some(s) => s.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)
+            }),
+            None => -1,
+        };
+
+        let cas = self.cas.clone();
+        let requested = spec.outputs.clone();
+        let work_dir = work.clone();
+        tokio::task::spawn_blocking(move || -> Result<RunOutcome, RunError> {
+            linked.verify(&cas)?;
+            let mut result = reapi::ActionResult {
+                exit_code,
+                ..Default::default()
+            };
+            if !timed_out {
+                outputs::collect(&cas, &work_dir, &requested, &mut result)?;
+            }
+            let hash = cas.hash_function();
+            for (path, slot) in [
+                (&stdout_path, &mut result.stdout_digest),
+                (&stderr_path, &mut result.stderr_digest),
+            ] {
+                let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                if len > 0 {
+                    *slot = Some(cas.put_file(ObjectKind::File, path)?.to_wire(hash));
+                }
+            }
+            result.execution_metadata = Some(reapi::ExecutedActionMetadata {
+                worker: "jserve".to_string(),
+                worker_start_timestamp: Some(timestamp(start)),
+                worker_completed_timestamp: Some(timestamp(end)),
+                execution_start_timestamp: Some(timestamp(start)),
+                execution_completed_timestamp: Some(timestamp(end)),
+                ..Default::default()
+            });
+            Ok(RunOutcome { result, timed_out })
+        })
+        .await?
+    }
+}
+
+/// Removes a working directory, making read-only directories writable first.
+fn remove_tree(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_ok() {
+        return;
+    }
+    fn make_writable(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::symlink_metadata(p) {
+            if meta.is_dir() {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+                if let Ok(entries) = std::fs::read_dir(p) {
+                    for e in entries.flatten() {
+                        make_writable(&e.path());
+                    }
+                }
+            }
+        }
+    }
+    make_writable(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), "cannot remove action directory: {e}");
+    }
+}

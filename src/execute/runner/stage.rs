@@ -1,0 +1,164 @@
+//! Staging an action's input root from the CAS into its working directory.
+//!
+//! Files are hard-linked from the CAS where possible (copied across
+//! filesystems). CAS files are read-only, which stops accidental writes; to
+//! also catch an action that forces a write (root, or chmod first), every
+//! linked CAS file's size, mtime and mode are recorded and checked after the
+//! action: a changed file is re-hashed and evicted from the CAS if its content
+//! no longer matches its name.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Digest, ObjectKind};
+use crate::storage::trees::{read_tree, Node, TreeStoreError};
+use crate::storage::{Cas, CasError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("input {0} is not in the CAS")]
+    Missing(String),
+    #[error(transparent)]
+    Tree(#[from] TreeStoreError),
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    #[error("cannot stage {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the action changed its input {0}, a read-only CAS file; the corrupted object was removed"
+    )]
+    InputModified(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
+    move |source| StageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a CAS file looked like when it was linked into a working directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    mtime_ns: i128,
+    mode: u32,
+}
+
+impl FileState {
+    fn of(meta: &fs::Metadata) -> FileState {
+        FileState {
+            len: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            mode: meta.permissions().mode() & 0o7777,
+        }
+    }
+}
+
+/// CAS files linked into one working directory, to check after the action.
+#[derive(Default)]
+pub struct LinkedInputs {
+    files: HashMap<PathBuf, (FileState, String)>,
+}
+
+/// Materialises tree `root` from `cas` at `dest` (which must exist and be empty).
+pub fn stage_tree(cas: &Cas, root: &Digest, dest: &Path) -> Result<LinkedInputs, StageError> {
+    let mut linked = LinkedInputs::default();
+    stage_rec(cas, root, dest, &mut linked)?;
+    Ok(linked)
+}
+
+fn stage_rec(
+    cas: &Cas,
+    tree: &Digest,
+    dest: &Path,
+    linked: &mut LinkedInputs,
+) -> Result<(), StageError> {
+    let nodes = read_tree(cas, tree)?.ok_or_else(|| StageError::Missing(tree.hash.clone()))?;
+    for node in nodes {
+        let path = dest.join(std::ffi::OsStr::from_bytes(node.name()));
+        match node {
+            Node::Dir { digest, .. } => {
+                fs::create_dir(&path).map_err(io_err(&path))?;
+                stage_rec(cas, &digest, &path, linked)?;
+            }
+            Node::Symlink { target, .. } => {
+                symlink(std::ffi::OsStr::from_bytes(&target), &path).map_err(io_err(&path))?;
+            }
+            Node::File {
+                digest, executable, ..
+            } => {
+                let kind = if executable {
+                    ObjectKind::Executable
+                } else {
+                    ObjectKind::File
+                };
+                let source = cas_file_of_kind(cas, kind, &digest.hash)?;
+                link_or_copy(&source, &path)?;
+                let meta = fs::metadata(&source).map_err(io_err(&source))?;
+                linked
+                    .files
+                    .insert(source, (FileState::of(&meta), digest.hash));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CAS file holding `hash` with the right executable bit, creating the
+/// other variant from the one present if need be.
+fn cas_file_of_kind(cas: &Cas, kind: ObjectKind, hash: &str) -> Result<PathBuf, StageError> {
+    let wanted = cas.path(kind, hash);
+    if wanted.is_file() {
+        return Ok(wanted);
+    }
+    let other = cas
+        .find(kind, hash)
+        .ok_or_else(|| StageError::Missing(hash.to_string()))?;
+    cas.put_file(kind, &other)?;
+    Ok(wanted)
+}
+
+fn link_or_copy(source: &Path, dest: &Path) -> Result<(), StageError> {
+    if fs::hard_link(source, dest).is_ok() {
+        return Ok(());
+    }
+    fs::copy(source, dest).map_err(io_err(dest))?;
+    Ok(())
+}
+
+impl LinkedInputs {
+    /// Checks that no linked CAS file was changed; repairs modes and evicts
+    /// objects whose content no longer matches their id.
+    pub fn verify(&self, cas: &Cas) -> Result<(), StageError> {
+        for (path, (state, hash)) in &self.files {
+            let Ok(meta) = fs::metadata(path) else {
+                continue; // removed by someone else: nothing left to corrupt
+            };
+            let now = FileState::of(&meta);
+            if now == *state {
+                continue;
+            }
+            let file = fs::File::open(path).map_err(io_err(path))?;
+            let actual = cas
+                .hash_function()
+                .hash_reader(false, meta.len(), file)
+                .map_err(io_err(path))?;
+            if actual == *hash {
+                // Only metadata changed: restore the read-only mode.
+                let _ = fs::set_permissions(path, fs::Permissions::from_mode(state.mode));
+                continue;
+            }
+            tracing::error!(file = %path.display(), hash, "action corrupted a CAS file; evicting it");
+            let _ = fs::remove_file(path);
+            return Err(StageError::InputModified(path.clone()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! Capabilities: what the endpoint supports, in the digest function of its mode.
+
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, capabilities_server::Capabilities, digest_function,
+    symlink_absolute_path_strategy,
+};
+use bazel_remote_apis::build::bazel::semver::SemVer;
+use tonic::{Request, Response, Status};
+
+use super::super::endpoint::LocalEndpoint;
+use super::MAX_BATCH_BYTES;
+use crate::digest::HashFunction;
+
+pub struct CapabilitiesService {
+    endpoint: Arc<LocalEndpoint>,
+}
+
+impl CapabilitiesService {
+    pub fn new(endpoint: Arc<LocalEndpoint>) -> Self {
+        CapabilitiesService { endpoint }
+    }
+}
+
+/// The REAPI digest function of a hash mode (native git ids travel as SHA1).
+pub fn digest_function_of(hash: HashFunction) -> i32 {
+    match hash {
+        HashFunction::GitSha1 => digest_function::Value::Sha1 as i32,
+        HashFunction::Sha256 => digest_function::Value::Sha256 as i32,
+    }
+}
+
+fn version(major: i32, minor: i32) -> Option<SemVer> {
+    Some(SemVer {
+        major,
+        minor,
+        patch: 0,
+        prerelease: String::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl Capabilities for CapabilitiesService {
+    async fn get_capabilities(
+        &self,
+        request: Request<reapi::GetCapabilitiesRequest>,
+    ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        self.endpoint
+            .check_instance(&request.get_ref().instance_name)?;
+        let digest_function = digest_function_of(self.endpoint.hash);
+        Ok(Response::new(reapi::ServerCapabilities {
+            cache_capabilities: Some(reapi::CacheCapabilities {
+                digest_functions: vec![digest_function],
+                action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
+                    update_enabled: true,
+                }),
+                max_batch_total_size_bytes: MAX_BATCH_BYTES as i64,
+                symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed
+                    as i32,
+                split_blob_support: true,
+                splice_blob_support: true,
+                ..Default::default()
+            }),
+            execution_capabilities: Some(reapi::ExecutionCapabilities {
+                digest_function,
+                exec_enabled: true,
+                digest_functions: vec![digest_function],
+                ..Default::default()
+            }),
+            low_api_version: version(2, 0),
+            high_api_version: version(2, 1),
+            ..Default::default()
+        }))
+    }
+}

@@ -1,0 +1,425 @@
+//! ContentAddressableStorage: presence checks, batch uploads and downloads
+//! (each upload verified against its digest; native trees only once their
+//! content is present), GetTree for Directory trees, and blob splitting.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, batch_read_blobs_response, batch_update_blobs_response, compressor,
+    content_addressable_storage_server::ContentAddressableStorage,
+};
+use bazel_remote_apis::google::rpc::Status as RpcStatus;
+use prost::Message;
+use tokio_stream::Stream;
+use tonic::{Code, Request, Response, Status};
+
+use super::super::endpoint::{EndpointError, LocalEndpoint};
+use super::{blocking, MAX_BATCH_BYTES};
+use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::storage::trees::directory_nodes;
+
+/// Chunk sizes for SplitBlob (FastCDC 2020): small enough to share content
+/// between versions of a large blob, large enough to keep the chunk count low.
+const CHUNK_MIN: usize = 32 * 1024;
+const CHUNK_AVG: usize = 128 * 1024;
+const CHUNK_MAX: usize = 512 * 1024;
+
+pub struct CasService {
+    endpoint: Arc<LocalEndpoint>,
+}
+
+impl CasService {
+    pub fn new(endpoint: Arc<LocalEndpoint>) -> Self {
+        CasService { endpoint }
+    }
+}
+
+fn rpc_status(code: Code, message: impl Into<String>) -> Option<RpcStatus> {
+    Some(RpcStatus {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    })
+}
+
+fn status_of(e: &EndpointError) -> Option<RpcStatus> {
+    let s = e.to_status();
+    rpc_status(s.code(), s.message())
+}
+
+type GetTreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<reapi::FindMissingBlobsRequest>,
+    ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        let request = request.into_inner();
+        self.endpoint.check_instance(&request.instance_name)?;
+        let endpoint = self.endpoint.clone();
+        let missing = blocking(move || {
+            let mut missing = Vec::new();
+            for d in request.blob_digests {
+                let digest = endpoint.parse_digest(&d)?;
+                if !endpoint.contains(&digest) {
+                    missing.push(d);
+                }
+            }
+            Ok(missing)
+        })
+        .await?;
+        Ok(Response::new(reapi::FindMissingBlobsResponse {
+            missing_blob_digests: missing,
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<reapi::BatchUpdateBlobsRequest>,
+    ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        let request = request.into_inner();
+        self.endpoint.check_instance(&request.instance_name)?;
+        let endpoint = self.endpoint.clone();
+        let responses = blocking(move || Ok(update_blobs(&endpoint, request.requests))).await?;
+        Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<reapi::BatchReadBlobsRequest>,
+    ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        let request = request.into_inner();
+        self.endpoint.check_instance(&request.instance_name)?;
+        let endpoint = self.endpoint.clone();
+        let responses = blocking(move || {
+            let digests = request
+                .digests
+                .iter()
+                .map(|d| endpoint.parse_digest(d))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut total = 0usize;
+            let mut responses = Vec::with_capacity(digests.len());
+            for (wire, digest) in request.digests.into_iter().zip(digests) {
+                let response = match endpoint.read(&digest)? {
+                    None => batch_read_blobs_response::Response {
+                        digest: Some(wire),
+                        status: rpc_status(Code::NotFound, format!("{} not in CAS", digest.hash)),
+                        ..Default::default()
+                    },
+                    Some(data) => {
+                        if endpoint.check_size(&digest, data.len() as u64).is_err() {
+                            batch_read_blobs_response::Response {
+                                digest: Some(wire),
+                                status: rpc_status(
+                                    Code::NotFound,
+                                    format!("{} has another size than announced", digest.hash),
+                                ),
+                                ..Default::default()
+                            }
+                        } else {
+                            total += data.len();
+                            if total > MAX_BATCH_BYTES {
+                                return Err(EndpointError::Invalid(format!(
+                                    "the blobs asked for exceed {MAX_BATCH_BYTES} bytes; read large blobs through ByteStream"
+                                )));
+                            }
+                            batch_read_blobs_response::Response {
+                                digest: Some(wire),
+                                data,
+                                status: rpc_status(Code::Ok, ""),
+                                compressor: compressor::Value::Identity as i32,
+                            }
+                        }
+                    }
+                };
+                responses.push(response);
+            }
+            Ok(responses)
+        })
+        .await?;
+        Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = GetTreeStream;
+
+    async fn get_tree(
+        &self,
+        request: Request<reapi::GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let request = request.into_inner();
+        self.endpoint.check_instance(&request.instance_name)?;
+        if self.endpoint.hash.is_native() {
+            return Err(Status::unimplemented(
+                "GetTree is not available in native mode: trees are git tree objects, read them by their id",
+            ));
+        }
+        let root = self
+            .endpoint
+            .parse_digest(&request.root_digest.unwrap_or_default())?;
+        let endpoint = self.endpoint.clone();
+        let page_size = if request.page_size > 0 {
+            request.page_size as usize
+        } else {
+            1000
+        };
+        let directories = blocking(move || collect_directories(&endpoint, &root)).await?;
+        let start: usize = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("malformed page token"))?
+        };
+        let mut pages = Vec::new();
+        let mut i = start.min(directories.len());
+        loop {
+            let end = (i + page_size).min(directories.len());
+            let next_page_token = if end < directories.len() {
+                end.to_string()
+            } else {
+                String::new()
+            };
+            pages.push(Ok(reapi::GetTreeResponse {
+                directories: directories[i..end].to_vec(),
+                next_page_token: next_page_token.clone(),
+            }));
+            if next_page_token.is_empty() {
+                break;
+            }
+            i = end;
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+    }
+
+    async fn split_blob(
+        &self,
+        request: Request<reapi::SplitBlobRequest>,
+    ) -> Result<Response<reapi::SplitBlobResponse>, Status> {
+        let request = request.into_inner();
+        self.endpoint.check_instance(&request.instance_name)?;
+        let digest = self
+            .endpoint
+            .parse_digest(&request.blob_digest.unwrap_or_default())?;
+        let endpoint = self.endpoint.clone();
+        let chunk_digests = blocking(move || split(&endpoint, &digest)).await?;
+        Ok(Response::new(reapi::SplitBlobResponse {
+            chunk_digests,
+            ..Default::default()
+        }))
+    }
+
+    async fn splice_blob(
+        &self,
+        request: Request<reapi::SpliceBlobRequest>,
+    ) -> Result<Response<reapi::SpliceBlobResponse>, Status> {
+        let request = request.into_inner();
+        self.endpoint.check_instance(&request.instance_name)?;
+        let wire = request.blob_digest.unwrap_or_default();
+        let digest = self.endpoint.parse_digest(&wire)?;
+        let endpoint = self.endpoint.clone();
+        let chunks = request.chunk_digests;
+        let spliced = blocking(move || splice(&endpoint, &digest, &chunks)).await?;
+        Ok(Response::new(reapi::SpliceBlobResponse {
+            blob_digest: Some(spliced.to_wire(self.endpoint.hash)),
+        }))
+    }
+
+    type GetChunkMappingStream =
+        Pin<Box<dyn Stream<Item = Result<reapi::GetChunkMappingResponse, Status>> + Send>>;
+
+    async fn get_chunk_mapping(
+        &self,
+        _request: Request<reapi::GetChunkMappingRequest>,
+    ) -> Result<Response<Self::GetChunkMappingStream>, Status> {
+        Err(Status::unimplemented(
+            "GetChunkMapping is not supported; use SplitBlob",
+        ))
+    }
+
+    async fn register_chunk_mapping(
+        &self,
+        _request: Request<tonic::Streaming<reapi::RegisterChunkMappingRequest>>,
+    ) -> Result<Response<reapi::RegisterChunkMappingResponse>, Status> {
+        Err(Status::unimplemented(
+            "RegisterChunkMapping is not supported; use SpliceBlob",
+        ))
+    }
+}
+
+/// Stores a batch: blobs first, then native trees as soon as their content is
+/// there (a batch may carry a tree together with its subtrees and blobs).
+fn update_blobs(
+    endpoint: &LocalEndpoint,
+    requests: Vec<reapi::batch_update_blobs_request::Request>,
+) -> Vec<batch_update_blobs_response::Response> {
+    let mut responses: Vec<Option<batch_update_blobs_response::Response>> =
+        (0..requests.len()).map(|_| None).collect();
+    let mut trees = Vec::new();
+    let answer = |wire: &Option<reapi::Digest>, status| batch_update_blobs_response::Response {
+        digest: wire.clone(),
+        status,
+    };
+    for (i, r) in requests.iter().enumerate() {
+        if r.compressor != compressor::Value::Identity as i32 {
+            responses[i] = Some(answer(
+                &r.digest,
+                rpc_status(
+                    Code::InvalidArgument,
+                    "compressed uploads are not supported",
+                ),
+            ));
+            continue;
+        }
+        let digest = match endpoint.parse_digest(&r.digest.clone().unwrap_or_default()) {
+            Ok(d) => d,
+            Err(e) => {
+                responses[i] = Some(answer(&r.digest, status_of(&e)));
+                continue;
+            }
+        };
+        if digest.is_tree {
+            trees.push((i, digest));
+            continue;
+        }
+        let status = match endpoint.store(&digest, &r.data) {
+            Ok(_) => rpc_status(Code::Ok, ""),
+            Err(e) => status_of(&e),
+        };
+        responses[i] = Some(answer(&r.digest, status));
+    }
+    // Trees whose entries are all present go in; repeat while that makes progress.
+    let mut pending: VecDeque<(usize, Digest)> = trees.into();
+    let mut stalled = 0;
+    while let Some((i, digest)) = pending.pop_front() {
+        match endpoint.store(&digest, &requests[i].data) {
+            Err(EndpointError::TreeInvariant(_)) if stalled < pending.len() + 1 => {
+                stalled += 1;
+                pending.push_back((i, digest));
+            }
+            result => {
+                stalled = 0;
+                let status = match result {
+                    Ok(_) => rpc_status(Code::Ok, ""),
+                    Err(e) => status_of(&e),
+                };
+                responses[i] = Some(answer(&requests[i].digest, status));
+            }
+        }
+    }
+    responses.into_iter().flatten().collect()
+}
+
+/// The tree invariant for a native tree staged in a file before it enters the CAS.
+pub(crate) fn check_staged_tree(
+    cas: &crate::storage::Cas,
+    tree_hash: &str,
+    staged: &std::path::Path,
+) -> Result<(), crate::storage::CasError> {
+    let bytes = std::fs::read(staged).map_err(|source| crate::storage::CasError::Io {
+        path: staged.to_path_buf(),
+        source,
+    })?;
+    crate::storage::trees::check_git_tree_complete(cas, tree_hash, &bytes)
+        .map_err(|e| crate::storage::CasError::Rejected(format!("tree invariant violated: {e}")))
+}
+
+/// Every Directory below (and including) `root`, each once, breadth first.
+fn collect_directories(
+    endpoint: &LocalEndpoint,
+    root: &Digest,
+) -> Result<Vec<reapi::Directory>, EndpointError> {
+    let mut seen = HashSet::new();
+    let mut queue = VecDeque::from([root.clone()]);
+    let mut out = Vec::new();
+    while let Some(d) = queue.pop_front() {
+        if !seen.insert(d.hash.clone()) {
+            continue;
+        }
+        let bytes = endpoint
+            .read(&d)?
+            .ok_or_else(|| EndpointError::NotFound(format!("directory {}", d.hash)))?;
+        let dir = reapi::Directory::decode(bytes.as_slice())
+            .map_err(|e| EndpointError::Invalid(format!("{} is not a Directory: {e}", d.hash)))?;
+        for node in directory_nodes(endpoint.hash, &d.hash, &dir)? {
+            if let crate::storage::trees::Node::Dir { digest, .. } = node {
+                queue.push_back(digest);
+            }
+        }
+        out.push(dir);
+    }
+    Ok(out)
+}
+
+/// Cuts a stored blob into content-defined chunks, stores them, returns their digests.
+fn split(endpoint: &LocalEndpoint, digest: &Digest) -> Result<Vec<reapi::Digest>, EndpointError> {
+    if digest.is_tree {
+        return Err(EndpointError::Invalid("only blobs can be split".into()));
+    }
+    let file = endpoint
+        .cas
+        .open(ObjectKind::File, &digest.hash)?
+        .ok_or_else(|| EndpointError::NotFound(digest.hash.clone()))?;
+    let mut chunks = Vec::new();
+    for chunk in fastcdc::v2020::StreamCDC::new(file, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+        let chunk = chunk.map_err(|e| EndpointError::Internal(format!("chunking failed: {e}")))?;
+        let d = endpoint.cas.put_bytes(ObjectKind::File, &chunk.data)?;
+        chunks.push(d.to_wire(endpoint.hash));
+    }
+    Ok(chunks)
+}
+
+/// Joins stored chunks into the blob `digest`, verifying the result.
+fn splice(
+    endpoint: &LocalEndpoint,
+    digest: &Digest,
+    chunks: &[reapi::Digest],
+) -> Result<Digest, EndpointError> {
+    let mut parts = Vec::with_capacity(chunks.len());
+    let mut len = 0u64;
+    for c in chunks {
+        let d = endpoint.parse_digest(c)?;
+        let path = endpoint.object_path(&d).ok_or_else(|| {
+            EndpointError::Precondition(format!("chunk {} is not in the CAS", d.hash))
+        })?;
+        len += std::fs::metadata(&path)
+            .map_err(|e| EndpointError::Internal(e.to_string()))?
+            .len();
+        parts.push(path);
+    }
+    endpoint.check_size(digest, len)?;
+    let kind = if digest.is_tree {
+        ObjectKind::Tree
+    } else {
+        ObjectKind::File
+    };
+    let mut upload = endpoint.cas.begin_upload(kind, Some(len))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    for path in &parts {
+        let mut f =
+            std::fs::File::open(path).map_err(|e| EndpointError::Internal(e.to_string()))?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| EndpointError::Internal(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            upload.write(&buf[..n])?;
+        }
+    }
+    let cas = endpoint.cas.clone();
+    let tree_hash = digest.hash.clone();
+    let is_native_tree = digest.is_tree && endpoint.hash == HashFunction::GitSha1;
+    Ok(upload.commit(Some(&digest.hash), move |staged| {
+        if is_native_tree {
+            check_staged_tree(&cas, &tree_hash, staged)
+        } else {
+            Ok(())
+        }
+    })?)
+}

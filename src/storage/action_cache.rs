@@ -1,0 +1,113 @@
+//! The local action cache: action digest -> `ActionResult`. The result message
+//! is a CAS blob; the entry file `ac/<2>/<rest>` holds `["<blob hash>",<size>]`,
+//! as justbuild writes it, so `just` can read entries of a shared build root.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+use prost::Message;
+
+use super::atomic::write_atomic;
+use super::cas::{Cas, CasError};
+use crate::digest::{HashFunction, ObjectKind};
+
+/// Errors of the action cache.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionCacheError {
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    #[error("I/O error on action-cache entry {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+#[derive(Clone, Debug)]
+pub struct ActionCache {
+    cas: Cas,
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ActionCache {
+    pub fn new(cas: Cas, dir: PathBuf, tmp: PathBuf) -> ActionCache {
+        ActionCache { cas, dir, tmp }
+    }
+
+    fn entry_path(&self, action_hash: &str) -> PathBuf {
+        let (shard, rest) = action_hash.split_at(2);
+        self.dir.join(shard).join(rest)
+    }
+
+    /// Stores `result` for the action with hex id `action_hash` (last writer wins).
+    pub fn store(&self, action_hash: &str, result: &ActionResult) -> Result<(), ActionCacheError> {
+        self.cas
+            .hash_function()
+            .check_hex(action_hash)
+            .map_err(|e| ActionCacheError::Io {
+                path: self.dir.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+            })?;
+        let blob = self
+            .cas
+            .put_bytes(ObjectKind::File, &result.encode_to_vec())?;
+        let entry = serde_json::json!([blob.hash, blob.size]).to_string();
+        let path = self.entry_path(action_hash);
+        write_atomic(&self.tmp, &path, entry.as_bytes(), 0o644)
+            .map_err(|source| ActionCacheError::Io { path, source })
+    }
+
+    /// The stored result of an action, if there is a readable one.
+    pub fn get(&self, action_hash: &str) -> Result<Option<ActionResult>, ActionCacheError> {
+        if self.cas.hash_function().check_hex(action_hash).is_err() {
+            return Ok(None);
+        }
+        let path = self.entry_path(action_hash);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ActionCacheError::Io { path, source }),
+        };
+        // An entry that does not parse, or whose blob is gone, is a miss.
+        let Ok((hash, _size)) = serde_json::from_str::<(String, u64)>(&text) else {
+            tracing::warn!(entry = %path.display(), "ignoring malformed action-cache entry");
+            return Ok(None);
+        };
+        let Some(bytes) = self.cas.read(ObjectKind::File, &hash)? else {
+            return Ok(None);
+        };
+        Ok(ActionResult::decode(bytes.as_slice()).ok())
+    }
+
+    pub fn hash_function(&self) -> HashFunction {
+        self.cas.hash_function()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_and_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let hf = HashFunction::Sha256;
+        let cas = Cas::new(hf, dir.path().join("s"), dir.path().join("tmp"));
+        let ac = ActionCache::new(cas.clone(), dir.path().join("s/ac"), dir.path().join("tmp"));
+        let action = hf.hash_bytes(false, b"action");
+        assert!(ac.get(&action).unwrap().is_none());
+        let result = ActionResult {
+            exit_code: 0,
+            stdout_raw: b"hi".to_vec(),
+            ..Default::default()
+        };
+        ac.store(&action, &result).unwrap();
+        assert_eq!(ac.get(&action).unwrap(), Some(result.clone()));
+        // The entry points at the result blob, justbuild's way.
+        let entry = fs::read_to_string(ac.entry_path(&action)).unwrap();
+        let blob = hf.digest_bytes(ObjectKind::File, &result.encode_to_vec());
+        assert_eq!(entry, format!("[\"{}\",{}]", blob.hash, blob.size));
+        assert!(ac.get("not-hex").unwrap().is_none());
+        assert!(ac.store("not-hex", &result).is_err());
+    }
+}
