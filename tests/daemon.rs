@@ -59,6 +59,15 @@ async fn own_endpoint_info_file_and_configuration_rpcs() {
         .into_inner();
     assert!(!compat.compatible);
 
+    // Without an execution endpoint, the REAPI is served on the same port.
+    use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+    let caps = reapi::capabilities_client::CapabilitiesClient::new(channel(port).await)
+        .get_capabilities(reapi::GetCapabilitiesRequest::default())
+        .await
+        .expect("serve is its own REAPI endpoint")
+        .into_inner();
+    assert!(caps.execution_capabilities.unwrap().exec_enabled);
+
     // The build root and its git cache exist after start.
     assert!(dir
         .path()
@@ -125,6 +134,14 @@ async fn configured_endpoint_is_advertised_as_json_string() {
             .into_inner()
             .compatible
     );
+    // With an external endpoint jserve serves no REAPI of its own.
+    use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+    let err =
+        reapi::capabilities_client::CapabilitiesClient::new(channel(server.addr.port()).await)
+            .get_capabilities(reapi::GetCapabilitiesRequest::default())
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
     server.shutdown().await.unwrap();
 }
 

@@ -377,7 +377,7 @@ async fn compatible_get_tree_lists_directories() {
 
 #[tokio::test]
 async fn malformed_requests_get_clear_statuses() {
-    let ep = start_execute_with(HashFunction::GitSha1, 2, "main").await;
+    let ep = start_execute_with(HashFunction::GitSha1, 2, Some("main")).await;
     let d = ep.blob_digest(b"x");
     // Unknown instance names.
     let err = ep

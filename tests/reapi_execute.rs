@@ -282,3 +282,42 @@ async fn operations_can_be_followed_by_name() {
     assert_eq!(err.code(), Code::NotFound);
     ep.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_action_cannot_corrupt_the_cas_through_its_inputs() {
+    for hash in MODES {
+        let ep = start_execute(hash, 2).await;
+        let root = ep
+            .upload_tree(&script(
+                "#!/bin/sh\nchmod u+w data/in.txt\necho corrupted > data/in.txt",
+            ))
+            .await;
+        let input = ep.blob_digest(b"input\n");
+        let action = ep
+            .action(&root, &["sh", "tools/run.sh"], &[], 0, false)
+            .await;
+        let response = response_of(&ep.execute(&action, false).await);
+        let status = response.status.unwrap_or_default();
+        assert_ne!(status.code, 0, "{hash:?}: a changed input fails the action");
+        assert!(
+            status.message.contains("changed its input"),
+            "{}",
+            status.message
+        );
+        // The CAS never serves the corrupted bytes under the original id.
+        let read = ep
+            .cas()
+            .batch_read_blobs(reapi::BatchReadBlobsRequest {
+                digests: vec![input.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let r = &read.responses[0];
+        if r.status.clone().unwrap_or_default().code == 0 {
+            assert_eq!(r.data, b"input\n");
+        }
+        ep.server.shutdown().await.unwrap();
+    }
+}

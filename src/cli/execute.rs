@@ -51,9 +51,9 @@ pub struct ExecuteArgs {
     /// Compatible mode: plain SHA-256 and Directory messages instead of git ids and trees.
     #[arg(long)]
     compatible: bool,
-    /// The instance name to serve; requests for others are refused.
-    #[arg(long = "instance-name", default_value = "")]
-    instance_name: String,
+    /// Serve only this instance name and refuse requests for others [default: accept any].
+    #[arg(long = "instance-name")]
+    instance_name: Option<String>,
     /// Actions running at once [default: number of cores].
     #[arg(short = 'J', long = "jobs")]
     jobs: Option<usize>,

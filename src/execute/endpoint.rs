@@ -78,14 +78,16 @@ impl From<EndpointError> for tonic::Status {
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
     pub hash: HashFunction,
-    /// The one instance name served; requests naming another are refused.
-    pub instance_name: String,
+    /// The one instance name served, if set; requests naming another are refused.
+    /// Unset, any name is accepted (justbuild clients send "remote-execution"
+    /// unless told otherwise).
+    pub instance_name: Option<String>,
     pub runner: RunnerConfig,
 }
 
 pub struct LocalEndpoint {
     pub hash: HashFunction,
-    pub instance_name: String,
+    pub instance_name: Option<String>,
     pub cas: Cas,
     pub action_cache: ActionCache,
     pub runner: Runner,
@@ -107,7 +109,11 @@ impl LocalEndpoint {
 
     /// Refuses requests for an instance this endpoint does not serve.
     pub fn check_instance(&self, name: &str) -> Result<(), EndpointError> {
-        if name == self.instance_name {
+        if self
+            .instance_name
+            .as_deref()
+            .is_none_or(|served| served == name)
+        {
             Ok(())
         } else {
             Err(EndpointError::UnknownInstance(name.to_string()))

@@ -62,11 +62,8 @@ impl ServeContext {
                 &build_root,
                 EndpointConfig {
                     hash,
-                    instance_name: config
-                        .execution_endpoint
-                        .as_ref()
-                        .map(|e| e.instance_name.clone())
-                        .unwrap_or_default(),
+                    // Clients name an instance of their own choosing; like `just serve`, accept any.
+                    instance_name: None,
                     runner: RunnerConfig {
                         launcher: config.build.local_launcher.clone(),
                         default_timeout: config.build.action_timeout,

@@ -323,13 +323,17 @@ pub fn store_nodes(
                         name: utf8_name(name)?,
                         digest: Some(digest.to_wire(hash)),
                     }),
-                    Node::Symlink { name, target } => dir.symlinks.push(reapi::SymlinkNode {
-                        name: utf8_name(name)?,
-                        target: String::from_utf8(target).map_err(|_| {
-                            TreeError::BadName("symlink target is not UTF-8".into())
-                        })?,
-                        node_properties: None,
-                    }),
+                    Node::Symlink { name, target } => {
+                        // justbuild clients fetch symlink targets as blobs, in this mode too.
+                        cas.put_bytes(ObjectKind::File, &target)?;
+                        dir.symlinks.push(reapi::SymlinkNode {
+                            name: utf8_name(name)?,
+                            target: String::from_utf8(target).map_err(|_| {
+                                TreeError::BadName("symlink target is not UTF-8".into())
+                            })?,
+                            node_properties: None,
+                        })
+                    }
                 }
             }
             dir.files.sort_by(|a, b| a.name.cmp(&b.name));

@@ -29,17 +29,21 @@ pub struct Endpoint {
 }
 
 pub async fn start_execute(hash: HashFunction, jobs: usize) -> Endpoint {
-    start_execute_with(hash, jobs, "").await
+    start_execute_with(hash, jobs, None).await
 }
 
-pub async fn start_execute_with(hash: HashFunction, jobs: usize, instance: &str) -> Endpoint {
+pub async fn start_execute_with(
+    hash: HashFunction,
+    jobs: usize,
+    instance: Option<&str>,
+) -> Endpoint {
     let dir = tempfile::tempdir().unwrap();
     let build_root = BuildRoot::open(&dir.path().join("root")).unwrap();
     let endpoint = LocalEndpoint::new(
         &build_root,
         EndpointConfig {
             hash,
-            instance_name: instance.to_string(),
+            instance_name: instance.map(str::to_string),
             runner: RunnerConfig {
                 launcher: vec!["env".into(), "--".into()],
                 default_timeout: std::time::Duration::from_secs(60),

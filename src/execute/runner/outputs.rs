@@ -92,6 +92,8 @@ pub fn collect(
                 .to_str()
                 .ok_or_else(|| OutputError::NotUtf8(rel.to_string()))?
                 .to_string();
+            // justbuild clients read symlink targets as blobs: keep one in the CAS.
+            cas.put_bytes(ObjectKind::File, target.as_bytes())?;
             let link = reapi::OutputSymlink {
                 path: rel.to_string(),
                 target,
