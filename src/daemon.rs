@@ -192,10 +192,14 @@ pub async fn start_services(
         source,
     })?;
 
-    let mut builder = Server::builder().trace_fn(|request| {
-        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-        tracing::info_span!("rpc", id, method = %request.uri().path())
-    });
+    // Large flow-control windows: blob uploads otherwise stall on loopback-fast links.
+    let mut builder = Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .trace_fn(|request| {
+            let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+            tracing::info_span!("rpc", id, method = %request.uri().path())
+        });
     let tls = tls_config(listen)?;
     let uses_tls = tls.is_some();
     if let Some(tls) = tls {

@@ -107,3 +107,64 @@ fn starts_logs_and_stops_gracefully_on_sigterm() {
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     assert!(!info_path.exists(), "info file removed");
 }
+
+#[test]
+fn execute_starts_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let info_path = dir.path().join("info.json");
+    let child = jserve()
+        .arg("execute")
+        .args([
+            "--local-build-root",
+            dir.path().join("root").to_str().unwrap(),
+        ])
+        .args([
+            "--info-file",
+            info_path.to_str().unwrap(),
+            "--compatible",
+            "--plain-log",
+        ])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !info_path.exists() {
+        assert!(start.elapsed() < TIMEOUT, "no info file written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(read_info(&info_path)["pid"], child.id());
+    // The empty blob is always present, as with `just execute`.
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert!(dir
+        .path()
+        .join("root/protocol-dependent/generation-0/compatible-sha256/casf/e3")
+        .join(&empty[2..])
+        .is_file());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("compatible execution service started: {"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn execute_rejects_bad_options() {
+    let out = jserve()
+        .args(["execute", "-L", "not json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--local-launcher"));
+    let out = jserve()
+        .args(["execute", "--tls-server-cert", "x.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "cert without key");
+}

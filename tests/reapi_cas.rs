@@ -455,3 +455,64 @@ async fn malformed_requests_get_clear_statuses() {
     );
     ep.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn split_and_splice_blobs() {
+    for hash in MODES {
+        let ep = start_execute(hash, 2).await;
+        let data = chunky(2 << 20);
+        let d = ep.blob_digest(&data);
+        let resource = format!("uploads/s/blobs/{}/{}", d.hash, d.size_bytes);
+        write_stream(&ep, &resource, &data, 0, true).await.unwrap();
+        let chunks = ep
+            .cas()
+            .split_blob(reapi::SplitBlobRequest {
+                blob_digest: Some(d.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .chunk_digests;
+        assert!(chunks.len() > 1, "a 2 MiB blob is cut into several chunks");
+        let mut joined = Vec::new();
+        for c in &chunks {
+            joined.extend(ep.read_blob(c).await);
+        }
+        assert_eq!(joined, data);
+
+        // Splicing: a new blob made of the second half of the chunks, then the first.
+        let (a, b) = chunks.split_at(chunks.len() / 2);
+        let reordered: Vec<reapi::Digest> = b.iter().chain(a.iter()).cloned().collect();
+        let mut expected = Vec::new();
+        for c in &reordered {
+            expected.extend(ep.read_blob(c).await);
+        }
+        let target = ep.blob_digest(&expected);
+        let spliced = ep
+            .cas()
+            .splice_blob(reapi::SpliceBlobRequest {
+                blob_digest: Some(target.clone()),
+                chunk_digests: reordered.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(spliced.blob_digest.unwrap().hash, target.hash);
+        assert_eq!(ep.read_blob(&target).await, expected);
+        // A digest the chunks do not add up to is refused.
+        let wrong = ep.blob_digest(b"something else");
+        let err = ep
+            .cas()
+            .splice_blob(reapi::SpliceBlobRequest {
+                blob_digest: Some(wrong),
+                chunk_digests: reordered,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        ep.server.shutdown().await.unwrap();
+    }
+}

@@ -321,3 +321,78 @@ async fn an_action_cannot_corrupt_the_cas_through_its_inputs() {
         ep.server.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn do_not_cache_actions_always_run() {
+    let ep = start_execute(HashFunction::GitSha1, 2).await;
+    let root = ep.upload_tree(&script("#!/bin/sh\ntrue")).await;
+    let action = ep
+        .action(&root, &["sh", "tools/run.sh"], &[], 0, true)
+        .await;
+    for _ in 0..2 {
+        let response = response_of(&ep.execute(&action, false).await);
+        assert!(!response.cached_result);
+        assert_eq!(response.result.unwrap().exit_code, 0);
+    }
+    let err = ep
+        .ac()
+        .get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "do_not_cache results are not stored"
+    );
+    ep.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn update_action_result_needs_its_outputs() {
+    for hash in MODES {
+        let ep = start_execute(hash, 2).await;
+        let action = ep.blob_digest(b"some action");
+        let absent = ep.blob_digest(b"output not uploaded");
+        let result = reapi::ActionResult {
+            output_files: vec![reapi::OutputFile {
+                path: "out".into(),
+                digest: Some(absent.clone()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let err = ep
+            .ac()
+            .update_action_result(reapi::UpdateActionResultRequest {
+                action_digest: Some(action.clone()),
+                action_result: Some(result.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        ep.upload_blob(b"output not uploaded").await;
+        ep.ac()
+            .update_action_result(reapi::UpdateActionResultRequest {
+                action_digest: Some(action.clone()),
+                action_result: Some(result.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let got = ep
+            .ac()
+            .get_action_result(reapi::GetActionResultRequest {
+                action_digest: Some(action),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.output_files, result.output_files);
+        ep.server.shutdown().await.unwrap();
+    }
+}
