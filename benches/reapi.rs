@@ -6,7 +6,6 @@
 //! Prints one line per figure; benches/README.md keeps the latest ones.
 
 #[path = "../tests/common/reapi.rs"]
-#[allow(dead_code)]
 mod client;
 
 use std::collections::BTreeMap;
