@@ -31,6 +31,15 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
+    /// The kind of a blob with or without the executable bit.
+    pub fn blob(executable: bool) -> ObjectKind {
+        if executable {
+            ObjectKind::Executable
+        } else {
+            ObjectKind::File
+        }
+    }
+
     /// Git tree-entry mode of this kind.
     pub fn git_mode(self) -> &'static str {
         match self {

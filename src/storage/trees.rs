@@ -249,11 +249,7 @@ fn store_dir_rec(
             nodes.push(Node::Dir { name, digest });
         } else if ft.is_file() {
             let executable = meta.permissions().mode() & 0o111 != 0;
-            let kind = if executable {
-                ObjectKind::Executable
-            } else {
-                ObjectKind::File
-            };
+            let kind = ObjectKind::blob(executable);
             let digest = cas.put_file(kind, &path)?;
             nodes.push(Node::File {
                 name,
@@ -283,11 +279,7 @@ pub fn store_nodes(
                         digest,
                         executable,
                     } => {
-                        let kind = if executable {
-                            ObjectKind::Executable
-                        } else {
-                            ObjectKind::File
-                        };
+                        let kind = ObjectKind::blob(executable);
                         (name, kind, digest.hash)
                     }
                     Node::Dir { name, digest } => (name, ObjectKind::Tree, digest.hash),

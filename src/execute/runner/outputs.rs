@@ -115,11 +115,7 @@ pub fn collect(
             }
         } else if ft.is_file() {
             let executable = meta.permissions().mode() & 0o111 != 0;
-            let kind = if executable {
-                ObjectKind::Executable
-            } else {
-                ObjectKind::File
-            };
+            let kind = ObjectKind::blob(executable);
             let digest = cas.put_file(kind, &path)?;
             result.output_files.push(reapi::OutputFile {
                 path: rel.to_string(),

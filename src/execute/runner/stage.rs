@@ -94,11 +94,7 @@ fn stage_rec(
             Node::File {
                 digest, executable, ..
             } => {
-                let kind = if executable {
-                    ObjectKind::Executable
-                } else {
-                    ObjectKind::File
-                };
+                let kind = ObjectKind::blob(executable);
                 let source = cas_file_of_kind(cas, kind, &digest.hash)?;
                 link_or_copy(&source, &path)?;
                 let meta = fs::metadata(&source).map_err(io_err(&source))?;

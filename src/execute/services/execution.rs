@@ -49,6 +49,16 @@ fn follow(rx: watch::Receiver<Operation>, skip_current: bool) -> OperationStream
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
 }
 
+fn known_operation(
+    endpoint: &LocalEndpoint,
+    name: &str,
+) -> Result<watch::Receiver<Operation>, Status> {
+    endpoint
+        .operations
+        .get(name)
+        .ok_or_else(|| Status::not_found(format!("no operation {name:?} is known")))
+}
+
 #[tonic::async_trait]
 impl ExecutionApi for ExecutionService {
     type ExecuteStream = OperationStream;
@@ -77,12 +87,7 @@ impl ExecutionApi for ExecutionService {
         &self,
         request: Request<reapi::WaitExecutionRequest>,
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        let name = request.into_inner().name;
-        let rx = self
-            .endpoint
-            .operations
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("no operation {name:?} is known")))?;
+        let rx = known_operation(&self.endpoint, &request.into_inner().name)?;
         Ok(Response::new(follow(rx, true)))
     }
 }
@@ -110,12 +115,7 @@ impl OperationsApi for OperationsService {
         &self,
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let name = request.into_inner().name;
-        let rx = self
-            .endpoint
-            .operations
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("no operation {name:?} is known")))?;
+        let rx = known_operation(&self.endpoint, &request.into_inner().name)?;
         let op = rx.borrow().clone();
         Ok(Response::new(op))
     }
@@ -138,12 +138,7 @@ impl OperationsApi for OperationsService {
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
-        let name = request.into_inner().name;
-        let rx = self
-            .endpoint
-            .operations
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("no operation {name:?} is known")))?;
+        let rx = known_operation(&self.endpoint, &request.into_inner().name)?;
         Ok(Response::new(wait_done(rx).await))
     }
 }
