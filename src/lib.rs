@@ -1,5 +1,6 @@
 //! jserve: a drop-in replacement for justbuild's `just serve`.
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -7,7 +8,9 @@ pub mod digest;
 pub mod execute;
 pub mod git;
 pub mod logging;
+pub mod remote;
 pub mod serve;
+pub mod sources;
 pub mod storage;
 
 /// Code generated from proto/just_serve.proto.

@@ -1,0 +1,1 @@
+//! A REAPI client for an external execution endpoint. Not implemented yet.

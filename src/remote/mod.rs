@@ -1,0 +1,59 @@
+//! The associated remote-execution endpoint, as the serve side sees it: a CAS
+//! to sync objects to and from, reached in-process (jserve's own endpoint) or
+//! over gRPC (any REAPI server).
+
+pub mod grpc;
+
+use std::path::Path;
+
+use crate::digest::{Digest, HashFunction};
+
+/// Errors talking to the endpoint's CAS.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The endpoint could not be reached or answered with an error status.
+    #[error("remote CAS call {call} failed: {status}")]
+    Status {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    /// Connecting (or the TLS set-up) failed.
+    #[error("cannot connect to the execution endpoint {address}: {message}")]
+    Connect { address: String, message: String },
+    /// The endpoint refused one object of an upload.
+    #[error("the endpoint refused {hash}: {message}")]
+    Refused { hash: String, message: String },
+    /// Downloaded content does not match its digest.
+    #[error("downloaded {hash} does not match its digest")]
+    Corrupt { hash: String },
+    #[error("local I/O error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The CAS of the associated endpoint. Digests are in the endpoint's hash
+/// mode (`hash_function`); native trees are git tree objects and may only be
+/// uploaded after everything they name.
+#[tonic::async_trait]
+pub trait RemoteCas: Send + Sync {
+    fn hash_function(&self) -> HashFunction;
+
+    /// Those of `digests` the endpoint does not have.
+    async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, RemoteError>;
+
+    /// Uploads in-memory objects, in the given order (batched where small).
+    async fn upload_blobs(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError>;
+
+    /// Uploads one object from a file, streaming it.
+    async fn upload_file(&self, digest: &Digest, path: &Path) -> Result<(), RemoteError>;
+
+    /// Reads one object into memory; `None` if the endpoint does not have it.
+    async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError>;
+
+    /// Streams one object into `dest` (created or replaced); false if absent.
+    async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError>;
+}
