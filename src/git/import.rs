@@ -74,13 +74,55 @@ fn write_file_blob(odb: &git2::Odb<'_>, path: &Path, len: u64) -> Result<Oid, Gi
     Ok(writer.finalize()?)
 }
 
-/// Pins `tree` in `repo` with a reference, so that `git gc` never drops it.
+/// The signature justbuild uses for its bookkeeping commits and tags: fixed,
+/// so that the same content gives the same commit id in every git cache.
+fn nobody() -> Result<git2::Signature<'static>, GitError> {
+    Ok(git2::Signature::new(
+        "Nobody",
+        "nobody@example.org",
+        &git2::Time::new(0, 0),
+    )?)
+}
+
+/// The message of jserve's (and justbuild's) keep tags.
+const KEEP_MESSAGE: &str = "Keep referenced tree alive";
+
+/// Creates the annotated tag `keep-<id>` on object `id` unless it exists.
+fn keep_tag(repo: &Repository, id: Oid, kind: git2::ObjectType) -> Result<(), GitError> {
+    let name = format!("keep-{id}");
+    if repo.find_reference(&format!("refs/tags/{name}")).is_ok() {
+        return Ok(());
+    }
+    let object = repo.find_object(id, Some(kind))?;
+    match repo.tag(&name, &object, &nobody()?, KEEP_MESSAGE, true) {
+        Ok(_) => Ok(()),
+        // Another writer created it in the meantime.
+        Err(_) if repo.find_reference(&format!("refs/tags/{name}")).is_ok() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes `tree` (already in `repo`) permanent the way just-mr does: a
+/// parent-less commit of it with `message`, kept alive by the tag
+/// `keep-<commit>`. Returns the commit id.
+pub fn commit_and_keep(repo: &Repository, tree: Oid, message: &str) -> Result<Oid, GitError> {
+    let tree = repo.find_tree(tree)?;
+    let message = git2::message_prettify(message, None)?;
+    let sig = nobody()?;
+    let commit = repo.commit(None, &sig, &sig, &message, &tree, &[])?;
+    keep_tag(repo, commit, git2::ObjectType::Commit)?;
+    Ok(commit)
+}
+
+/// Imports a directory into `repo` and keeps it (see `commit_and_keep`); returns the tree.
+pub fn import_to_git(repo: &Repository, dir: &Path, message: &str) -> Result<Oid, GitError> {
+    let tree = import_directory(repo, dir)?;
+    commit_and_keep(repo, tree, message)?;
+    Ok(tree)
+}
+
+/// Keeps a tree alive with the tag `keep-<tree>` directly on it (used for
+/// trees that come from no directory, like resolved symlink trees).
 pub fn keep_tree(repo: &Repository, tree: Oid) -> Result<(), GitError> {
-    repo.reference(
-        &format!("refs/jserve/keep/{tree}"),
-        tree,
-        true,
-        "jserve: keep tree",
-    )?;
-    Ok(())
+    keep_tag(repo, tree, git2::ObjectType::Tree)
 }

@@ -5,7 +5,7 @@
 mod import;
 mod repo_set;
 
-pub use import::{import_directory, keep_tree};
+pub use import::{commit_and_keep, import_directory, import_to_git, keep_tree};
 pub use repo_set::{Found, RepoSet, TreeItem};
 
 use std::path::PathBuf;

@@ -147,10 +147,55 @@ fn import_gives_the_tree_git_writes() {
     let tree = import_directory(&repo, &work).unwrap();
     assert_eq!(tree.to_string(), expected);
     keep_tree(&repo, tree).unwrap();
+    assert_eq!(
+        git(&cache, &["cat-file", "-t", &format!("keep-{expected}")]),
+        "tag"
+    );
     // The imported tree is now found through the set, in the git cache.
     let set = RepoSet::new(cache.clone(), vec![]);
     assert_eq!(set.find_tree(&expected).unwrap(), Some(0));
     assert_eq!(git(&cache, &["cat-file", "-t", &expected]), "tree");
+}
+
+#[test]
+fn import_to_git_commits_like_just_mr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(&work).unwrap();
+    fs::write(work.join("f"), "content\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let repo = git2::Repository::init_bare(&cache).unwrap();
+    let tree = import_to_git(&repo, &work, "Content of archive 1234").unwrap();
+    // One keep tag, on a commit fixed by tree and message (author Nobody at time 0):
+    // `git commit-tree` with the same identity and date gives the same id.
+    let tags = git(&cache, &["tag", "-l", "keep-*"]);
+    let commit = tags.strip_prefix("keep-").expect("a keep tag").to_string();
+    let out = Command::new("git")
+        .args([
+            "commit-tree",
+            &tree.to_string(),
+            "-m",
+            "Content of archive 1234",
+        ])
+        .current_dir(&cache)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", tmp.path())
+        .env("GIT_AUTHOR_NAME", "Nobody")
+        .env("GIT_AUTHOR_EMAIL", "nobody@example.org")
+        .env("GIT_AUTHOR_DATE", "@0 +0000")
+        .env("GIT_COMMITTER_NAME", "Nobody")
+        .env("GIT_COMMITTER_EMAIL", "nobody@example.org")
+        .env("GIT_COMMITTER_DATE", "@0 +0000")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), commit);
+    assert_eq!(
+        git(&cache, &["cat-file", "-t", &format!("keep-{commit}")]),
+        "tag"
+    );
+    // Importing again is harmless and gives the same commit.
+    import_to_git(&repo, &work, "Content of archive 1234").unwrap();
+    assert_eq!(git(&cache, &["tag", "-l", "keep-*"]), tags);
 }
 
 #[test]

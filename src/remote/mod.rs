@@ -3,6 +3,7 @@
 //! over gRPC (any REAPI server).
 
 pub mod grpc;
+pub mod local;
 
 use std::path::Path;
 
@@ -56,4 +57,38 @@ pub trait RemoteCas: Send + Sync {
 
     /// Streams one object into `dest` (created or replaced); false if absent.
     async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError>;
+}
+
+/// Stands in for an external endpoint jserve cannot talk to yet: every call
+/// fails with a clear message.
+pub struct Unconnected {
+    pub hash: HashFunction,
+}
+
+fn not_connected() -> RemoteError {
+    RemoteError::Other(
+        "talking to an external execution endpoint is not implemented yet".to_string(),
+    )
+}
+
+#[tonic::async_trait]
+impl RemoteCas for Unconnected {
+    fn hash_function(&self) -> HashFunction {
+        self.hash
+    }
+    async fn find_missing(&self, _: Vec<Digest>) -> Result<Vec<Digest>, RemoteError> {
+        Err(not_connected())
+    }
+    async fn upload_blobs(&self, _: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
+        Err(not_connected())
+    }
+    async fn upload_file(&self, _: &Digest, _: &Path) -> Result<(), RemoteError> {
+        Err(not_connected())
+    }
+    async fn read_blob(&self, _: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
+        Err(not_connected())
+    }
+    async fn download_to_file(&self, _: &Digest, _: &Path) -> Result<bool, RemoteError> {
+        Err(not_connected())
+    }
 }

@@ -17,6 +17,8 @@ use crate::digest::HashFunction;
 use crate::execute::runner::RunnerConfig;
 use crate::execute::{EndpointConfig, LocalEndpoint};
 use crate::git::RepoSet;
+use crate::remote::{local::LocalRemote, RemoteCas};
+use crate::sources::Sources;
 use crate::storage::BuildRoot;
 
 /// Errors while preparing the serve state at start.
@@ -39,6 +41,8 @@ pub struct ServeContext {
     pub repos: RepoSet,
     /// jserve's own REAPI endpoint, when the config names no external one.
     pub endpoint: Option<Arc<LocalEndpoint>>,
+    /// The SourceTree logic, working with the endpoint's CAS.
+    pub sources: Sources,
 }
 
 impl ServeContext {
@@ -72,11 +76,17 @@ impl ServeContext {
                 },
             )
         });
+        let remote: Arc<dyn RemoteCas> = match &endpoint {
+            Some(e) => Arc::new(LocalRemote::new(e.clone())),
+            None => Arc::new(crate::remote::Unconnected { hash }),
+        };
+        let sources = Sources::new(build_root.clone(), repos.clone(), remote);
         Ok(Arc::new(ServeContext {
             hash,
             build_root,
             repos,
             endpoint,
+            sources,
             config,
         }))
     }

@@ -1,6 +1,6 @@
-//! The SourceTree service. Not implemented yet: every RPC answers
-//! UNIMPLEMENTED, which `just-mr` treats as "serve cannot help" and falls
-//! back to fetching sources itself.
+//! The SourceTree service: protocol messages in, `sources` operations, the
+//! outcome mapped onto each RPC's own status enum. Every RPC answers gRPC OK;
+//! clients read the status field.
 
 use std::sync::Arc;
 
@@ -9,77 +9,199 @@ use tonic::{Request, Response, Status};
 use super::ServeContext;
 use crate::proto::source_tree_server::SourceTree;
 use crate::proto::*;
+use crate::sources::{Distfile, Outcome, Sources, TreeAnswer};
 
 pub struct SourceTreeService {
-    _ctx: Arc<ServeContext>,
+    ctx: Arc<ServeContext>,
 }
 
 impl SourceTreeService {
     pub fn new(ctx: Arc<ServeContext>) -> SourceTreeService {
-        SourceTreeService { _ctx: ctx }
+        SourceTreeService { ctx }
+    }
+
+    fn sources(&self) -> &Sources {
+        &self.ctx.sources
+    }
+
+    fn wire(
+        &self,
+        answer: &TreeAnswer,
+    ) -> Option<bazel_remote_apis::build::bazel::remote::execution::v2::Digest> {
+        let hash = self.sources().remote_hash();
+        answer.digest.as_ref().map(|d| d.to_wire(hash))
     }
 }
 
-fn not_yet(rpc: &str) -> Status {
-    tracing::debug!("{rpc}: not implemented yet");
-    Status::unimplemented(format!("jserve does not implement SourceTree.{rpc} yet"))
+fn log_outcome(rpc: &str, id: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::Ok => tracing::info!("{rpc}({id}): OK"),
+        Outcome::NotFound => tracing::info!("{rpc}({id}): not found"),
+        other => tracing::warn!("{rpc}({id}): {other:?}"),
+    }
 }
 
 #[tonic::async_trait]
 impl SourceTree for SourceTreeService {
     async fn serve_commit_tree(
         &self,
-        _r: Request<ServeCommitTreeRequest>,
+        request: Request<ServeCommitTreeRequest>,
     ) -> Result<Response<ServeCommitTreeResponse>, Status> {
-        Err(not_yet("ServeCommitTree"))
+        use serve_commit_tree_response::ServeCommitTreeStatus as S;
+        let r = request.into_inner();
+        let answer = self
+            .sources()
+            .commit_tree(&r.commit, &r.subdir, r.sync_tree)
+            .await;
+        log_outcome("ServeCommitTree", &r.commit, &answer.outcome);
+        let status = match answer.outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::NotFound => S::NotFound,
+            Outcome::SyncError(_) => S::SyncError,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(ServeCommitTreeResponse {
+            digest: self.wire(&answer),
+            tree: answer.tree.unwrap_or_default(),
+            status: status as i32,
+        }))
     }
 
     async fn serve_archive_tree(
         &self,
         _r: Request<ServeArchiveTreeRequest>,
     ) -> Result<Response<ServeArchiveTreeResponse>, Status> {
-        Err(not_yet("ServeArchiveTree"))
+        Err(Status::unimplemented(
+            "jserve does not implement SourceTree.ServeArchiveTree yet",
+        ))
     }
 
     async fn serve_distdir_tree(
         &self,
-        _r: Request<ServeDistdirTreeRequest>,
+        request: Request<ServeDistdirTreeRequest>,
     ) -> Result<Response<ServeDistdirTreeResponse>, Status> {
-        Err(not_yet("ServeDistdirTree"))
+        use serve_distdir_tree_response::ServeDistdirTreeStatus as S;
+        let r = request.into_inner();
+        let files: Vec<Distfile> = r
+            .distfiles
+            .into_iter()
+            .map(|f| Distfile {
+                name: f.name,
+                content: f.content,
+                executable: f.executable,
+            })
+            .collect();
+        let n = files.len();
+        let answer = self.sources().distdir(files, r.sync_tree).await;
+        log_outcome("ServeDistdirTree", &format!("{n} files"), &answer.outcome);
+        let status = match answer.outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::NotFound => S::NotFound,
+            Outcome::SyncError(_) => S::SyncError,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(ServeDistdirTreeResponse {
+            digest: self.wire(&answer),
+            tree: answer.tree.unwrap_or_default(),
+            status: status as i32,
+        }))
     }
 
     async fn serve_content(
         &self,
-        _r: Request<ServeContentRequest>,
+        request: Request<ServeContentRequest>,
     ) -> Result<Response<ServeContentResponse>, Status> {
-        Err(not_yet("ServeContent"))
+        use serve_content_response::ServeContentStatus as S;
+        let r = request.into_inner();
+        let answer = self.sources().content(&r.content).await;
+        log_outcome("ServeContent", &r.content, &answer.outcome);
+        let status = match answer.outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::NotFound => S::NotFound,
+            Outcome::SyncError(_) => S::SyncError,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(ServeContentResponse {
+            digest: self.wire(&answer),
+            status: status as i32,
+        }))
     }
 
     async fn serve_tree(
         &self,
-        _r: Request<ServeTreeRequest>,
+        request: Request<ServeTreeRequest>,
     ) -> Result<Response<ServeTreeResponse>, Status> {
-        Err(not_yet("ServeTree"))
+        use serve_tree_response::ServeTreeStatus as S;
+        let r = request.into_inner();
+        let answer = self.sources().tree(&r.tree).await;
+        log_outcome("ServeTree", &r.tree, &answer.outcome);
+        let status = match answer.outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::NotFound => S::NotFound,
+            Outcome::SyncError(_) => S::SyncError,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(ServeTreeResponse {
+            digest: self.wire(&answer),
+            status: status as i32,
+        }))
     }
 
     async fn check_root_tree(
         &self,
-        _r: Request<CheckRootTreeRequest>,
+        request: Request<CheckRootTreeRequest>,
     ) -> Result<Response<CheckRootTreeResponse>, Status> {
-        Err(not_yet("CheckRootTree"))
+        use check_root_tree_response::CheckRootTreeStatus as S;
+        let r = request.into_inner();
+        let outcome = self.sources().check_root_tree(&r.tree).await;
+        log_outcome("CheckRootTree", &r.tree, &outcome);
+        let status = match outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::NotFound => S::NotFound,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(CheckRootTreeResponse {
+            status: status as i32,
+        }))
     }
 
     async fn get_remote_tree(
         &self,
-        _r: Request<GetRemoteTreeRequest>,
+        request: Request<GetRemoteTreeRequest>,
     ) -> Result<Response<GetRemoteTreeResponse>, Status> {
-        Err(not_yet("GetRemoteTree"))
+        use get_remote_tree_response::GetRemoteTreeStatus as S;
+        let wire = request.into_inner().digest.unwrap_or_default();
+        let outcome = match self.sources().remote_hash().digest_from_wire(&wire) {
+            Ok(digest) => self.sources().get_remote_tree(&digest).await,
+            Err(e) => Outcome::FailedPrecondition(format!("invalid digest: {e}")),
+        };
+        log_outcome("GetRemoteTree", &wire.hash, &outcome);
+        let status = match outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::FailedPrecondition(_) | Outcome::NotFound => S::FailedPrecondition,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(GetRemoteTreeResponse {
+            status: status as i32,
+        }))
     }
 
     async fn compute_tree_structure(
         &self,
-        _r: Request<ComputeTreeStructureRequest>,
+        request: Request<ComputeTreeStructureRequest>,
     ) -> Result<Response<ComputeTreeStructureResponse>, Status> {
-        Err(not_yet("ComputeTreeStructure"))
+        use compute_tree_structure_response::ComputeTreeStructureStatus as S;
+        let r = request.into_inner();
+        let answer = self.sources().compute_tree_structure(&r.tree).await;
+        log_outcome("ComputeTreeStructure", &r.tree, &answer.outcome);
+        let status = match answer.outcome {
+            Outcome::Ok => S::Ok,
+            Outcome::NotFound => S::NotFound,
+            _ => S::InternalError,
+        };
+        Ok(Response::new(ComputeTreeStructureResponse {
+            status: status as i32,
+            tree_structure_hash: answer.tree.unwrap_or_default(),
+        }))
     }
 }

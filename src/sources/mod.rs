@@ -1,5 +1,54 @@
 //! The SourceTree logic, independent of gRPC: mapping commits, archives,
 //! distdirs, blobs and trees to git trees, and making them available in the
-//! endpoint's CAS.
+//! endpoint's CAS. Look-ups go through the git cache first, then the
+//! configured repositories in order, then the local native CAS (and, where
+//! the reference does, the endpoint's CAS).
 
+mod copy;
+mod operations;
 pub mod resolve;
+pub mod sync;
+mod tree_structure;
+
+pub use operations::{Distfile, Outcome, TreeAnswer};
+
+use std::sync::Arc;
+
+use crate::digest::HashFunction;
+use crate::git::RepoSet;
+use crate::remote::RemoteCas;
+use crate::storage::{BuildRoot, Cas};
+use sync::Syncer;
+
+/// What the SourceTree operations work with.
+pub struct Sources {
+    pub repos: RepoSet,
+    pub build_root: BuildRoot,
+    /// The local CAS in native mode: SourceTree always speaks git ids.
+    pub native_cas: Cas,
+    pub remote: Arc<dyn RemoteCas>,
+    pub syncer: Syncer,
+}
+
+impl Sources {
+    pub fn new(build_root: BuildRoot, repos: RepoSet, remote: Arc<dyn RemoteCas>) -> Sources {
+        let rehash = crate::storage::IdMap::new(
+            build_root
+                .path()
+                .join("protocol-dependent/generation-0/to-plain-SHA256/from-git"),
+            build_root.tmp_dir(),
+        );
+        Sources {
+            native_cas: build_root.cas(HashFunction::GitSha1),
+            syncer: Syncer::new(remote.clone(), rehash),
+            remote,
+            repos,
+            build_root,
+        }
+    }
+
+    /// The endpoint's hash mode.
+    pub fn remote_hash(&self) -> HashFunction {
+        self.remote.hash_function()
+    }
+}

@@ -1,0 +1,130 @@
+//! The endpoint's CAS reached in-process: jserve's own endpoint, without a
+//! detour through loopback gRPC. Uploads are verified like any other.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{RemoteCas, RemoteError};
+use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::execute::{EndpointError, LocalEndpoint};
+
+pub struct LocalRemote {
+    endpoint: Arc<LocalEndpoint>,
+}
+
+impl LocalRemote {
+    pub fn new(endpoint: Arc<LocalEndpoint>) -> LocalRemote {
+        LocalRemote { endpoint }
+    }
+}
+
+fn refused(hash: &str, e: EndpointError) -> RemoteError {
+    RemoteError::Refused {
+        hash: hash.to_string(),
+        message: e.to_string(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RemoteError> + Send + 'static,
+) -> Result<T, RemoteError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RemoteError::Other(format!("worker task failed: {e}")))?
+}
+
+#[tonic::async_trait]
+impl RemoteCas for LocalRemote {
+    fn hash_function(&self) -> HashFunction {
+        self.endpoint.hash
+    }
+
+    async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, RemoteError> {
+        let endpoint = self.endpoint.clone();
+        blocking(move || {
+            Ok(digests
+                .into_iter()
+                .filter(|d| !endpoint.contains(d))
+                .collect())
+        })
+        .await
+    }
+
+    async fn upload_blobs(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
+        let endpoint = self.endpoint.clone();
+        blocking(move || {
+            for (digest, data) in blobs {
+                endpoint
+                    .store(&digest, &data)
+                    .map_err(|e| refused(&digest.hash, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn upload_file(&self, digest: &Digest, path: &Path) -> Result<(), RemoteError> {
+        let (endpoint, digest, path) = (self.endpoint.clone(), digest.clone(), path.to_path_buf());
+        blocking(move || {
+            if digest.is_tree {
+                // Trees are small and need the invariant check: take the common path.
+                let data = std::fs::read(&path).map_err(|source| RemoteError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                endpoint
+                    .store(&digest, &data)
+                    .map_err(|e| refused(&digest.hash, e))?;
+                return Ok(());
+            }
+            let file = std::fs::File::open(&path).map_err(|source| RemoteError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let len = file
+                .metadata()
+                .map_err(|source| RemoteError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+                .len();
+            endpoint
+                .check_size(&digest, len)
+                .map_err(|e| refused(&digest.hash, e))?;
+            endpoint
+                .cas
+                .put_stream(ObjectKind::File, len, file, Some(&digest.hash))
+                .map_err(|e| refused(&digest.hash, e.into()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
+        let (endpoint, digest) = (self.endpoint.clone(), digest.clone());
+        blocking(move || {
+            endpoint
+                .read(&digest)
+                .map_err(|e| RemoteError::Other(e.to_string()))
+        })
+        .await
+    }
+
+    async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError> {
+        let (endpoint, digest, dest) = (self.endpoint.clone(), digest.clone(), dest.to_path_buf());
+        blocking(move || {
+            let Some(source) = endpoint.object_path(&digest) else {
+                return Ok(false);
+            };
+            let io = |source| RemoteError::Io {
+                path: dest.clone(),
+                source,
+            };
+            let tmp = dest.with_extension("jserve-download");
+            std::fs::copy(&source, &tmp).map_err(io)?;
+            std::fs::rename(&tmp, &dest).map_err(io)?;
+            Ok(true)
+        })
+        .await
+    }
+}

@@ -1,0 +1,224 @@
+//! Copying trees into the git cache: from the local native CAS, and from the
+//! endpoint's CAS (native git trees, or compatible `Directory` trees turned
+//! back into git trees). Objects are written straight into the git object
+//! database; what is there already is skipped.
+
+use std::collections::HashSet;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use git2::{ObjectType, Oid, Repository};
+use prost::Message;
+
+use crate::digest::{
+    parse_git_tree, serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind,
+};
+use crate::remote::RemoteCas;
+use crate::storage::trees::directory_nodes;
+use crate::storage::Cas;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0} is not available")]
+    Missing(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("git error: {0}")]
+    Git(#[from] git2::Error),
+    #[error(transparent)]
+    Cas(#[from] crate::storage::CasError),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error(transparent)]
+    Tree(#[from] crate::digest::TreeError),
+}
+
+fn has(repo: &Repository, id: Oid) -> bool {
+    repo.odb().map(|o| o.exists(id)).unwrap_or(false)
+}
+
+/// Writes native CAS tree `tree` (and everything below it) into `repo`.
+pub fn native_cas_tree_to_git(cas: &Cas, repo: &Repository, tree: &str) -> Result<(), CopyError> {
+    let odb = repo.odb()?;
+    let mut stack = vec![tree.to_string()];
+    let mut seen = HashSet::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let bytes = cas
+            .read(ObjectKind::Tree, &id)?
+            .ok_or_else(|| CopyError::Missing(format!("tree {id}")))?;
+        for e in parse_git_tree(&bytes)? {
+            let child = hex::encode(e.id);
+            let oid = Oid::from_bytes(&e.id)?;
+            if e.kind == ObjectKind::Tree {
+                stack.push(child);
+            } else if !odb.exists(oid) {
+                let data = cas
+                    .read(ObjectKind::File, &child)?
+                    .ok_or_else(|| CopyError::Missing(format!("blob {child}")))?;
+                odb.write(ObjectType::Blob, &data)?;
+            }
+        }
+        let oid = Oid::from_str(&id)?;
+        if !odb.exists(oid) {
+            odb.write(ObjectType::Tree, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fetches tree `root` from the endpoint into the repository at `repo_path`;
+/// returns its git tree id. Objects are gathered first, then written in one go
+/// off the async workers.
+pub async fn remote_tree_to_git(
+    remote: &dyn RemoteCas,
+    repo_path: &std::path::Path,
+    root: &Digest,
+) -> Result<Oid, CopyError> {
+    let mut objects = Vec::new();
+    let root_oid = match remote.hash_function() {
+        HashFunction::GitSha1 => {
+            let oid = Oid::from_str(&root.hash)?;
+            let path = repo_path.to_path_buf();
+            let present = blocking(move || Ok(has(&Repository::open_bare(&path)?, oid))).await?;
+            if !present {
+                fetch_git_tree(remote, root, &mut objects).await?;
+            }
+            oid
+        }
+        HashFunction::Sha256 => Box::pin(directory_to_git(remote, root, &mut objects)).await?,
+    };
+    let path = repo_path.to_path_buf();
+    blocking(move || {
+        let repo = Repository::open_bare(&path)?;
+        let odb = repo.odb()?;
+        for (kind, data) in objects {
+            odb.write(kind, &data)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(root_oid)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CopyError> + Send + 'static,
+) -> Result<T, CopyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CopyError::Invalid(format!("worker task failed: {e}")))?
+}
+
+/// The git object id of `data` as an object of `kind`.
+fn git_id(kind: ObjectType, data: &[u8]) -> Result<Oid, CopyError> {
+    let hex = HashFunction::GitSha1.hash_bytes(kind == ObjectType::Tree, data);
+    Ok(Oid::from_str(&hex)?)
+}
+
+/// Native mode: downloads a git tree and everything below it, checking ids.
+async fn fetch_git_tree(
+    remote: &dyn RemoteCas,
+    root: &Digest,
+    objects: &mut Vec<(ObjectType, Vec<u8>)>,
+) -> Result<(), CopyError> {
+    let mut stack = vec![root.clone()];
+    let mut seen = HashSet::new();
+    while let Some(tree) = stack.pop() {
+        if !seen.insert(tree.hash.clone()) {
+            continue;
+        }
+        let bytes = fetch(remote, &tree, ObjectType::Tree).await?;
+        for e in parse_git_tree(&bytes)? {
+            let child = Digest {
+                hash: hex::encode(e.id),
+                size: 0,
+                is_tree: e.kind == ObjectKind::Tree,
+            };
+            if child.is_tree {
+                stack.push(child);
+            } else if seen.insert(child.hash.clone()) {
+                let data = fetch(remote, &child, ObjectType::Blob).await?;
+                objects.push((ObjectType::Blob, data));
+            }
+        }
+        objects.push((ObjectType::Tree, bytes));
+    }
+    Ok(())
+}
+
+/// Downloads one native object and checks that it is what its id says.
+async fn fetch(remote: &dyn RemoteCas, d: &Digest, kind: ObjectType) -> Result<Vec<u8>, CopyError> {
+    let data = remote
+        .read_blob(d)
+        .await?
+        .ok_or_else(|| CopyError::Missing(format!("{} {}", kind, d.hash)))?;
+    if git_id(kind, &data)?.to_string() != d.hash {
+        return Err(CopyError::Invalid(format!(
+            "{} {} has other content",
+            kind, d.hash
+        )));
+    }
+    Ok(data)
+}
+
+/// Compatible mode: rebuilds a git tree from `Directory` messages, bottom-up.
+async fn directory_to_git(
+    remote: &dyn RemoteCas,
+    dir_digest: &Digest,
+    objects: &mut Vec<(ObjectType, Vec<u8>)>,
+) -> Result<Oid, CopyError> {
+    let bytes = remote
+        .read_blob(dir_digest)
+        .await?
+        .ok_or_else(|| CopyError::Missing(format!("directory {}", dir_digest.hash)))?;
+    let dir = reapi::Directory::decode(bytes.as_slice())
+        .map_err(|e| CopyError::Invalid(format!("{} is not a Directory: {e}", dir_digest.hash)))?;
+    let nodes = directory_nodes(HashFunction::Sha256, &dir_digest.hash, &dir)
+        .map_err(|e| CopyError::Invalid(e.to_string()))?;
+    let mut entries = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let (name, kind, data) = match node {
+            crate::storage::trees::Node::Dir { name, digest } => {
+                let oid = Box::pin(directory_to_git(remote, &digest, objects)).await?;
+                let mut id = [0u8; 20];
+                id.copy_from_slice(oid.as_bytes());
+                entries.push(GitTreeEntry {
+                    name,
+                    kind: ObjectKind::Tree,
+                    id,
+                });
+                continue;
+            }
+            crate::storage::trees::Node::Symlink { name, target } => {
+                (name, ObjectKind::Symlink, target)
+            }
+            crate::storage::trees::Node::File {
+                name,
+                digest,
+                executable,
+            } => {
+                let data = remote
+                    .read_blob(&digest)
+                    .await?
+                    .ok_or_else(|| CopyError::Missing(format!("blob {}", digest.hash)))?;
+                if HashFunction::Sha256.hash_bytes(false, &data) != digest.hash {
+                    return Err(CopyError::Invalid(format!(
+                        "blob {} has other content",
+                        digest.hash
+                    )));
+                }
+                (name, ObjectKind::blob(executable), data)
+            }
+        };
+        let oid = git_id(ObjectType::Blob, &data)?;
+        objects.push((ObjectType::Blob, data));
+        let mut id = [0u8; 20];
+        id.copy_from_slice(oid.as_bytes());
+        entries.push(GitTreeEntry { name, kind, id });
+    }
+    let tree = serialize_git_tree(entries)?;
+    let oid = git_id(ObjectType::Tree, &tree)?;
+    objects.push((ObjectType::Tree, tree));
+    Ok(oid)
+}

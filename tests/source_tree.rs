@@ -1,0 +1,629 @@
+//! The SourceTree service over gRPC, with jserve as its own endpoint in both
+//! hash modes, against git repositories the tests make.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use common::*;
+use jserve::proto::source_tree_client::SourceTreeClient;
+use jserve::proto::*;
+use serde_json::json;
+use tonic::transport::Channel;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A repository with one commit: files, an executable, a symlink, a subdir.
+fn make_repo(dir: &Path) -> (String, String) {
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    std::fs::write(dir.join("README"), "readme\n").unwrap();
+    std::fs::write(dir.join("sub/a.txt"), "a\n").unwrap();
+    std::fs::write(dir.join("sub/deeper/b.txt"), "b\n").unwrap();
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("sub/a.txt", dir.join("link")).unwrap();
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "c"]);
+    (
+        git(dir, &["rev-parse", "HEAD"]),
+        git(dir, &["rev-parse", "HEAD^{tree}"]),
+    )
+}
+
+struct Serve {
+    server: jserve::daemon::RunningServer,
+    dir: tempfile::TempDir,
+    repo: PathBuf,
+    commit: String,
+    tree: String,
+    compatible: bool,
+}
+
+async fn start_serve(compatible: bool) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (commit, tree) = make_repo(&repo);
+    let mut extra = json!({"repositories": [loc(&repo)]});
+    if compatible {
+        extra["execution endpoint"] = json!({"compatible": true});
+    }
+    let server = start(&config_in(dir.path(), extra)).await;
+    Serve {
+        server,
+        dir,
+        repo,
+        commit,
+        tree,
+        compatible,
+    }
+}
+
+impl Serve {
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.server.addr.port()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+    async fn client(&self) -> SourceTreeClient<Channel> {
+        SourceTreeClient::new(self.channel().await)
+    }
+    fn git_cache(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join("build-root/repositories/generation-0/git")
+    }
+    /// Reads an object from the endpoint's CAS through ByteStream.
+    async fn read(&self, d: &reapi::Digest) -> Option<Vec<u8>> {
+        use bazel_remote_apis::google::bytestream::{
+            byte_stream_client::ByteStreamClient, ReadRequest,
+        };
+        let mut c = ByteStreamClient::new(self.channel().await);
+        let mut stream = c
+            .read(ReadRequest {
+                resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await.ok()? {
+            data.extend(chunk.data);
+        }
+        Some(data)
+    }
+}
+
+/// Checks that every object below a synced tree is readable at the endpoint.
+async fn assert_tree_readable(s: &Serve, digest: &reapi::Digest, expect_files: usize) {
+    let mut files = 0;
+    let mut stack = vec![digest.clone()];
+    while let Some(d) = stack.pop() {
+        let bytes = s
+            .read(&d)
+            .await
+            .unwrap_or_else(|| panic!("{} readable", d.hash));
+        if s.compatible {
+            use prost::Message;
+            let dir = reapi::Directory::decode(bytes.as_slice()).unwrap();
+            for f in dir.files {
+                assert!(s.read(f.digest.as_ref().unwrap()).await.is_some());
+                files += 1;
+            }
+            stack.extend(dir.directories.into_iter().map(|d| d.digest.unwrap()));
+        } else {
+            for e in jserve::digest::parse_git_tree(&bytes).unwrap() {
+                let id = hex::encode(e.id);
+                if e.kind == jserve::digest::ObjectKind::Tree {
+                    stack.push(reapi::Digest {
+                        hash: format!("74{id}"),
+                        size_bytes: 0,
+                    });
+                } else {
+                    assert!(s
+                        .read(&reapi::Digest {
+                            hash: format!("62{id}"),
+                            size_bytes: 0
+                        })
+                        .await
+                        .is_some());
+                    if e.kind != jserve::digest::ObjectKind::Symlink {
+                        files += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(files, expect_files);
+}
+
+#[tokio::test]
+async fn commit_tree_in_both_modes() {
+    for compatible in [false, true] {
+        let s = start_serve(compatible).await;
+        let mut c = s.client().await;
+        let r = c
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit: s.commit.clone(),
+                subdir: ".".into(),
+                sync_tree: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0);
+        assert_eq!(r.tree, s.tree);
+        assert!(r.digest.is_none(), "no digest without sync");
+
+        let sub = git(&s.repo, &["rev-parse", "HEAD:sub"]);
+        let r = c
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit: s.commit.clone(),
+                subdir: "sub".into(),
+                sync_tree: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.status, r.tree.as_str()),
+            (0, sub.as_str()),
+            "compatible={compatible}"
+        );
+        let digest = r.digest.expect("digest after sync");
+        if compatible {
+            assert_eq!(digest.hash.len(), 64);
+            assert!(digest.size_bytes > 0);
+        } else {
+            assert_eq!(digest.hash, format!("74{sub}"));
+            assert_eq!(digest.size_bytes, 0);
+        }
+        assert_tree_readable(&s, &digest, 2).await;
+
+        // The whole commit tree syncs too (symlinks, executables).
+        let r = c
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit: s.commit.clone(),
+                subdir: ".".into(),
+                sync_tree: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_tree_readable(&s, &r.digest.unwrap(), 4).await;
+
+        let unknown = c
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit: "1".repeat(40),
+                subdir: ".".into(),
+                sync_tree: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            unknown.status,
+            serve_commit_tree_response::ServeCommitTreeStatus::NotFound as i32
+        );
+        let missing_dir = c
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit: s.commit.clone(),
+                subdir: "nope".into(),
+                sync_tree: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            missing_dir.status,
+            serve_commit_tree_response::ServeCommitTreeStatus::InternalError as i32
+        );
+        let bad = c
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit: "not-a-commit".into(),
+                subdir: ".".into(),
+                sync_tree: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            bad.status,
+            serve_commit_tree_response::ServeCommitTreeStatus::InternalError as i32
+        );
+        s.server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn content_and_tree() {
+    for compatible in [false, true] {
+        let s = start_serve(compatible).await;
+        let mut c = s.client().await;
+        let blob = git(&s.repo, &["rev-parse", "HEAD:README"]);
+        let r = c
+            .serve_content(ServeContentRequest {
+                content: blob.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0);
+        let d = r.digest.unwrap();
+        assert_eq!(s.read(&d).await.unwrap(), b"readme\n");
+        if !compatible {
+            assert_eq!(d.hash, format!("62{blob}"));
+        }
+        let r = c
+            .serve_content(ServeContentRequest {
+                content: "2".repeat(40),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            serve_content_response::ServeContentStatus::NotFound as i32
+        );
+        let r = c
+            .serve_content(ServeContentRequest {
+                content: "xyz".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            serve_content_response::ServeContentStatus::InternalError as i32
+        );
+
+        let r = c
+            .serve_tree(ServeTreeRequest {
+                tree: s.tree.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0);
+        assert_tree_readable(&s, &r.digest.unwrap(), 4).await;
+        let r = c
+            .serve_tree(ServeTreeRequest {
+                tree: "3".repeat(40),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            serve_tree_response::ServeTreeStatus::NotFound as i32
+        );
+        s.server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn distdir_tree() {
+    for compatible in [false, true] {
+        let s = start_serve(compatible).await;
+        let mut c = s.client().await;
+        let readme = git(&s.repo, &["rev-parse", "HEAD:README"]);
+        let a = git(&s.repo, &["rev-parse", "HEAD:sub/a.txt"]);
+        let files = vec![
+            serve_distdir_tree_request::Distfile {
+                name: "readme.txt".into(),
+                content: readme.clone(),
+                executable: false,
+            },
+            serve_distdir_tree_request::Distfile {
+                name: "a.sh".into(),
+                content: a.clone(),
+                executable: true,
+            },
+        ];
+        let r = c
+            .serve_distdir_tree(ServeDistdirTreeRequest {
+                distfiles: files.clone(),
+                sync_tree: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0, "compatible={compatible}");
+        let expected = {
+            let input = format!("100755 blob {a}\ta.sh\n100644 blob {readme}\treadme.txt\n");
+            let mut child = Command::new("git")
+                .args(["mktree"])
+                .current_dir(&s.repo)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            String::from_utf8(child.wait_with_output().unwrap().stdout)
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(r.tree, expected);
+        assert_tree_readable(&s, &r.digest.unwrap(), 2).await;
+        // The distdir is now in the git cache, kept by a just-mr style commit.
+        assert_eq!(git(&s.git_cache(), &["cat-file", "-t", &expected]), "tree");
+        assert!(git(&s.git_cache(), &["tag", "-l", "keep-*"]).contains("keep-"));
+
+        let mut unknown = files.clone();
+        unknown.push(serve_distdir_tree_request::Distfile {
+            name: "x".into(),
+            content: "4".repeat(40),
+            executable: false,
+        });
+        let r = c
+            .serve_distdir_tree(ServeDistdirTreeRequest {
+                distfiles: unknown,
+                sync_tree: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            serve_distdir_tree_response::ServeDistdirTreeStatus::NotFound as i32
+        );
+        assert!(r.tree.is_empty());
+        s.server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn check_root_tree_and_get_remote_tree() {
+    for compatible in [false, true] {
+        let s = start_serve(compatible).await;
+        let mut c = s.client().await;
+        let r = c
+            .check_root_tree(CheckRootTreeRequest {
+                tree: s.tree.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0);
+        let r = c
+            .check_root_tree(CheckRootTreeRequest {
+                tree: "5".repeat(40),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            check_root_tree_response::CheckRootTreeStatus::NotFound as i32
+        );
+
+        // A tree the client has but serve does not: it uploads to the endpoint, then asks for it.
+        let other = s.dir.path().join("other");
+        std::fs::create_dir_all(other.join("d/empty")).unwrap();
+        std::fs::write(other.join("d/f.txt"), "client only\n").unwrap();
+        std::os::unix::fs::symlink("d/f.txt", other.join("l")).unwrap();
+        let scratch = git2::Repository::init_bare(s.dir.path().join("scratch")).unwrap();
+        let tree = jserve::git::import_directory(&scratch, &other)
+            .unwrap()
+            .to_string();
+        let r = c
+            .check_root_tree(CheckRootTreeRequest { tree: tree.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            check_root_tree_response::CheckRootTreeStatus::NotFound as i32
+        );
+
+        let digest = upload_dir(&s, &other).await;
+        let r = c
+            .get_remote_tree(GetRemoteTreeRequest {
+                digest: Some(digest),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0, "compatible={compatible}");
+        // Round trip: the git cache now has exactly the client's git tree.
+        assert_eq!(git(&s.git_cache(), &["cat-file", "-t", &tree]), "tree");
+        let r = c
+            .check_root_tree(CheckRootTreeRequest { tree: tree.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 0);
+
+        let absent = reapi::Digest {
+            hash: if compatible {
+                "6".repeat(64)
+            } else {
+                format!("74{}", "6".repeat(40))
+            },
+            size_bytes: 1,
+        };
+        let r = c
+            .get_remote_tree(GetRemoteTreeRequest {
+                digest: Some(absent),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            get_remote_tree_response::GetRemoteTreeStatus::FailedPrecondition as i32
+        );
+        s.server.shutdown().await.unwrap();
+    }
+}
+
+/// Uploads a directory to the endpoint's CAS, as a client would; returns the root digest.
+async fn upload_dir(s: &Serve, dir: &Path) -> reapi::Digest {
+    use bazel_remote_apis::build::bazel::remote::execution::v2::content_addressable_storage_client::ContentAddressableStorageClient;
+    use jserve::digest::HashFunction;
+    // Store into a scratch CAS with jserve's own tree writer, then batch-upload every object.
+    let hash = if s.compatible {
+        HashFunction::Sha256
+    } else {
+        HashFunction::GitSha1
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let cas =
+        jserve::storage::Cas::new(hash, scratch.path().join("cas"), scratch.path().join("tmp"));
+    let stored = jserve::storage::trees::store_directory(&cas, dir).unwrap();
+    let mut objects = Vec::new();
+    for store in ["casf", "casx", "cast"] {
+        let base = scratch.path().join("cas").join(store);
+        let Ok(shards) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for shard in shards.flatten() {
+            for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+                let hash_hex = format!(
+                    "{}{}",
+                    shard.file_name().to_string_lossy(),
+                    f.file_name().to_string_lossy()
+                );
+                let data = std::fs::read(f.path()).unwrap();
+                let wire = match (hash, store) {
+                    (HashFunction::GitSha1, "cast") => format!("74{hash_hex}"),
+                    (HashFunction::GitSha1, _) => format!("62{hash_hex}"),
+                    _ => hash_hex,
+                };
+                objects.push((
+                    store == "cast",
+                    reapi::Digest {
+                        hash: wire,
+                        size_bytes: data.len() as i64,
+                    },
+                    data,
+                ));
+            }
+        }
+    }
+    // Blobs first, then trees (the endpoint may take trees only after their content).
+    objects.sort_by_key(|(is_tree, _, _)| *is_tree);
+    let requests = objects
+        .into_iter()
+        .map(
+            |(_, digest, data)| reapi::batch_update_blobs_request::Request {
+                digest: Some(digest),
+                data,
+                compressor: 0,
+            },
+        )
+        .collect();
+    let r = ContentAddressableStorageClient::new(s.channel().await)
+        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for resp in r.responses {
+        assert_eq!(resp.status.unwrap().code, 0);
+    }
+    stored.root.to_wire(hash)
+}
+
+#[tokio::test]
+async fn tree_structure() {
+    let s = start_serve(false).await;
+    let mut c = s.client().await;
+    let r = c
+        .compute_tree_structure(ComputeTreeStructureRequest {
+            tree: s.tree.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, 0);
+    // Expected: the same shape with every file, executable and symlink on the empty blob.
+    let empty = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+    let mktree = |input: String| {
+        let mut child = Command::new("git")
+            .args(["mktree", "--missing"])
+            .current_dir(&s.repo)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let deeper = mktree(format!("100644 blob {empty}\tb.txt\n"));
+    let sub = mktree(format!(
+        "100644 blob {empty}\ta.txt\n040000 tree {deeper}\tdeeper\n"
+    ));
+    let root = mktree(format!(
+        "100644 blob {empty}\tREADME\n120000 blob {empty}\tlink\n100755 blob {empty}\trun.sh\n040000 tree {sub}\tsub\n"
+    ));
+    assert_eq!(r.tree_structure_hash, root);
+    assert_eq!(git(&s.git_cache(), &["cat-file", "-t", &root]), "tree");
+    // Asked again, the memo answers with the same.
+    let again = c
+        .compute_tree_structure(ComputeTreeStructureRequest {
+            tree: s.tree.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.tree_structure_hash, root);
+    let r = c
+        .compute_tree_structure(ComputeTreeStructureRequest {
+            tree: "7".repeat(40),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        compute_tree_structure_response::ComputeTreeStructureStatus::NotFound as i32
+    );
+    s.server.shutdown().await.unwrap();
+}
