@@ -6,36 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::reapi::start_execute;
+use common::reference::reference_just;
 use jserve::digest::HashFunction;
-
-fn reference_just() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("JSERVE_REFERENCE_JUST").map(PathBuf::from),
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/justbuild-ref/bin/just")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| {
-        Command::new(p)
-            .arg("version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    });
-    if found.is_none() {
-        let msg = "reference `just` not found: run scripts/install-reference-just \
-                   (or set JSERVE_REFERENCE_JUST to its `just`)";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}; CI must have it");
-        }
-        // Straight to the stream, past the test harness's output capture, so it is seen.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
-    }
-    found
-}
 
 fn write_project(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod reapi;
+pub mod reference;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,207 @@
+//! `just-mr setup` (the reference client) against `jserve serve` gives the same
+//! repository configuration as against the reference `just serve`, for absent
+//! and present roots, in native and compatible mode.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::reference::{reference_just, reference_just_mr};
+use serde_json::{json, Value};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A running serve process (jserve or the reference), stopped on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    repo: &Path,
+    compatible: bool,
+) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let info = dir.join("info.json");
+    let mut config = json!({
+        "local build root": {"root": "system", "path": dir.join("root").to_str().unwrap()},
+        "repositories": [{"root": "system", "path": repo.to_str().unwrap()}],
+        "remote service": {"info file": {"root": "system", "path": info.to_str().unwrap()}},
+    });
+    if compatible {
+        config["execution endpoint"] = json!({"compatible": true});
+    }
+    let config_path = dir.join("serve.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let child = Command::new(program)
+        .args(args)
+        .arg(&config_path)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let start = Instant::now();
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&info) {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                break v["port"].as_u64().unwrap() as u16;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{program:?} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Server { child, port }
+}
+
+/// Runs `just-mr setup` against a serve endpoint; returns the generated configuration.
+fn setup(
+    just_mr: &Path,
+    repos: &Value,
+    work: &Path,
+    port: u16,
+    with_remote: bool,
+    compatible: bool,
+) -> Value {
+    std::fs::create_dir_all(work).unwrap();
+    let config = work.join("repos.json");
+    std::fs::write(&config, repos.to_string()).unwrap();
+    let mut cmd = Command::new(just_mr);
+    cmd.args(["--norc", "--local-build-root"])
+        .arg(work.join("client-root"))
+        .arg("-C")
+        .arg(&config)
+        .args(["-R", &format!("127.0.0.1:{port}")]);
+    if with_remote {
+        cmd.args(["-r", &format!("127.0.0.1:{port}")]);
+    }
+    if compatible {
+        cmd.arg("--compatible");
+    }
+    let out = cmd.arg("setup").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "just-mr setup failed:\n{stderr}");
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // Present roots name the client's own git cache: compare only where it differs.
+    for repo in value["repositories"].as_object_mut().unwrap().values_mut() {
+        if let Some(root) = repo["workspace_root"].as_array_mut() {
+            if root.len() == 3 {
+                root[2] = json!("<client git cache>");
+            }
+        }
+    }
+    value
+}
+
+fn make_repo(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("src/lib")).unwrap();
+    std::fs::write(dir.join("README"), "hello\n").unwrap();
+    std::fs::write(dir.join("src/main.c"), "int main() { return 0; }\n").unwrap();
+    std::fs::write(dir.join("src/lib/util.h"), "#pragma once\n").unwrap();
+    std::os::unix::fs::symlink("main.c", dir.join("src/entry.c")).unwrap();
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "c"]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn just_mr_setup_agrees_with_reference_serve() {
+    let Some(just) = reference_just() else { return };
+    let just_mr = reference_just_mr(&just);
+    let jserve = PathBuf::from(env!("CARGO_BIN_EXE_jserve"));
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let commit = make_repo(&repo);
+    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+    let git_root = |subdir: &str, absent: bool| {
+        json!({"main": "main", "repositories": {"main": {"repository": {
+            "type": "git", "repository": "https://invalid.example/repo.git", "commit": commit,
+            "branch": "main", "subdir": subdir, "pragma": {"absent": absent}}}}})
+    };
+    let git_tree_root = json!({"main": "main", "repositories": {"main": {"repository": {
+        "type": "git tree", "id": tree, "cmd": ["false"], "pragma": {"absent": true}}}}});
+    let cases = [
+        ("absent git root", git_root(".", true), false),
+        ("absent git subdir", git_root("src", true), false),
+        (
+            "present git root through serve",
+            git_root("src/lib", false),
+            true,
+        ),
+        ("absent git tree root", git_tree_root, false),
+    ];
+    for compatible in [false, true] {
+        let ours = start_server(
+            &jserve,
+            &["serve"],
+            &tmp.path().join(format!("jserve-{compatible}")),
+            &repo,
+            compatible,
+        );
+        let reference = start_server(
+            &just,
+            &["serve"],
+            &tmp.path().join(format!("ref-{compatible}")),
+            &repo,
+            compatible,
+        );
+        for (i, (name, repos, with_remote)) in cases.iter().enumerate() {
+            let work = tmp.path().join(format!("case-{compatible}-{i}"));
+            let got = setup(
+                &just_mr,
+                repos,
+                &work.join("jserve"),
+                ours.port,
+                *with_remote,
+                compatible,
+            );
+            let want = setup(
+                &just_mr,
+                repos,
+                &work.join("ref"),
+                reference.port,
+                *with_remote,
+                compatible,
+            );
+            assert_eq!(got, want, "{name} (compatible: {compatible})");
+        }
+    }
+}
