@@ -1,5 +1,6 @@
 //! The command line: parse, then hand over to one module per subcommand.
 
+mod client;
 mod execute;
 mod serve;
 
@@ -38,6 +39,8 @@ enum Command {
     },
     /// Run only a remote-execution endpoint (the drop-in for `just execute`).
     Execute(Box<execute::ExecuteArgs>),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -45,6 +48,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
         Command::Execute(args) => execute::run(*args),
+        Command::Client(command) => client::run(command),
     }
 }
 

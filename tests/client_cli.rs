@@ -1,0 +1,106 @@
+//! The client commands (`jserve commit-tree`, `content`, `distdir-tree`,
+//! `remote-endpoint`, ...) against a serve endpoint started in-process.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn jserve(args: &[&str], port: u16) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_jserve"))
+        .args(args)
+        .args(["-R", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("sub")).unwrap();
+    std::fs::write(repo.join("sub/f"), "f\n").unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "c"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let sub = git(&repo, &["rev-parse", "HEAD:sub"]);
+    let blob = git(&repo, &["rev-parse", "HEAD:sub/f"]);
+    let server = start(&config_in(
+        dir.path(),
+        json!({"repositories": [loc(&repo)]}),
+    ))
+    .await;
+    let port = server.addr.port();
+
+    let blob_id = blob.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let blob = blob_id;
+        vec![
+            jserve(&["commit-tree", &commit, "--subdir", "sub"], port),
+            jserve(
+                &[
+                    "commit-tree",
+                    &commit,
+                    "--subdir",
+                    "sub",
+                    "--sync",
+                    "--json",
+                ],
+                port,
+            ),
+            jserve(&["commit-tree", &"1".repeat(40)], port),
+            jserve(&["content", &blob, "--json"], port),
+            jserve(&["distdir-tree", &format!("x={blob}:x"), "--json"], port),
+            jserve(&["remote-endpoint", "--json"], port),
+        ]
+    })
+    .await
+    .unwrap();
+
+    let (code, text) = &outputs[0];
+    assert_eq!(*code, Some(0));
+    assert!(
+        text.contains(&format!("tree: {sub}")) && text.contains("status: OK"),
+        "{text}"
+    );
+
+    let (code, text) = &outputs[1];
+    assert_eq!(*code, Some(0));
+    let v: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(v["tree"], sub.as_str());
+    assert_eq!(v["digest"], format!("74{sub}:0"));
+    assert_eq!(v["status"], "OK");
+
+    let (code, text) = &outputs[2];
+    assert_eq!(*code, Some(1), "not OK means a non-zero exit");
+    assert!(text.contains("status: NOT_FOUND"), "{text}");
+
+    let v: Value = serde_json::from_str(&outputs[3].1).unwrap();
+    assert_eq!(v["digest"], format!("62{blob}:0"));
+    let v: Value = serde_json::from_str(&outputs[4].1).unwrap();
+    assert_eq!(v["status"], "OK");
+    assert_eq!(v["tree"].as_str().unwrap().len(), 40);
+    let v: Value = serde_json::from_str(&outputs[5].1).unwrap();
+    assert_eq!(v["compatible"], false);
+    server.shutdown().await.unwrap();
+}
