@@ -78,8 +78,11 @@ where
         .context("cannot start the async runtime")
         .and_then(|runtime| {
             runtime.block_on(async {
+                // Listen before the info file announces the server, so that an
+                // early SIGTERM still means a graceful stop.
+                let stop = stop_signals()?;
                 let server = start().await?;
-                let signal = wait_for_stop_signal().await?;
+                let signal = stop.await;
                 tracing::info!("{signal} received: finishing running calls, then stopping");
                 server.shutdown().await?;
                 tracing::info!("stopped");
@@ -95,12 +98,15 @@ where
     }
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<&'static str> {
+/// Installs the SIGTERM and SIGINT handlers; the future resolves on the first signal.
+fn stop_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     })
 }
