@@ -17,6 +17,7 @@ use crate::digest::HashFunction;
 use crate::execute::runner::RunnerConfig;
 use crate::execute::{EndpointConfig, LocalEndpoint};
 use crate::git::RepoSet;
+use crate::remote::grpc::{GrpcCas, GrpcCasConfig, GrpcTimeouts, GrpcTls};
 use crate::remote::{local::LocalRemote, RemoteCas};
 use crate::sources::Sources;
 use crate::storage::BuildRoot;
@@ -31,6 +32,8 @@ pub enum SetupError {
     },
     #[error("cannot create git cache in {path}: {source}")]
     GitCache { path: PathBuf, source: git2::Error },
+    #[error("cannot set up the connection to the execution endpoint: {0}")]
+    Endpoint(crate::remote::RemoteError),
 }
 
 /// What every service shares: configuration, storage, and git sources.
@@ -76,9 +79,25 @@ impl ServeContext {
                 },
             )
         });
-        let remote: Arc<dyn RemoteCas> = match &endpoint {
-            Some(e) => Arc::new(LocalRemote::new(e.clone())),
-            None => Arc::new(crate::remote::Unconnected { hash }),
+        let external = config
+            .execution_endpoint
+            .as_ref()
+            .and_then(|e| e.address.clone().map(|address| (address, e.instance_name.clone())));
+        let remote: Arc<dyn RemoteCas> = match (&endpoint, external) {
+            (Some(e), _) => Arc::new(LocalRemote::new(e.clone())),
+            // Connects on first use: a slow endpoint does not hold up the start.
+            (None, Some((address, instance_name))) => Arc::new(
+                GrpcCas::connect_lazy(GrpcCasConfig {
+                    address,
+                    instance_name,
+                    hash,
+                    tls: GrpcTls::from_auth(&config.authentication),
+                    retry: config.retry.clone(),
+                    timeouts: GrpcTimeouts::default(),
+                })
+                .map_err(SetupError::Endpoint)?,
+            ),
+            (None, None) => Arc::new(crate::remote::Unconnected { hash }),
         };
         let sources = Sources::new(build_root.clone(), repos.clone(), remote);
         Ok(Arc::new(ServeContext {

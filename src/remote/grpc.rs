@@ -1,1 +1,0 @@
-//! A REAPI client for an external execution endpoint. Not implemented yet.

@@ -1,0 +1,1173 @@
+//! A Remote Execution API (v2) client for the CAS of an external execution
+//! endpoint: presence checks, batched transfers of small objects, ByteStream
+//! for large ones, retries after transient failures, and verification of
+//! everything downloaded.
+//!
+//! * The connection is plain HTTP/2 unless TLS material is configured.
+//! * The batch size comes from the endpoint's Capabilities (asked once),
+//!   falling back to 3 MiB and never above 4 MiB minus framing.
+//! * Transient failures (`UNAVAILABLE`, `DEADLINE_EXCEEDED`,
+//!   `RESOURCE_EXHAUSTED`) are retried with exponential backoff and jitter;
+//!   interrupted ByteStream reads resume where they stopped.
+//! * Every call has a time limit: unary calls must be answered within
+//!   [`GrpcTimeouts::call`], streams must make progress within it.
+
+mod retry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, batch_update_blobs_request, capabilities_client::CapabilitiesClient,
+    content_addressable_storage_client::ContentAddressableStorageClient, digest_function,
+};
+use bazel_remote_apis::google::bytestream::{
+    byte_stream_client::ByteStreamClient, ReadRequest, WriteRequest,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use self::retry::{backoff, is_retryable, with_jitter, Random};
+use super::{RemoteCas, RemoteError};
+use crate::config::{Address, AuthConfig, RetryConfig};
+use crate::digest::{Digest, HashFunction, ObjectHasher};
+
+/// Batch size when the endpoint announces none (or Capabilities fail).
+pub const DEFAULT_BATCH_BYTES: usize = 3 << 20;
+/// The most a batch may carry, whatever the endpoint announces: gRPC
+/// servers commonly refuse messages above 4 MiB.
+pub const MAX_BATCH_BYTES: usize = (4 << 20) - (64 << 10);
+/// What one entry of a batch costs beyond its content (digest and framing),
+/// rounded up generously.
+const ENTRY_OVERHEAD: usize = 256;
+/// Bytes per ByteStream message.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Digests per FindMissingBlobs call (about 1 MB of request).
+const FIND_MISSING_BATCH: usize = 10_000;
+/// The largest answer accepted from the endpoint.
+const MAX_DECODING_BYTES: usize = 64 << 20;
+
+/// TLS material for the connection; its presence switches to https.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GrpcTls {
+    /// Trust root for the endpoint's certificate; without it the system's CA
+    /// bundle is used (`SSL_CERT_FILE`, or the usual locations).
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate and key (PEM), for endpoints that ask for one.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl GrpcTls {
+    /// The TLS material of the `"authentication"` config; `None` (plain
+    /// HTTP/2) when it names none.
+    pub fn from_auth(auth: &AuthConfig) -> Option<GrpcTls> {
+        let tls = GrpcTls {
+            ca_cert: auth.ca_cert.clone(),
+            client_cert: auth.client_cert.clone(),
+            client_key: auth.client_key.clone(),
+        };
+        (tls != GrpcTls::default()).then_some(tls)
+    }
+}
+
+/// Time limits for talking to the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcTimeouts {
+    /// Establishing a connection (TCP and TLS).
+    pub connect: Duration,
+    /// Answering a unary call; for streams, the longest time without progress.
+    pub call: Duration,
+}
+
+impl Default for GrpcTimeouts {
+    fn default() -> Self {
+        GrpcTimeouts {
+            connect: Duration::from_secs(10),
+            call: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where the endpoint is and how to talk to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrpcCasConfig {
+    pub address: Address,
+    /// Instance name sent with every request ("" for none).
+    pub instance_name: String,
+    /// The endpoint's hash mode.
+    pub hash: HashFunction,
+    /// `None`: plain HTTP/2.
+    pub tls: Option<GrpcTls>,
+    pub retry: RetryConfig,
+    pub timeouts: GrpcTimeouts,
+}
+
+impl GrpcCasConfig {
+    /// A configuration without TLS, with the default retry policy (one
+    /// attempt) and default time limits.
+    pub fn new(address: Address, instance_name: impl Into<String>, hash: HashFunction) -> Self {
+        GrpcCasConfig {
+            address,
+            instance_name: instance_name.into(),
+            hash,
+            tls: None,
+            retry: RetryConfig::default(),
+            timeouts: GrpcTimeouts::default(),
+        }
+    }
+}
+
+/// The CAS of an external REAPI endpoint, reached over gRPC.
+pub struct GrpcCas {
+    channel: Channel,
+    address: String,
+    instance_name: String,
+    hash: HashFunction,
+    retry: RetryConfig,
+    timeouts: GrpcTimeouts,
+    random: Random,
+    batch_limit: OnceCell<usize>,
+}
+
+/// A failed attempt: the error to report, and whether another attempt may help.
+struct Failed {
+    error: RemoteError,
+    retry: bool,
+    /// The endpoint could not be reached at all (rather than answering with an error).
+    unreachable: bool,
+}
+
+impl Failed {
+    fn status(call: &'static str, status: Status) -> Failed {
+        let code = status.code();
+        let unreachable = matches!(code, Code::Unavailable | Code::DeadlineExceeded)
+            || std::error::Error::source(&status).is_some();
+        Failed {
+            error: RemoteError::Status {
+                call,
+                status: clarify(status),
+            },
+            retry: is_retryable(code),
+            unreachable,
+        }
+    }
+
+    fn fatal(error: RemoteError) -> Failed {
+        Failed {
+            error,
+            retry: false,
+            unreachable: false,
+        }
+    }
+}
+
+impl From<RemoteError> for Failed {
+    fn from(error: RemoteError) -> Failed {
+        Failed::fatal(error)
+    }
+}
+
+/// Folds the causes of a transport-level status (connection refused, TLS
+/// errors, ...) into its message, so that they show where the status is printed.
+fn clarify(status: Status) -> Status {
+    let mut causes: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(&status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !status.message().contains(&text) && !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = cause.source();
+    }
+    if causes.is_empty() {
+        return status;
+    }
+    let message = if status.message().is_empty() {
+        causes.join(": ")
+    } else {
+        format!("{}: {}", status.message(), causes.join(": "))
+    };
+    Status::new(status.code(), message)
+}
+
+/// The error's own text and its causes, for connect errors.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteError + '_ {
+    move |source| RemoteError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Time of the last progress of a stream, for stall detection.
+#[derive(Clone)]
+struct Progress {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing happened for `limit`.
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.start.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+/// Where the content of a ByteStream upload comes from.
+#[derive(Clone)]
+enum Source {
+    Memory(Arc<Vec<u8>>),
+    File(PathBuf),
+}
+
+/// Feeds one ByteStream write: `size` bytes of `source` in chunks.
+/// Stops quietly when the call is over (the receiver is gone).
+async fn produce(
+    source: Source,
+    resource_name: String,
+    size: u64,
+    tx: tokio::sync::mpsc::Sender<WriteRequest>,
+) -> Result<(), RemoteError> {
+    let mut file = match &source {
+        Source::File(path) => Some(tokio::fs::File::open(path).await.map_err(io_error(path))?),
+        Source::Memory(_) => None,
+    };
+    let mut offset = 0u64;
+    loop {
+        let want = (size - offset).min(CHUNK_BYTES as u64) as usize;
+        let data = match (&source, file.as_mut()) {
+            (Source::Memory(data), _) => data[offset as usize..offset as usize + want].to_vec(),
+            (Source::File(path), Some(file)) => {
+                let mut buf = vec![0u8; want];
+                file.read_exact(&mut buf).await.map_err(|e| {
+                    let source = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("the file got shorter than {size} bytes while uploading"),
+                        )
+                    } else {
+                        e
+                    };
+                    RemoteError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                buf
+            }
+            (Source::File(_), None) => unreachable!("files are opened above"),
+        };
+        let finish_write = offset + want as u64 == size;
+        let request = WriteRequest {
+            resource_name: if offset == 0 {
+                resource_name.clone()
+            } else {
+                String::new()
+            },
+            write_offset: offset as i64,
+            finish_write,
+            data,
+        };
+        if tx.send(request).await.is_err() || finish_write {
+            return Ok(());
+        }
+        offset += want as u64;
+    }
+}
+
+/// Where a ByteStream download goes.
+enum Target {
+    Memory(Vec<u8>),
+    File(tokio::fs::File, PathBuf),
+}
+
+/// A download in progress: its target, and the hash so far when the size is
+/// known (native objects of unknown size are hashed at the end).
+struct Download {
+    hash: String,
+    target: Target,
+    len: u64,
+    expected: Option<u64>,
+    hasher: Option<ObjectHasher>,
+}
+
+impl Download {
+    fn new(hf: HashFunction, digest: &Digest, target: Target) -> Download {
+        let known = size_known(hf, digest);
+        Download {
+            hash: digest.hash.clone(),
+            target,
+            len: 0,
+            expected: known.then_some(digest.size),
+            hasher: known.then(|| hf.hasher(is_git_tree(hf, digest), digest.size)),
+        }
+    }
+
+    async fn put(&mut self, data: &[u8]) -> Result<(), RemoteError> {
+        if self
+            .expected
+            .is_some_and(|size| self.len + data.len() as u64 > size)
+        {
+            return Err(RemoteError::Corrupt {
+                hash: self.hash.clone(),
+            });
+        }
+        match &mut self.target {
+            Target::Memory(buf) => buf.extend_from_slice(data),
+            Target::File(file, path) => file.write_all(data).await.map_err(io_error(path))?,
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(data);
+        }
+        self.len += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// Whether the digest's size is real: native ids may come with size 0 for "unknown".
+fn size_known(hf: HashFunction, digest: &Digest) -> bool {
+    !(hf.is_native() && digest.size == 0)
+}
+
+fn is_git_tree(hf: HashFunction, digest: &Digest) -> bool {
+    hf.is_native() && digest.is_tree
+}
+
+/// Checks downloaded bytes against their digest.
+fn verify(hf: HashFunction, digest: &Digest, data: &[u8]) -> Result<(), RemoteError> {
+    let size_ok = !size_known(hf, digest) || data.len() as u64 == digest.size;
+    if size_ok && hf.hash_bytes(is_git_tree(hf, digest), data) == digest.hash {
+        Ok(())
+    } else {
+        Err(RemoteError::Corrupt {
+            hash: digest.hash.clone(),
+        })
+    }
+}
+
+/// Removes a temporary file unless disarmed.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Trust roots when no CA certificate is configured: the system bundle.
+fn system_ca_bundle() -> Result<Vec<u8>, String> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.extend(
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+        ]
+        .map(PathBuf::from),
+    );
+    candidates
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .ok_or_else(|| {
+            "TLS without a \"ca cert\" needs the system's CA bundle, and none was found \
+             (set SSL_CERT_FILE or configure \"ca cert\")"
+                .to_string()
+        })
+}
+
+fn client_tls(tls: &GrpcTls, timeout: Duration) -> Result<ClientTlsConfig, String> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let ca = match &tls.ca_cert {
+        Some(path) => read("CA certificate", path)?,
+        None => system_ca_bundle()?,
+    };
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .timeout(timeout);
+    match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        (None, None) => {}
+        _ => return Err("a client certificate and its key must be given together".into()),
+    }
+    Ok(config)
+}
+
+fn build_channel(config: &GrpcCasConfig) -> Result<Channel, String> {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", config.address))
+        .map_err(|e| format!("invalid address: {}", error_chain(&e)))?
+        .connect_timeout(config.timeouts.connect)
+        .tcp_nodelay(true)
+        // No HTTP/2 keep-alive pings: grpc-go servers (Buildbarn, ...) answer
+        // frequent pings with GOAWAY; stalled calls are caught by the call limit.
+        // Large windows: blobs otherwise crawl over links with some latency.
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint
+            .tls_config(client_tls(tls, config.timeouts.connect)?)
+            .map_err(|e| format!("TLS set-up failed: {}", error_chain(&e)))?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+impl GrpcCas {
+    /// Connects and asks the endpoint's Capabilities; an endpoint that
+    /// cannot be reached (after the configured retries) is an error.
+    pub async fn connect(config: GrpcCasConfig) -> Result<GrpcCas, RemoteError> {
+        let cas = GrpcCas::connect_lazy(config)?;
+        let limit = cas.fetch_batch_limit().await.map_err(|f| {
+            let message = match f.error {
+                RemoteError::Status { status, .. } => status.message().to_string(),
+                other => other.to_string(),
+            };
+            RemoteError::Connect {
+                address: cas.address.clone(),
+                message,
+            }
+        })?;
+        let _ = cas.batch_limit.set(limit);
+        Ok(cas)
+    }
+
+    /// Sets the client up without talking to the endpoint (must run inside a
+    /// Tokio runtime); the connection and Capabilities follow on first use.
+    pub fn connect_lazy(config: GrpcCasConfig) -> Result<GrpcCas, RemoteError> {
+        let address = config.address.to_string();
+        let channel = build_channel(&config).map_err(|message| RemoteError::Connect {
+            address: address.clone(),
+            message,
+        })?;
+        Ok(GrpcCas {
+            channel,
+            address,
+            instance_name: config.instance_name,
+            hash: config.hash,
+            retry: config.retry,
+            timeouts: config.timeouts,
+            random: Random::new(),
+            batch_limit: OnceCell::new(),
+        })
+    }
+
+    /// The largest batch the endpoint takes, in bytes.
+    pub async fn max_batch_bytes(&self) -> Result<usize, RemoteError> {
+        self.batch_limit
+            .get_or_try_init(|| async { self.fetch_batch_limit().await.map_err(|f| f.error) })
+            .await
+            .copied()
+    }
+
+    /// Asks Capabilities for the batch limit. Only an unreachable endpoint is
+    /// an error; any other failure means the default.
+    async fn fetch_batch_limit(&self) -> Result<usize, Failed> {
+        const CALL: &str = "GetCapabilities";
+        let answer = self
+            .retrying(CALL, || {
+                let mut client = CapabilitiesClient::new(self.channel.clone())
+                    .max_decoding_message_size(MAX_DECODING_BYTES);
+                let request = self.request(reapi::GetCapabilitiesRequest {
+                    instance_name: self.instance_name.clone(),
+                });
+                async move { self.unary(CALL, client.get_capabilities(request)).await }
+            })
+            .await;
+        let capabilities = match answer {
+            Ok(c) => c,
+            Err(f) if f.unreachable => return Err(f),
+            Err(f) => {
+                tracing::warn!(
+                    "execution endpoint {}: no capabilities ({}); using batches of at most {} bytes",
+                    self.address,
+                    f.error,
+                    DEFAULT_BATCH_BYTES
+                );
+                return Ok(DEFAULT_BATCH_BYTES);
+            }
+        };
+        let cache = capabilities.cache_capabilities.unwrap_or_default();
+        if self.hash == HashFunction::Sha256
+            && !cache.digest_functions.is_empty()
+            && !cache
+                .digest_functions
+                .contains(&(digest_function::Value::Sha256 as i32))
+        {
+            tracing::warn!(
+                "execution endpoint {} does not list SHA256 among its digest functions",
+                self.address
+            );
+        }
+        Ok(match cache.max_batch_total_size_bytes {
+            n if n > 0 => (n as u64).min(MAX_BATCH_BYTES as u64) as usize,
+            _ => DEFAULT_BATCH_BYTES,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeouts.call);
+        request
+    }
+
+    fn cas_client(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_DECODING_BYTES)
+    }
+
+    fn bytestream_client(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(MAX_DECODING_BYTES)
+    }
+
+    /// Awaits a unary call within the call time limit.
+    async fn unary<T>(
+        &self,
+        call: &'static str,
+        answer: impl Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Failed> {
+        match tokio::time::timeout(self.timeouts.call, answer).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(Failed::status(call, status)),
+            Err(_) => Err(self.no_answer(call)),
+        }
+    }
+
+    fn no_answer(&self, call: &'static str) -> Failed {
+        Failed::status(
+            call,
+            Status::deadline_exceeded(format!(
+                "no answer from {} within {:?}",
+                self.address, self.timeouts.call
+            )),
+        )
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the attempts are used up.
+    async fn retrying<T, F, Fut>(&self, call: &'static str, mut attempt: F) -> Result<T, Failed>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failed>>,
+    {
+        let mut retrier = self.retrier(call);
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(f) => {
+                    if !retrier.again(&f).await {
+                        return Err(f);
+                    }
+                }
+            }
+        }
+    }
+
+    fn retrier(&self, call: &'static str) -> Retrier<'_> {
+        Retrier {
+            cas: self,
+            call,
+            attempt: 1,
+        }
+    }
+
+    /// `{instance}/` or nothing, to start resource names with.
+    fn resource_prefix(&self) -> String {
+        if self.instance_name.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.instance_name)
+        }
+    }
+
+    /// The size to upload `digest` with, given the content's length: native
+    /// ids may leave it unknown (0); otherwise they must agree.
+    fn upload_size(&self, digest: &Digest, len: u64) -> Result<u64, RemoteError> {
+        if !size_known(self.hash, digest) || digest.size == len {
+            Ok(len)
+        } else {
+            Err(RemoteError::Other(format!(
+                "cannot upload {}: its digest says {} bytes, the content has {len}",
+                digest.hash, digest.size
+            )))
+        }
+    }
+
+    fn upload_wire(&self, digest: &Digest, size: u64) -> reapi::Digest {
+        let mut wire = digest.to_wire(self.hash);
+        wire.size_bytes = size as i64;
+        wire
+    }
+
+    /// Whether an object of `size` bytes (known) fits into a batch.
+    async fn fits_batch(&self, size: u64) -> Result<bool, RemoteError> {
+        Ok(size.saturating_add(ENTRY_OVERHEAD as u64) <= self.max_batch_bytes().await? as u64)
+    }
+
+    /// Uploads a batch in one BatchUpdateBlobs call; every object must be accepted.
+    async fn upload_batch(&self, batch: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
+        const CALL: &str = "BatchUpdateBlobs";
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut hashes = Vec::with_capacity(batch.len());
+        let mut requests = Vec::with_capacity(batch.len());
+        for (digest, data) in batch {
+            let wire = self.upload_wire(&digest, data.len() as u64);
+            hashes.push((wire.hash.clone(), digest.hash));
+            requests.push(batch_update_blobs_request::Request {
+                digest: Some(wire),
+                data,
+                compressor: 0,
+            });
+        }
+        let request = reapi::BatchUpdateBlobsRequest {
+            instance_name: self.instance_name.clone(),
+            requests,
+            ..Default::default()
+        };
+        let hashes = &hashes;
+        self.retrying(CALL, || {
+            let mut client = self.cas_client();
+            let request = self.request(request.clone());
+            async move {
+                let answer = self.unary(CALL, client.batch_update_blobs(request)).await?;
+                let statuses: HashMap<String, (i32, String)> = answer
+                    .responses
+                    .into_iter()
+                    .filter_map(|r| {
+                        let status = r.status.unwrap_or_default();
+                        Some((r.digest?.hash, (status.code, status.message)))
+                    })
+                    .collect();
+                // Report a final refusal before a transient one.
+                let mut transient = None;
+                for (wire_hash, hash) in hashes {
+                    let (code, message) = match statuses.get(wire_hash) {
+                        None => (
+                            Code::Internal,
+                            "the answer has no status for it".to_string(),
+                        ),
+                        Some((0, _)) => continue,
+                        Some((code, message)) => (Code::from(*code), message.clone()),
+                    };
+                    let failed = Failed {
+                        error: RemoteError::Refused {
+                            hash: hash.clone(),
+                            message: format!("{code:?}: {message}"),
+                        },
+                        retry: is_retryable(code),
+                        unreachable: false,
+                    };
+                    if !failed.retry {
+                        return Err(failed);
+                    }
+                    transient.get_or_insert(failed);
+                }
+                transient.map_or(Ok(()), Err)
+            }
+        })
+        .await
+        .map_err(|f| f.error)
+    }
+
+    /// Uploads one object through ByteStream.
+    async fn write_stream(
+        &self,
+        digest: &Digest,
+        size: u64,
+        source: Source,
+    ) -> Result<(), RemoteError> {
+        let wire = self.upload_wire(digest, size);
+        self.retrying("ByteStream.Write", || {
+            self.write_attempt(&digest.hash, &wire, size, source.clone())
+        })
+        .await
+        .map_err(|f| f.error)
+    }
+
+    async fn write_attempt(
+        &self,
+        hash: &str,
+        wire: &reapi::Digest,
+        size: u64,
+        source: Source,
+    ) -> Result<(), Failed> {
+        const CALL: &str = "ByteStream.Write";
+        let resource_name = format!(
+            "{}uploads/{}/blobs/{}/{}",
+            self.resource_prefix(),
+            self.random.uuid(),
+            wire.hash,
+            size
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let producer = tokio::spawn(produce(source, resource_name, size, tx));
+        let progress = Progress::new();
+        let seen = progress.clone();
+        let requests = ReceiverStream::new(rx).map(move |r| {
+            seen.touch();
+            r
+        });
+        let mut client = self.bytestream_client();
+        let outcome = tokio::select! {
+            answer = client.write(requests) => Some(answer),
+            _ = progress.stalled(self.timeouts.call) => None,
+        };
+        // A local read error explains a broken-off upload best.
+        producer
+            .await
+            .map_err(|e| RemoteError::Other(format!("upload task failed: {e}")))??;
+        let committed = match outcome {
+            None => {
+                return Err(Failed::status(
+                    CALL,
+                    Status::deadline_exceeded(format!(
+                        "the upload to {} made no progress for {:?}",
+                        self.address, self.timeouts.call
+                    )),
+                ))
+            }
+            Some(Err(status)) => return Err(Failed::status(CALL, status)),
+            Some(Ok(answer)) => answer.into_inner().committed_size,
+        };
+        if committed == size as i64 {
+            Ok(())
+        } else {
+            Err(Failed::fatal(RemoteError::Refused {
+                hash: hash.to_string(),
+                message: format!("the endpoint committed {committed} of {size} bytes"),
+            }))
+        }
+    }
+
+    /// Reads one object with BatchReadBlobs; `None` if absent. Unverified.
+    async fn read_batched(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
+        const CALL: &str = "BatchReadBlobs";
+        let wire = digest.to_wire(self.hash);
+        let request = reapi::BatchReadBlobsRequest {
+            instance_name: self.instance_name.clone(),
+            digests: vec![wire.clone()],
+            ..Default::default()
+        };
+        let wire = &wire;
+        self.retrying(CALL, || {
+            let mut client = self.cas_client();
+            let request = self.request(request.clone());
+            async move {
+                let answer = self.unary(CALL, client.batch_read_blobs(request)).await?;
+                let Some(response) = answer
+                    .responses
+                    .into_iter()
+                    .find(|r| r.digest.as_ref().is_some_and(|d| d.hash == wire.hash))
+                else {
+                    return Err(Failed::fatal(RemoteError::Other(format!(
+                        "{CALL}: the answer has nothing for {}",
+                        wire.hash
+                    ))));
+                };
+                let status = response.status.unwrap_or_default();
+                match Code::from(status.code) {
+                    Code::Ok => {}
+                    Code::NotFound => return Ok(None),
+                    code => return Err(Failed::status(CALL, Status::new(code, status.message))),
+                }
+                if response.compressor != 0 {
+                    return Err(Failed::fatal(RemoteError::Other(format!(
+                        "{CALL}: {} came compressed although no compression was asked for",
+                        wire.hash
+                    ))));
+                }
+                Ok(Some(response.data))
+            }
+        })
+        .await
+        .map_err(|f| f.error)
+    }
+
+    /// Reads one object through ByteStream into `download`, resuming after
+    /// transient failures; false if absent. Unverified.
+    async fn read_stream(
+        &self,
+        digest: &Digest,
+        download: &mut Download,
+    ) -> Result<bool, RemoteError> {
+        let wire = digest.to_wire(self.hash);
+        let resource_name = format!(
+            "{}blobs/{}/{}",
+            self.resource_prefix(),
+            wire.hash,
+            wire.size_bytes
+        );
+        let mut retrier = self.retrier("ByteStream.Read");
+        loop {
+            match self.read_attempt(&resource_name, download).await {
+                Ok(found) => return Ok(found),
+                Err(f) => {
+                    if !retrier.again(&f).await {
+                        return Err(f.error);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read_attempt(
+        &self,
+        resource_name: &str,
+        download: &mut Download,
+    ) -> Result<bool, Failed> {
+        const CALL: &str = "ByteStream.Read";
+        let request = self.request(ReadRequest {
+            resource_name: resource_name.to_string(),
+            read_offset: download.len as i64,
+            read_limit: 0,
+        });
+        let mut client = self.bytestream_client();
+        let mut stream = match tokio::time::timeout(self.timeouts.call, client.read(request)).await
+        {
+            Err(_) => return Err(self.no_answer(CALL)),
+            Ok(Err(status)) if status.code() == Code::NotFound => return Ok(false),
+            Ok(Err(status)) => return Err(Failed::status(CALL, status)),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        loop {
+            match tokio::time::timeout(self.timeouts.call, stream.message()).await {
+                Err(_) => return Err(self.no_answer(CALL)),
+                Ok(Err(status)) if status.code() == Code::NotFound => return Ok(false),
+                Ok(Err(status)) => return Err(Failed::status(CALL, status)),
+                Ok(Ok(None)) => return Ok(true),
+                Ok(Ok(Some(chunk))) => download.put(&chunk.data).await?,
+            }
+        }
+    }
+
+    /// Streams an object into the temporary file `tmp` and verifies it.
+    async fn stream_to_file(&self, digest: &Digest, tmp: &Path) -> Result<bool, RemoteError> {
+        let file = tokio::fs::File::create(tmp).await.map_err(io_error(tmp))?;
+        let mut download = Download::new(self.hash, digest, Target::File(file, tmp.to_path_buf()));
+        if !self.read_stream(digest, &mut download).await? {
+            return Ok(false);
+        }
+        let Download {
+            target,
+            len,
+            hasher,
+            ..
+        } = download;
+        if let Target::File(mut file, _) = target {
+            file.flush().await.map_err(io_error(tmp))?;
+        }
+        let actual = match hasher {
+            Some(_) if len != digest.size => None,
+            Some(h) => Some(h.finish_hex()),
+            None => {
+                // Unknown size: the git header needs the length, so hash afterwards.
+                let (hf, is_tree, path) =
+                    (self.hash, is_git_tree(self.hash, digest), tmp.to_path_buf());
+                let hashed = tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&path)?;
+                    hf.hash_reader(is_tree, len, std::io::BufReader::new(file))
+                })
+                .await
+                .map_err(|e| RemoteError::Other(format!("hashing task failed: {e}")))?;
+                Some(hashed.map_err(io_error(tmp))?)
+            }
+        };
+        if actual.as_deref() != Some(digest.hash.as_str()) {
+            return Err(RemoteError::Corrupt {
+                hash: digest.hash.clone(),
+            });
+        }
+        Ok(true)
+    }
+}
+
+/// Counts the attempts of one call and waits between them.
+struct Retrier<'a> {
+    cas: &'a GrpcCas,
+    call: &'static str,
+    attempt: u32,
+}
+
+impl Retrier<'_> {
+    /// After a failed attempt: waits and returns true if another attempt is due.
+    async fn again(&mut self, failed: &Failed) -> bool {
+        let max = self.cas.retry.max_attempts.max(1);
+        if !failed.retry || self.attempt >= max {
+            if failed.retry && max > 1 {
+                tracing::debug!(
+                    "{} to {}: giving up after {} attempts",
+                    self.call,
+                    self.cas.address,
+                    self.attempt
+                );
+            }
+            return false;
+        }
+        let wait = with_jitter(
+            backoff(&self.cas.retry, self.attempt),
+            self.cas.random.unit(),
+        );
+        tracing::info!(
+            "{} to {}: attempt {}/{} failed: {}; retrying in {:.1?}",
+            self.call,
+            self.cas.address,
+            self.attempt,
+            max,
+            failed.error,
+            wait
+        );
+        tokio::time::sleep(wait).await;
+        self.attempt += 1;
+        true
+    }
+}
+
+#[tonic::async_trait]
+impl RemoteCas for GrpcCas {
+    fn hash_function(&self) -> HashFunction {
+        self.hash
+    }
+
+    async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, RemoteError> {
+        const CALL: &str = "FindMissingBlobs";
+        let mut missing = Vec::new();
+        for chunk in digests.chunks(FIND_MISSING_BATCH) {
+            let wire: Vec<reapi::Digest> = chunk.iter().map(|d| d.to_wire(self.hash)).collect();
+            let request = reapi::FindMissingBlobsRequest {
+                instance_name: self.instance_name.clone(),
+                blob_digests: wire.clone(),
+                ..Default::default()
+            };
+            let answer = self
+                .retrying(CALL, || {
+                    let mut client = self.cas_client();
+                    let request = self.request(request.clone());
+                    async move { self.unary(CALL, client.find_missing_blobs(request)).await }
+                })
+                .await
+                .map_err(|f| f.error)?;
+            // Answer with the caller's digests (tree flags, sizes as given).
+            let asked: HashMap<(&str, i64), &Digest> = wire
+                .iter()
+                .zip(chunk)
+                .map(|(w, d)| ((w.hash.as_str(), w.size_bytes), d))
+                .collect();
+            for w in answer.missing_blob_digests {
+                match asked.get(&(w.hash.as_str(), w.size_bytes)) {
+                    Some(d) => missing.push((*d).clone()),
+                    None => missing.push(self.hash.digest_from_wire(&w).map_err(|e| {
+                        RemoteError::Other(format!("{CALL} answered with a bad digest: {e}"))
+                    })?),
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn upload_blobs(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
+        let limit = self.max_batch_bytes().await?;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        for (digest, data) in blobs {
+            let size = self.upload_size(&digest, data.len() as u64)?;
+            let cost = data.len().saturating_add(ENTRY_OVERHEAD);
+            if cost > limit {
+                // Keep the order: what came before goes first.
+                self.upload_batch(std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+                self.write_stream(&digest, size, Source::Memory(Arc::new(data)))
+                    .await?;
+                continue;
+            }
+            if batch_bytes + cost > limit {
+                self.upload_batch(std::mem::take(&mut batch)).await?;
+                batch_bytes = 0;
+            }
+            batch.push((digest, data));
+            batch_bytes += cost;
+        }
+        self.upload_batch(batch).await
+    }
+
+    async fn upload_file(&self, digest: &Digest, path: &Path) -> Result<(), RemoteError> {
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(io_error(path))?
+            .len();
+        let size = self.upload_size(digest, len)?;
+        if self.fits_batch(size).await? {
+            let data = tokio::fs::read(path).await.map_err(io_error(path))?;
+            if data.len() as u64 != size {
+                return Err(RemoteError::Io {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other("the file changed size while being read"),
+                });
+            }
+            self.upload_batch(vec![(digest.clone(), data)]).await
+        } else {
+            self.write_stream(digest, size, Source::File(path.to_path_buf()))
+                .await
+        }
+    }
+
+    async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
+        let data = if size_known(self.hash, digest) && self.fits_batch(digest.size).await? {
+            self.read_batched(digest).await?
+        } else {
+            let mut download = Download::new(self.hash, digest, Target::Memory(Vec::new()));
+            if self.read_stream(digest, &mut download).await? {
+                match download.target {
+                    Target::Memory(data) => Some(data),
+                    Target::File(..) => unreachable!("read into memory"),
+                }
+            } else {
+                None
+            }
+        };
+        match data {
+            Some(data) => {
+                verify(self.hash, digest, &data)?;
+                Ok(Some(data))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError> {
+        let name = dest.file_name().ok_or_else(|| {
+            RemoteError::Other(format!(
+                "download target {} has no file name",
+                dest.display()
+            ))
+        })?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.{}.download",
+            name.to_string_lossy(),
+            self.random.uuid()
+        ));
+        let mut guard = TempFile(Some(tmp.clone()));
+        if size_known(self.hash, digest) && self.fits_batch(digest.size).await? {
+            let Some(data) = self.read_blob(digest).await? else {
+                return Ok(false);
+            };
+            tokio::fs::write(&tmp, &data)
+                .await
+                .map_err(io_error(&tmp))?;
+        } else if !self.stream_to_file(digest, &tmp).await? {
+            return Ok(false);
+        }
+        tokio::fs::rename(&tmp, dest)
+            .await
+            .map_err(io_error(dest))?;
+        guard.0 = None;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::ObjectKind;
+
+    #[test]
+    fn tls_only_with_authentication_material() {
+        assert_eq!(GrpcTls::from_auth(&AuthConfig::default()), None);
+        let auth = AuthConfig {
+            ca_cert: Some("/etc/ca.crt".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            GrpcTls::from_auth(&auth),
+            Some(GrpcTls {
+                ca_cert: Some("/etc/ca.crt".into()),
+                client_cert: None,
+                client_key: None,
+            })
+        );
+    }
+
+    #[test]
+    fn verification_checks_hash_size_and_tree_framing() {
+        for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let d = hf.digest_bytes(ObjectKind::File, b"content");
+            assert!(verify(hf, &d, b"content").is_ok());
+            assert!(verify(hf, &d, b"contenT").is_err());
+            let wrong_size = Digest {
+                size: 8,
+                ..d.clone()
+            };
+            assert!(verify(hf, &wrong_size, b"content").is_err());
+            let unknown = Digest { size: 0, ..d };
+            assert_eq!(verify(hf, &unknown, b"content").is_ok(), hf.is_native());
+        }
+        // A native tree id is the hash of a git tree object, not of a blob.
+        let hf = HashFunction::GitSha1;
+        let tree = hf.digest_bytes(ObjectKind::Tree, b"");
+        assert!(verify(hf, &tree, b"").is_ok());
+        let as_blob = Digest {
+            is_tree: false,
+            ..tree
+        };
+        assert!(verify(hf, &as_blob, b"").is_err());
+    }
+}

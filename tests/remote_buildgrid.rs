@@ -1,0 +1,227 @@
+//! The gRPC CAS client against another REAPI implementation: a BuildGrid
+//! server (`bgd`, pip package `buildgrid`) with an in-memory CAS in
+//! compatible (SHA-256) mode. `bgd` is taken from `JSERVE_BGD` or `PATH`;
+//! without it the test is skipped, except under CI.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jserve::config::{Address, RetryConfig};
+use jserve::digest::{Digest, HashFunction, ObjectKind};
+use jserve::remote::grpc::{GrpcCas, GrpcCasConfig};
+use jserve::remote::RemoteCas;
+
+const MIB: usize = 1 << 20;
+
+/// In-memory CAS, ByteStream and action cache for the default instance.
+const CONFIG: &str = r#"server:
+  - !channel
+    address: "127.0.0.1:PORT"
+    insecure-mode: true
+instances:
+  - name: ''
+    description: In-memory CAS and action cache.
+    storages:
+      - !lru-storage &cas-storage
+        size: 256MB
+    caches:
+      - !lru-action-cache &ac
+        storage: *cas-storage
+        max-cached-refs: 10000
+        allow-updates: true
+    services:
+      - !cas
+        storage: *cas-storage
+      - !bytestream
+        storage: *cas-storage
+      - !action-cache
+        cache: *ac
+"#;
+
+fn find_bgd() -> Option<PathBuf> {
+    let found = std::env::var_os("JSERVE_BGD")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|dir| dir.join("bgd"))
+                .find(|p| p.is_file())
+        })
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        let msg = "BuildGrid's `bgd` not found: `pip install buildgrid==0.4.4` \
+                   (or set JSERVE_BGD to its `bgd`)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}; CI must have it");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
+    }
+    found
+}
+
+/// The running `bgd`, stopped (with its whole process group) when dropped.
+struct BuildGrid {
+    child: Child,
+    log: PathBuf,
+}
+
+impl BuildGrid {
+    fn start(bgd: &Path, dir: &Path, port: u16) -> BuildGrid {
+        use std::os::unix::process::CommandExt;
+        let config = dir.join("buildgrid.yml");
+        std::fs::write(&config, CONFIG.replace("PORT", &port.to_string())).unwrap();
+        let log = dir.join("bgd.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bgd)
+            .args(["server", "start"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .expect("bgd starts");
+        BuildGrid { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BuildGrid {
+    fn drop(&mut self) {
+        let group = self.child.id() as libc::pid_t;
+        // SAFETY: signals only the process group this test started.
+        unsafe {
+            libc::kill(-group, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above; whatever is left of the group.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = 0x2545_f491_u32 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_with_buildgrid() {
+    let Some(bgd) = find_bgd() else { return };
+    let hf = HashFunction::Sha256;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = BuildGrid::start(&bgd, dir.path(), port);
+
+    let mut config = GrpcCasConfig::new(
+        Address {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        "",
+        hf,
+    );
+    config.retry = RetryConfig {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+    };
+    // Wait until it answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cas = loop {
+        match GrpcCas::connect(config.clone()).await {
+            Ok(cas) => break cas,
+            Err(e) => {
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    panic!("bgd exited ({status}):\n{}", server.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "bgd does not answer: {e}\n{}",
+                    server.log()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let limit = cas.max_batch_bytes().await.unwrap();
+    assert!(limit > 0 && limit < 4 * MIB, "{limit}");
+
+    let blobs: Vec<(Digest, Vec<u8>)> = [
+        content(0, 0),
+        content(10, 1),
+        content(100_000, 2),
+        content(1_500_000, 3),
+        content(1_500_000, 4),
+        // Larger than any batch: ByteStream.
+        content(5 * MIB + 7, 5),
+    ]
+    .into_iter()
+    .map(|data| (hf.digest_bytes(ObjectKind::File, &data), data))
+    .collect();
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| d.clone()).collect();
+    let non_empty = digests[1..].to_vec();
+
+    assert_eq!(
+        cas.find_missing(non_empty.clone()).await.unwrap(),
+        non_empty
+    );
+    cas.upload_blobs(blobs.clone()).await.unwrap();
+    assert!(cas.find_missing(digests.clone()).await.unwrap().is_empty());
+    for (d, data) in &blobs {
+        assert_eq!(
+            cas.read_blob(d).await.unwrap().as_deref(),
+            Some(&data[..]),
+            "{d}"
+        );
+    }
+    let absent = hf.digest_bytes(ObjectKind::File, b"not in BuildGrid");
+    assert_eq!(cas.read_blob(&absent).await.unwrap(), None);
+
+    // Files both ways, small and through ByteStream.
+    let files = tempfile::tempdir().unwrap();
+    for (i, len) in [(0u8, 3000usize), (1, 7 * MIB + 1)] {
+        let data = content(len, 10 + i);
+        let d = hf.digest_bytes(ObjectKind::File, &data);
+        let src = files.path().join(format!("src{i}"));
+        std::fs::write(&src, &data).unwrap();
+        assert_eq!(
+            cas.find_missing(vec![d.clone()]).await.unwrap(),
+            vec![d.clone()]
+        );
+        cas.upload_file(&d, &src).await.unwrap();
+        let dest = files.path().join(format!("dest{i}"));
+        assert!(cas.download_to_file(&d, &dest).await.unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+    }
+    assert!(!cas
+        .download_to_file(&absent, &files.path().join("absent"))
+        .await
+        .unwrap());
+    assert!(!files.path().join("absent").exists());
+    drop(server);
+}
