@@ -627,3 +627,43 @@ async fn tree_structure() {
     );
     s.server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn sync_goes_to_an_external_endpoint() {
+    use jserve::digest::HashFunction;
+    for compatible in [false, true] {
+        let hash = if compatible { HashFunction::Sha256 } else { HashFunction::GitSha1 };
+        let external = common::reapi::start_execute(hash, 2).await;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let (commit, tree) = make_repo(&repo);
+        let address = format!("127.0.0.1:{}", external.server.addr.port());
+        let config = config_in(
+            dir.path(),
+            json!({"repositories": [loc(&repo)],
+                   "execution endpoint": {"address": address, "compatible": compatible}}),
+        );
+        let server = start(&config).await;
+        let mut c = SourceTreeClient::new(
+            Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let r = c
+            .serve_commit_tree(ServeCommitTreeRequest { commit, subdir: ".".into(), sync_tree: true })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.status, r.tree.as_str()), (0, tree.as_str()), "compatible={compatible}");
+        let digest = r.digest.unwrap();
+        // The external endpoint has the root and a file below it.
+        let root = external.read_blob(&digest).await;
+        assert!(!root.is_empty());
+        let readme = external.blob_digest(b"readme\n");
+        assert_eq!(external.read_blob(&readme).await, b"readme\n");
+        server.shutdown().await.unwrap();
+        external.server.shutdown().await.unwrap();
+    }
+}
