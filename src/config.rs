@@ -188,6 +188,23 @@ pub struct BuildConfig {
     pub local_launcher: Vec<String>,
 }
 
+/// How far an archive may expand when unpacked (jserve's own config key
+/// `"archive limits"`; archives past it fail with UNPACK_ERROR).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchiveLimits {
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> Self {
+        ArchiveLimits {
+            max_bytes: 16 << 30,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
 /// The whole serve configuration, defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeConfig {
@@ -201,6 +218,7 @@ pub struct ServeConfig {
     pub retry: RetryConfig,
     pub jobs: usize,
     pub build: BuildConfig,
+    pub archive_limits: ArchiveLimits,
     /// Things worth a warning at start (unknown keys, missing repositories).
     pub warnings: Vec<String>,
 }
@@ -445,6 +463,17 @@ impl ServeConfig {
             }
             o.finish(&mut warnings);
         }
+        let mut archive_limits = ArchiveLimits::default();
+        if let Some((k, v)) = top.get("archive limits") {
+            let mut o = Obj::new(v, k)?;
+            if let Some((k, v)) = o.get("max bytes") {
+                archive_limits.max_bytes = integer(v, &k, 1, i64::MAX)? as u64;
+            }
+            if let Some((k, v)) = o.get("max entries") {
+                archive_limits.max_entries = integer(v, &k, 1, i64::MAX)? as u64;
+            }
+            o.finish(&mut warnings);
+        }
         top.finish(&mut warnings);
 
         Ok(ServeConfig {
@@ -457,6 +486,7 @@ impl ServeConfig {
             retry,
             jobs,
             build,
+            archive_limits,
             warnings,
         })
     }
@@ -695,7 +725,8 @@ mod tests {
             "max-attempts": 10, "initial-backoff-seconds": 2, "max-backoff-seconds": 30.5,
             "jobs": 8,
             "build": {"build jobs": 64, "action timeout": 12.5,
-                      "target-cache write strategy": "split", "local launcher": ["nice", "env", "--"]}
+                      "target-cache write strategy": "split", "local launcher": ["nice", "env", "--"]},
+            "archive limits": {"max bytes": 1000000, "max entries": 50}
         }))
         .unwrap();
         assert_eq!(c.local_build_root, PathBuf::from("/var/jserve-root"));
@@ -740,6 +771,13 @@ mod tests {
             TargetCacheWriteStrategy::Split
         );
         assert_eq!(c.build.local_launcher, vec!["nice", "env", "--"]);
+        assert_eq!(
+            c.archive_limits,
+            ArchiveLimits {
+                max_bytes: 1_000_000,
+                max_entries: 50
+            }
+        );
         // The missing repository directories are warned about.
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }
@@ -925,6 +963,14 @@ mod tests {
             (
                 json!({"build": {"local launcher": ["env", 1]}}),
                 "\"local launcher\"[1]: expected a string",
+            ),
+            (
+                json!({"archive limits": {"max bytes": 0}}),
+                "\"archive limits\".\"max bytes\": 0 is out of range",
+            ),
+            (
+                json!({"archive limits": {"max entries": "many"}}),
+                "\"max entries\": expected a number",
             ),
         ];
         for (value, expected) in cases {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::ServeContext;
 use crate::proto::source_tree_server::SourceTree;
 use crate::proto::*;
-use crate::sources::{Distfile, Outcome, Sources, TreeAnswer};
+use crate::sources::{ArchiveOutcome, Distfile, Outcome, Sources, TreeAnswer};
 
 pub struct SourceTreeService {
     ctx: Arc<ServeContext>,
@@ -69,11 +69,52 @@ impl SourceTree for SourceTreeService {
 
     async fn serve_archive_tree(
         &self,
-        _r: Request<ServeArchiveTreeRequest>,
+        request: Request<ServeArchiveTreeRequest>,
     ) -> Result<Response<ServeArchiveTreeResponse>, Status> {
-        Err(Status::unimplemented(
-            "jserve does not implement SourceTree.ServeArchiveTree yet",
-        ))
+        use crate::archive::{ArchiveFormat, Limits};
+        use crate::sources::resolve::ResolveMode;
+        use serve_archive_tree_request::{ArchiveType, SymlinksResolve};
+        use serve_archive_tree_response::ServeArchiveTreeStatus as S;
+        let r = request.into_inner();
+        // Unknown enum values count as the first one, as in the reference.
+        let format = match ArchiveType::try_from(r.archive_type).unwrap_or(ArchiveType::Tar) {
+            ArchiveType::Tar => ArchiveFormat::Tar,
+            ArchiveType::Zip => ArchiveFormat::Zip,
+        };
+        let mode =
+            match SymlinksResolve::try_from(r.resolve_symlinks).unwrap_or(SymlinksResolve::None) {
+                SymlinksResolve::None => None,
+                SymlinksResolve::Ignore => Some(ResolveMode::Ignore),
+                SymlinksResolve::Partial => Some(ResolveMode::Partial),
+                SymlinksResolve::Complete => Some(ResolveMode::Complete),
+            };
+        let config = &self.ctx.config.archive_limits;
+        let limits = Limits {
+            max_total_bytes: config.max_bytes,
+            max_entries: config.max_entries,
+        };
+        let answer = self
+            .sources()
+            .archive_tree(&r.content, format, &r.subdir, mode, r.sync_tree, &limits)
+            .await;
+        let status = match &answer.outcome {
+            ArchiveOutcome::Common(Outcome::Ok) => S::Ok,
+            ArchiveOutcome::Common(Outcome::NotFound) => S::NotFound,
+            ArchiveOutcome::Common(Outcome::SyncError(_)) => S::SyncError,
+            ArchiveOutcome::Common(_) => S::InternalError,
+            ArchiveOutcome::Unpack(_) => S::UnpackError,
+            ArchiveOutcome::Resolve(_) => S::ResolveError,
+        };
+        tracing::info!("ServeArchiveTree({}): {status:?}", r.content);
+        let digest = answer
+            .digest
+            .as_ref()
+            .map(|d| d.to_wire(self.sources().remote_hash()));
+        Ok(Response::new(ServeArchiveTreeResponse {
+            tree: answer.tree.unwrap_or_default(),
+            status: status as i32,
+            digest,
+        }))
     }
 
     async fn serve_distdir_tree(

@@ -4,12 +4,14 @@
 //! configured repositories in order, then the local native CAS (and, where
 //! the reference does, the endpoint's CAS).
 
+mod archive_tree;
 mod copy;
 mod operations;
 pub mod resolve;
 pub mod sync;
 mod tree_structure;
 
+pub use archive_tree::{ArchiveAnswer, ArchiveOutcome};
 pub use operations::{Distfile, Outcome, TreeAnswer};
 
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub struct Sources {
     pub native_cas: Cas,
     pub remote: Arc<dyn RemoteCas>,
     pub syncer: Syncer,
+    /// Keeps concurrent requests for the same archive from unpacking it twice.
+    once: archive_tree::OnceMap,
 }
 
 impl Sources {
@@ -44,6 +48,7 @@ impl Sources {
             remote,
             repos,
             build_root,
+            once: Default::default(),
         }
     }
 

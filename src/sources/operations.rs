@@ -78,7 +78,13 @@ impl Sources {
     }
 
     /// Syncs a git object found in repository `repo` if asked to, and answers.
-    async fn answer(&self, id: String, is_tree: bool, repo: PathBuf, sync: bool) -> TreeAnswer {
+    pub(super) async fn answer(
+        &self,
+        id: String,
+        is_tree: bool,
+        repo: PathBuf,
+        sync: bool,
+    ) -> TreeAnswer {
         let tree = is_tree.then(|| id.clone());
         if !sync {
             return TreeAnswer {

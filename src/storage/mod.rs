@@ -17,6 +17,31 @@ pub use action_cache::{ActionCache, ActionCacheError};
 pub use cas::{Cas, CasError};
 pub use maps::{ArchiveKind, IdMap};
 
+/// Removes a directory tree, making read-only directories writable first
+/// (actions and archives may leave such behind). Failures are only logged.
+pub fn remove_tree(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return;
+    }
+    fn make_writable(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::symlink_metadata(p) {
+            if meta.is_dir() {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+                if let Ok(entries) = std::fs::read_dir(p) {
+                    for e in entries.flatten() {
+                        make_writable(&e.path());
+                    }
+                }
+            }
+        }
+    }
+    make_writable(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(dir = %dir.display(), "cannot remove directory: {e}");
+    }
+}
+
 /// Only generation 0 is written; older generations belong to garbage collection.
 const GENERATION: &str = "generation-0";
 

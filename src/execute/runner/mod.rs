@@ -155,7 +155,7 @@ impl Runner {
         ));
         let outcome = self.run_in(&dir, &spec).await;
         let cleanup = dir.clone();
-        tokio::task::spawn_blocking(move || remove_tree(&cleanup));
+        tokio::task::spawn_blocking(move || crate::storage::remove_tree(&cleanup));
         outcome
     }
 
@@ -276,29 +276,5 @@ impl Runner {
             Ok(RunOutcome { result, timed_out })
         })
         .await?
-    }
-}
-
-/// Removes a working directory, making read-only directories writable first.
-fn remove_tree(dir: &Path) {
-    if std::fs::remove_dir_all(dir).is_ok() {
-        return;
-    }
-    fn make_writable(p: &Path) {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::symlink_metadata(p) {
-            if meta.is_dir() {
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
-                if let Ok(entries) = std::fs::read_dir(p) {
-                    for e in entries.flatten() {
-                        make_writable(&e.path());
-                    }
-                }
-            }
-        }
-    }
-    make_writable(dir);
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        tracing::warn!(dir = %dir.display(), "cannot remove action directory: {e}");
     }
 }

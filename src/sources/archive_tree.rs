@@ -1,0 +1,399 @@
+//! ServeArchiveTree: the git tree of an unpacked archive (a subdirectory of
+//! it), with symlinks resolved as asked. Unpacked trees are remembered in the
+//! archive tree map, resolved ones in the special tree map; concurrent
+//! requests for the same archive unpack it once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use git2::Oid;
+
+use super::operations::{Outcome, TreeAnswer};
+use super::resolve::{resolve_tree, ResolveMode};
+use super::Sources;
+use crate::archive::{unpack, ArchiveFormat, Limits};
+use crate::digest::{Digest, ObjectKind};
+use crate::git::{import_to_git, keep_tree, parse_oid};
+use crate::storage::{ArchiveKind, IdMap};
+
+/// Serialises work on the same archive (or resolved tree): the second caller
+/// waits and then finds the first one's result in the maps.
+#[derive(Default)]
+pub struct OnceMap {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl OnceMap {
+    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().expect("once-map lock");
+            // Forget locks nobody holds any more, so the map stays small.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// What ServeArchiveTree can end in, beyond the shared outcomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArchiveOutcome {
+    Common(Outcome),
+    Unpack(String),
+    Resolve(String),
+}
+
+pub struct ArchiveAnswer {
+    pub outcome: ArchiveOutcome,
+    pub tree: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl ArchiveAnswer {
+    fn fail(outcome: ArchiveOutcome) -> ArchiveAnswer {
+        match &outcome {
+            ArchiveOutcome::Common(Outcome::NotFound) => {}
+            other => tracing::warn!("ServeArchiveTree: {other:?}"),
+        }
+        ArchiveAnswer {
+            outcome,
+            tree: None,
+            digest: None,
+        }
+    }
+    fn internal(message: impl Into<String>) -> ArchiveAnswer {
+        ArchiveAnswer::fail(ArchiveOutcome::Common(Outcome::Internal(message.into())))
+    }
+}
+
+impl From<TreeAnswer> for ArchiveAnswer {
+    fn from(a: TreeAnswer) -> ArchiveAnswer {
+        ArchiveAnswer {
+            outcome: ArchiveOutcome::Common(a.outcome),
+            tree: a.tree,
+            digest: a.digest,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker task failed: {e}"))?
+}
+
+/// Where the archive's bytes are.
+enum ArchiveSource {
+    File(PathBuf),
+    Repo(usize),
+    Remote,
+}
+
+impl Sources {
+    fn tree_map(&self, kind: ArchiveKind) -> IdMap {
+        self.build_root.archive_tree_map(kind)
+    }
+
+    fn special_map(&self, mode: ResolveMode) -> IdMap {
+        IdMap::new(
+            self.build_root
+                .repositories_dir()
+                .join("special-tree-map")
+                .join(mode.pragma_name()),
+            self.build_root.tmp_dir(),
+        )
+    }
+
+    /// ServeArchiveTree.
+    pub async fn archive_tree(
+        &self,
+        content: &str,
+        format: ArchiveFormat,
+        subdir: &str,
+        mode: Option<ResolveMode>,
+        sync: bool,
+        limits: &Limits,
+    ) -> ArchiveAnswer {
+        if parse_oid(content).is_err() {
+            return ArchiveAnswer::internal(format!("invalid archive id {content:?}"));
+        }
+        let kind = match format {
+            ArchiveFormat::Tar => ArchiveKind::Archive,
+            ArchiveFormat::Zip => ArchiveKind::Zip,
+        };
+        let root = {
+            let _once = self
+                .once
+                .lock(&format!("{}/{content}", kind.dir_name()))
+                .await;
+            match self.unpacked_root(content, kind).await {
+                Ok(Some(root)) => root,
+                Ok(None) => match self.unpack_archive(content, format, kind, limits).await {
+                    Ok(root) => root,
+                    Err(answer) => return answer,
+                },
+                Err(e) => return ArchiveAnswer::internal(e),
+            }
+        };
+
+        // The requested subdirectory, in whichever repository has the root.
+        let (repos, sub) = (self.repos.clone(), subdir.to_string());
+        let found = blocking(move || {
+            let Some(repo) = repos.find_tree(&root).map_err(|e| e.to_string())? else {
+                return Err(format!("unpacked tree {root} vanished from the git cache"));
+            };
+            let r = repos.open(repo).map_err(|e| e.to_string())?;
+            let tree = r
+                .find_tree(Oid::from_str(&root).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let path: Vec<&str> = sub
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != ".")
+                .collect();
+            if path.is_empty() {
+                return Ok((repo, root));
+            }
+            let entry = tree
+                .get_path(std::path::Path::new(&path.join("/")))
+                .map_err(|_| format!("the archive has no directory {sub:?}"))?;
+            if entry.kind() != Some(git2::ObjectType::Tree) {
+                return Err(format!("{sub:?} in the archive is not a directory"));
+            }
+            Ok((repo, entry.id().to_string()))
+        })
+        .await;
+        let (repo, tree) = match found {
+            Ok(f) => f,
+            Err(e) => return ArchiveAnswer::internal(e),
+        };
+
+        let Some(mode) = mode else {
+            return self
+                .answer(tree, true, self.repos.paths()[repo].clone(), sync)
+                .await
+                .into();
+        };
+        let resolved = {
+            let _once = self
+                .once
+                .lock(&format!("{}/{tree}", mode.pragma_name()))
+                .await;
+            let map = self.special_map(mode);
+            let (repos, id) = (self.repos.clone(), tree.clone());
+            blocking(move || {
+                if let Some(known) = map.get(&id).map_err(|e| e.to_string())? {
+                    return Ok(Ok(known.trim().to_string()));
+                }
+                let source = repos.open(repo).map_err(|e| e.to_string())?;
+                let cache = repos.open(0).map_err(|e| e.to_string())?;
+                let oid = Oid::from_str(&id).map_err(|e| e.to_string())?;
+                let resolved = match resolve_tree(&source, &cache, oid, mode) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(Err(e.to_string())),
+                };
+                keep_tree(&cache, resolved).map_err(|e| e.to_string())?;
+                map.set(&id, &resolved.to_string())
+                    .map_err(|e| e.to_string())?;
+                Ok(Ok(resolved.to_string()))
+            })
+            .await
+        };
+        match resolved {
+            Ok(Ok(tree)) => self
+                .answer(tree, true, self.repos.paths()[0].clone(), sync)
+                .await
+                .into(),
+            Ok(Err(e)) => ArchiveAnswer::fail(ArchiveOutcome::Resolve(e)),
+            Err(e) => ArchiveAnswer::internal(e),
+        }
+    }
+
+    /// The remembered root tree of an unpacked archive, if it is still around.
+    async fn unpacked_root(
+        &self,
+        content: &str,
+        kind: ArchiveKind,
+    ) -> Result<Option<String>, String> {
+        let (map, repos, id) = (self.tree_map(kind), self.repos.clone(), content.to_string());
+        blocking(move || {
+            let Some(root) = map.get(&id).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let root = root.trim().to_string();
+            // A root that is gone (e.g. after a git-cache GC) is unpacked again.
+            Ok(repos
+                .find_tree(&root)
+                .map_err(|e| e.to_string())?
+                .map(|_| root))
+        })
+        .await
+    }
+
+    /// Finds the archive, unpacks it, imports it into the git cache and
+    /// remembers the root tree. Nothing is left behind on failure.
+    async fn unpack_archive(
+        &self,
+        content: &str,
+        format: ArchiveFormat,
+        kind: ArchiveKind,
+        limits: &Limits,
+    ) -> Result<String, ArchiveAnswer> {
+        let (repos, cas, id) = (
+            self.repos.clone(),
+            self.native_cas.clone(),
+            content.to_string(),
+        );
+        let local = blocking(move || {
+            if let Some(p) = cas.find(ObjectKind::File, &id) {
+                return Ok(Some(ArchiveSource::File(p)));
+            }
+            Ok(repos
+                .find_blob(&id)
+                .map_err(|e| e.to_string())?
+                .map(ArchiveSource::Repo))
+        })
+        .await
+        .map_err(ArchiveAnswer::internal)?;
+        let source = match local {
+            Some(s) => s,
+            // Only native endpoints know archives by their git blob id.
+            None if self.remote_hash().is_native() => {
+                let d = Digest {
+                    hash: content.to_string(),
+                    size: 0,
+                    is_tree: false,
+                };
+                match self.remote.find_missing(vec![d]).await {
+                    Ok(m) if m.is_empty() => ArchiveSource::Remote,
+                    Ok(_) => {
+                        return Err(ArchiveAnswer::fail(ArchiveOutcome::Common(
+                            Outcome::NotFound,
+                        )))
+                    }
+                    Err(e) => return Err(ArchiveAnswer::internal(e.to_string())),
+                }
+            }
+            None => {
+                return Err(ArchiveAnswer::fail(ArchiveOutcome::Common(
+                    Outcome::NotFound,
+                )))
+            }
+        };
+
+        // Put the archive into the native CAS as a file to unpack from.
+        let archive_path = match source {
+            ArchiveSource::File(p) => p,
+            ArchiveSource::Repo(r) => {
+                let (repos, cas, id) = (
+                    self.repos.clone(),
+                    self.native_cas.clone(),
+                    content.to_string(),
+                );
+                blocking(move || {
+                    let repo = repos.open(r).map_err(|e| e.to_string())?;
+                    let blob = repo
+                        .find_blob(Oid::from_str(&id).map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?;
+                    cas.put_bytes_checked(ObjectKind::File, blob.content(), Some(&id))
+                        .map_err(|e| e.to_string())?;
+                    Ok(cas.path(ObjectKind::File, &id))
+                })
+                .await
+                .map_err(ArchiveAnswer::internal)?
+            }
+            ArchiveSource::Remote => {
+                let d = Digest {
+                    hash: content.to_string(),
+                    size: 0,
+                    is_tree: false,
+                };
+                let tmp = self
+                    .build_root
+                    .tmp_dir()
+                    .join(format!("archive-{content}-{}", std::process::id()));
+                match self.remote.download_to_file(&d, &tmp).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(ArchiveAnswer::fail(ArchiveOutcome::Common(
+                            Outcome::NotFound,
+                        )))
+                    }
+                    Err(e) => return Err(ArchiveAnswer::internal(e.to_string())),
+                }
+                let (cas, id) = (self.native_cas.clone(), content.to_string());
+                blocking(move || {
+                    let stored = cas.put_file(ObjectKind::File, &tmp);
+                    let _ = std::fs::remove_file(&tmp);
+                    let d = stored.map_err(|e| e.to_string())?;
+                    if d.hash != id {
+                        return Err(format!("the endpoint's {id} has other content"));
+                    }
+                    Ok(cas.path(ObjectKind::File, &id))
+                })
+                .await
+                .map_err(ArchiveAnswer::internal)?
+            }
+        };
+
+        let limits = limits.clone();
+        let (tmp_root, repos, map) = (
+            self.build_root.tmp_dir(),
+            self.repos.clone(),
+            self.tree_map(kind),
+        );
+        let (id, kind_name) = (content.to_string(), kind.dir_name());
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<Result<String, String>, String> {
+                let dir = tempdir_in(&tmp_root).map_err(|e| e.to_string())?;
+                tracing::info!(archive = %id, "unpacking");
+                if let Err(e) = unpack(&archive_path, format, dir.path(), &limits) {
+                    return Ok(Err(e.to_string()));
+                }
+                let cache = repos.open(0).map_err(|e| e.to_string())?;
+                let root =
+                    import_to_git(&cache, dir.path(), &format!("Content of {kind_name} {id}"))
+                        .map_err(|e| e.to_string())?;
+                map.set(&id, &root.to_string()).map_err(|e| e.to_string())?;
+                Ok(Ok(root.to_string()))
+            })
+            .await
+            .map_err(|e| ArchiveAnswer::internal(e.to_string()))?;
+        match result {
+            Ok(Ok(root)) => Ok(root),
+            Ok(Err(unpack_error)) => Err(ArchiveAnswer::fail(ArchiveOutcome::Unpack(unpack_error))),
+            Err(e) => Err(ArchiveAnswer::internal(e)),
+        }
+    }
+}
+
+/// A fresh directory below `parent`, removed when dropped.
+fn tempdir_in(parent: &std::path::Path) -> std::io::Result<TempDir> {
+    std::fs::create_dir_all(parent)?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = parent.join(format!("unpack-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(TempDir(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        crate::storage::remove_tree(&self.0);
+    }
+}
