@@ -632,7 +632,11 @@ async fn tree_structure() {
 async fn sync_goes_to_an_external_endpoint() {
     use jserve::digest::HashFunction;
     for compatible in [false, true] {
-        let hash = if compatible { HashFunction::Sha256 } else { HashFunction::GitSha1 };
+        let hash = if compatible {
+            HashFunction::Sha256
+        } else {
+            HashFunction::GitSha1
+        };
         let external = common::reapi::start_execute(hash, 2).await;
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
@@ -652,11 +656,19 @@ async fn sync_goes_to_an_external_endpoint() {
                 .unwrap(),
         );
         let r = c
-            .serve_commit_tree(ServeCommitTreeRequest { commit, subdir: ".".into(), sync_tree: true })
+            .serve_commit_tree(ServeCommitTreeRequest {
+                commit,
+                subdir: ".".into(),
+                sync_tree: true,
+            })
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((r.status, r.tree.as_str()), (0, tree.as_str()), "compatible={compatible}");
+        assert_eq!(
+            (r.status, r.tree.as_str()),
+            (0, tree.as_str()),
+            "compatible={compatible}"
+        );
         let digest = r.digest.unwrap();
         // The external endpoint has the root and a file below it.
         let root = external.read_blob(&digest).await;

@@ -79,10 +79,11 @@ impl ServeContext {
                 },
             )
         });
-        let external = config
-            .execution_endpoint
-            .as_ref()
-            .and_then(|e| e.address.clone().map(|address| (address, e.instance_name.clone())));
+        let external = config.execution_endpoint.as_ref().and_then(|e| {
+            e.address
+                .clone()
+                .map(|address| (address, e.instance_name.clone()))
+        });
         let remote: Arc<dyn RemoteCas> = match (&endpoint, external) {
             (Some(e), _) => Arc::new(LocalRemote::new(e.clone())),
             // Connects on first use: a slow endpoint does not hold up the start.
