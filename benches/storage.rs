@@ -455,6 +455,27 @@ fn bench_git(b: &Bench) {
     }
 }
 
+/// File creation speed before anything else, to judge the run: it drops
+/// tenfold for a minute or more after mass deletions on this file system
+/// (see `Bench::graveyard`), e.g. by a previous run or a concurrent build.
+fn probe(b: &Bench) {
+    let n = 500;
+    let times: Vec<Duration> = (0..REPEATS)
+        .map(|_| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            settle();
+            let t = time(|| {
+                for i in 0..n {
+                    fs::write(dir.path().join(format!("f{i}")), [0u8; 1024]).expect("write");
+                }
+            });
+            b.bury(dir);
+            t
+        })
+        .collect();
+    b.report("probe/create 500 files", &times, n, n * 1024);
+}
+
 fn main() {
     // cargo passes `--bench`; any non-flag argument is the filter.
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
@@ -466,6 +487,7 @@ fn main() {
         "{:<36} {:>4} {:>10} {:>10} {:>12} {:>10}",
         "case", "runs", "median ms", "best ms", "ops/s", "MB/s"
     );
+    probe(&b);
     let small = blobs(SMALL_COUNT, SMALL_SIZE, 1);
     let large = blobs(LARGE_COUNT, LARGE_SIZE, 1_000_000);
     for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
