@@ -3,6 +3,8 @@
 //! compatible (SHA-256) mode. `bgd` is taken from `JSERVE_BGD` or `PATH`;
 //! without it the test is skipped, except under CI.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -223,5 +225,58 @@ async fn round_trips_with_buildgrid() {
         .await
         .unwrap());
     assert!(!files.path().join("absent").exists());
+
+    // jserve serve with BuildGrid as its execution endpoint: a synced commit
+    // tree arrives there as Directory messages and blobs.
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("sub")).unwrap();
+    std::fs::write(repo.join("sub/file.txt"), "synced to BuildGrid\n").unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "c"]);
+    let commit = git(&["rev-parse", "HEAD"]);
+    let serve_config = common::config_in(
+        &dir.path().join("serve"),
+        serde_json::json!({"repositories": [common::loc(&repo)],
+               "execution endpoint": {"address": format!("127.0.0.1:{port}"), "compatible": true}}),
+    );
+    let serve = common::start(&serve_config).await;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", serve.addr.port()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let answer = jserve::proto::source_tree_client::SourceTreeClient::new(channel)
+        .serve_commit_tree(jserve::proto::ServeCommitTreeRequest {
+            commit,
+            subdir: ".".into(),
+            sync_tree: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, 0, "synced to BuildGrid");
+    let root = hf.digest_from_wire(&answer.digest.unwrap()).unwrap();
+    assert!(
+        cas.read_blob(&root).await.unwrap().is_some(),
+        "root Directory in BuildGrid"
+    );
+    let file = hf.digest_bytes(ObjectKind::File, b"synced to BuildGrid\n");
+    assert!(
+        cas.read_blob(&file).await.unwrap().is_some(),
+        "file blob in BuildGrid"
+    );
+    serve.shutdown().await.unwrap();
     drop(server);
 }

@@ -294,11 +294,20 @@ impl Sources {
                 );
                 blocking(move || {
                     let repo = repos.open(r).map_err(|e| e.to_string())?;
-                    let blob = repo
-                        .find_blob(Oid::from_str(&id).map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())?;
-                    cas.put_bytes_checked(ObjectKind::File, blob.content(), Some(&id))
-                        .map_err(|e| e.to_string())?;
+                    let oid = Oid::from_str(&id).map_err(|e| e.to_string())?;
+                    let odb = repo.odb().map_err(|e| e.to_string())?;
+                    // Stream loose objects; packed ones libgit2 can only hand out whole.
+                    match odb.reader(oid) {
+                        Ok((reader, len, _)) => {
+                            cas.put_stream(ObjectKind::File, len as u64, reader, Some(&id))
+                                .map_err(|e| e.to_string())?;
+                        }
+                        Err(_) => {
+                            let blob = repo.find_blob(oid).map_err(|e| e.to_string())?;
+                            cas.put_bytes_checked(ObjectKind::File, blob.content(), Some(&id))
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
                     Ok(cas.path(ObjectKind::File, &id))
                 })
                 .await
