@@ -679,3 +679,131 @@ async fn sync_goes_to_an_external_endpoint() {
         external.server.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn unreachable_endpoint_gives_sync_error_and_bad_ids_internal_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let (commit, tree) = make_repo(&repo);
+    // Nothing listens on port 1: every upload to the endpoint fails.
+    let config = config_in(
+        dir.path(),
+        json!({"repositories": [loc(&repo)], "execution endpoint": {"address": "127.0.0.1:1"},
+               "max-attempts": 1}),
+    );
+    let server = start(&config).await;
+    let mut c = SourceTreeClient::new(
+        Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let r = c
+        .serve_commit_tree(ServeCommitTreeRequest {
+            commit: commit.clone(),
+            subdir: ".".into(),
+            sync_tree: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_commit_tree_response::ServeCommitTreeStatus::SyncError as i32
+    );
+    assert_eq!(r.tree, tree, "the tree is named even when the sync fails");
+    assert!(r.digest.is_none());
+    // Without sync the endpoint is not needed.
+    let r = c
+        .serve_commit_tree(ServeCommitTreeRequest {
+            commit,
+            subdir: ".".into(),
+            sync_tree: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status, 0);
+    let blob = git(&repo, &["rev-parse", "HEAD:README"]);
+    let r = c
+        .serve_content(ServeContentRequest { content: blob })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_content_response::ServeContentStatus::SyncError as i32
+    );
+    let r = c
+        .serve_tree(ServeTreeRequest { tree: tree.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_tree_response::ServeTreeStatus::SyncError as i32
+    );
+
+    // Malformed ids are internal errors, as in the reference.
+    let bad = "not-a-git-id".to_string();
+    let r = c
+        .serve_tree(ServeTreeRequest { tree: bad.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_tree_response::ServeTreeStatus::InternalError as i32
+    );
+    let r = c
+        .check_root_tree(CheckRootTreeRequest { tree: bad.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        check_root_tree_response::CheckRootTreeStatus::InternalError as i32
+    );
+    let r = c
+        .compute_tree_structure(ComputeTreeStructureRequest { tree: bad.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        compute_tree_structure_response::ComputeTreeStructureStatus::InternalError as i32
+    );
+    let r = c
+        .serve_distdir_tree(ServeDistdirTreeRequest {
+            distfiles: vec![serve_distdir_tree_request::Distfile {
+                name: "x".into(),
+                content: bad,
+                executable: false,
+            }],
+            sync_tree: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_distdir_tree_response::ServeDistdirTreeStatus::InternalError as i32
+    );
+    // GetRemoteTree with the endpoint down: a failed precondition.
+    let r = c
+        .get_remote_tree(GetRemoteTreeRequest {
+            digest: Some(reapi::Digest {
+                hash: format!("74{tree}"),
+                size_bytes: 0,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        get_remote_tree_response::GetRemoteTreeStatus::FailedPrecondition as i32
+    );
+    server.shutdown().await.unwrap();
+}

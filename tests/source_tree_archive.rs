@@ -140,6 +140,15 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Serve over the fixture's repository, native or compatible.
+fn serve_config(f: &Fixture, compatible: bool) -> serde_json::Value {
+    let mut extra = json!({"repositories": [loc(&f.repo)]});
+    if compatible {
+        extra["execution endpoint"] = json!({"compatible": true});
+    }
+    config_in(&f.dir.path().join(format!("serve-{compatible}")), extra)
+}
+
 async fn client(port: u16) -> SourceTreeClient<Channel> {
     SourceTreeClient::new(
         Channel::from_shared(format!("http://127.0.0.1:{port}"))
@@ -173,67 +182,66 @@ async fn ask(
 #[tokio::test]
 async fn archives_of_every_format_give_gits_tree() {
     let f = fixture();
-    let server = start(&config_in(
-        f.dir.path(),
-        json!({"repositories": [loc(&f.repo)]}),
-    ))
-    .await;
-    let mut c = client(server.addr.port()).await;
-    for (name, kind) in [
-        ("a.tar.gz", ArchiveType::Tar),
-        ("a.tar.bz2", ArchiveType::Tar),
-        ("a.tar.xz", ArchiveType::Tar),
-        ("a.tar", ArchiveType::Tar),
-        ("a.zip", ArchiveType::Zip),
-    ] {
+    for compatible in [false, true] {
+        let server = start(&serve_config(&f, compatible)).await;
+        let mut c = client(server.addr.port()).await;
+        for (name, kind) in [
+            ("a.tar.gz", ArchiveType::Tar),
+            ("a.tar.bz2", ArchiveType::Tar),
+            ("a.tar.xz", ArchiveType::Tar),
+            ("a.tar", ArchiveType::Tar),
+            ("a.zip", ArchiveType::Zip),
+        ] {
+            let r = ask(
+                &mut c,
+                &f.archives[name],
+                kind,
+                ".",
+                SymlinksResolve::None,
+                false,
+            )
+            .await;
+            assert_eq!(r.status, S::Ok as i32, "{name}");
+            assert_eq!(
+                r.tree, f.clean_tree,
+                "{name}: same tree as git computes for the content"
+            );
+            let sub = ask(
+                &mut c,
+                &f.archives[name],
+                kind,
+                "pkg/src",
+                SymlinksResolve::None,
+                true,
+            )
+            .await;
+            assert_eq!(sub.status, S::Ok as i32, "{name}");
+            let digest = sub.digest.expect("synced");
+            assert_eq!(digest.hash.len(), if compatible { 64 } else { 42 });
+        }
+        // Unknown archive, and a subdir the archive lacks.
         let r = ask(
             &mut c,
-            &f.archives[name],
-            kind,
+            &"8".repeat(40),
+            ArchiveType::Tar,
             ".",
             SymlinksResolve::None,
             false,
         )
         .await;
-        assert_eq!(r.status, S::Ok as i32, "{name}");
-        assert_eq!(
-            r.tree, f.clean_tree,
-            "{name}: same tree as git computes for the content"
-        );
-        let sub = ask(
+        assert_eq!(r.status, S::NotFound as i32);
+        let r = ask(
             &mut c,
-            &f.archives[name],
-            kind,
-            "pkg/src",
+            &f.archives["a.tar"],
+            ArchiveType::Tar,
+            "nope",
             SymlinksResolve::None,
-            true,
+            false,
         )
         .await;
-        assert_eq!(sub.status, S::Ok as i32, "{name}");
-        assert!(sub.digest.is_some(), "synced");
+        assert_eq!(r.status, S::InternalError as i32);
+        server.shutdown().await.unwrap();
     }
-    // Unknown archive, and a subdir the archive lacks.
-    let r = ask(
-        &mut c,
-        &"8".repeat(40),
-        ArchiveType::Tar,
-        ".",
-        SymlinksResolve::None,
-        false,
-    )
-    .await;
-    assert_eq!(r.status, S::NotFound as i32);
-    let r = ask(
-        &mut c,
-        &f.archives["a.tar"],
-        ArchiveType::Tar,
-        "nope",
-        SymlinksResolve::None,
-        false,
-    )
-    .await;
-    assert_eq!(r.status, S::InternalError as i32);
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test]
