@@ -1047,3 +1047,36 @@ async fn tls_with_a_client_certificate() {
         .expect("unreadable CA");
     assert!(e.to_string().contains("nope.crt"), "{e}");
 }
+
+#[tokio::test]
+async fn get_tree_lists_directories_in_compatible_mode() {
+    use common::reapi::file;
+    let ep = start_execute(HashFunction::Sha256, 1).await;
+    let files = [
+        ("a/b/c.txt", file("c")),
+        ("a/d.txt", file("d")),
+        ("e", file("e")),
+    ]
+    .into_iter()
+    .collect();
+    let root = ep.upload_tree(&files).await;
+    let root = HashFunction::Sha256.digest_from_wire(&root).unwrap();
+    let cas = GrpcCas::connect(config(ep.server.addr, "", HashFunction::Sha256))
+        .await
+        .unwrap();
+    let dirs = cas.get_tree(&root).await.unwrap().expect("GetTree answers");
+    assert_eq!(dirs.len(), 3, "root, a, a/b");
+    // A root the endpoint does not have is not listed.
+    let absent = HashFunction::Sha256.digest_bytes(ObjectKind::Tree, b"no such directory");
+    assert!(cas.get_tree(&absent).await.unwrap().is_none());
+    ep.server.shutdown().await.unwrap();
+
+    // Native endpoints have no Directory trees to list.
+    let ep = start_execute(HashFunction::GitSha1, 1).await;
+    let cas = GrpcCas::connect(config(ep.server.addr, "", HashFunction::GitSha1))
+        .await
+        .unwrap();
+    let tree = HashFunction::GitSha1.digest_bytes(ObjectKind::Tree, b"");
+    assert!(cas.get_tree(&tree).await.unwrap().is_none());
+    ep.server.shutdown().await.unwrap();
+}

@@ -193,6 +193,33 @@ impl LocalEndpoint {
         Ok(None)
     }
 
+    /// Compatible mode: every Directory below (and including) `root`, each
+    /// once, breadth first (what GetTree returns).
+    pub fn directories(&self, root: &Digest) -> Result<Vec<reapi::Directory>, EndpointError> {
+        use prost::Message;
+        let mut seen = std::collections::HashSet::new();
+        let mut queue = std::collections::VecDeque::from([root.clone()]);
+        let mut out = Vec::new();
+        while let Some(d) = queue.pop_front() {
+            if !seen.insert(d.hash.clone()) {
+                continue;
+            }
+            let bytes = self
+                .read(&d)?
+                .ok_or_else(|| EndpointError::NotFound(format!("directory {}", d.hash)))?;
+            let dir = reapi::Directory::decode(bytes.as_slice()).map_err(|e| {
+                EndpointError::Invalid(format!("{} is not a Directory: {e}", d.hash))
+            })?;
+            for node in crate::storage::trees::directory_nodes(self.hash, &d.hash, &dir)? {
+                if let crate::storage::trees::Node::Dir { digest, .. } = node {
+                    queue.push_back(digest);
+                }
+            }
+            out.push(dir);
+        }
+        Ok(out)
+    }
+
     /// Stores an uploaded object after checking its digest; native trees must
     /// only name objects already present.
     pub fn store(&self, digest: &Digest, data: &[u8]) -> Result<Digest, EndpointError> {

@@ -127,4 +127,23 @@ impl RemoteCas for LocalRemote {
         })
         .await
     }
+
+    async fn get_tree(
+        &self,
+        root: &Digest,
+    ) -> Result<
+        Option<Vec<bazel_remote_apis::build::bazel::remote::execution::v2::Directory>>,
+        RemoteError,
+    > {
+        if self.endpoint.hash.is_native() {
+            return Ok(None);
+        }
+        let (endpoint, root) = (self.endpoint.clone(), root.clone());
+        blocking(move || match endpoint.directories(&root) {
+            Ok(dirs) => Ok(Some(dirs)),
+            Err(EndpointError::NotFound(_)) => Ok(None),
+            Err(e) => Err(RemoteError::Other(e.to_string())),
+        })
+        .await
+    }
 }

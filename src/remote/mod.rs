@@ -7,6 +7,8 @@ pub mod local;
 
 use std::path::Path;
 
+use bazel_remote_apis::build::bazel::remote::execution::v2::Directory;
+
 use crate::digest::{Digest, HashFunction};
 
 /// Errors talking to the endpoint's CAS.
@@ -57,6 +59,11 @@ pub trait RemoteCas: Send + Sync {
 
     /// Streams one object into `dest` (created or replaced); false if absent.
     async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError>;
+
+    /// Compatible mode: every `Directory` of the tree `root` (GetTree), so a
+    /// whole tree's structure arrives in one call. `None` where the endpoint
+    /// cannot list it (native mode, or no GetTree): read the objects one by one.
+    async fn get_tree(&self, root: &Digest) -> Result<Option<Vec<Directory>>, RemoteError>;
 }
 
 /// Stands in for an external endpoint jserve cannot talk to yet: every call
@@ -89,6 +96,9 @@ impl RemoteCas for Unconnected {
         Err(not_connected())
     }
     async fn download_to_file(&self, _: &Digest, _: &Path) -> Result<bool, RemoteError> {
+        Err(not_connected())
+    }
+    async fn get_tree(&self, _: &Digest) -> Result<Option<Vec<Directory>>, RemoteError> {
         Err(not_connected())
     }
 }

@@ -87,7 +87,18 @@ pub async fn remote_tree_to_git(
             }
             oid
         }
-        HashFunction::Sha256 => Box::pin(directory_to_git(remote, root, &mut objects)).await?,
+        HashFunction::Sha256 => {
+            // One GetTree call brings every Directory; re-encoded messages that do not
+            // hash to their id (another server's encoding) are simply read again.
+            let mut known = std::collections::HashMap::new();
+            if let Some(dirs) = remote.get_tree(root).await? {
+                for dir in dirs {
+                    let hash = HashFunction::Sha256.hash_bytes(false, &dir.encode_to_vec());
+                    known.insert(hash, dir);
+                }
+            }
+            Box::pin(directory_to_git(remote, root, &known, &mut objects)).await?
+        }
     };
     let path = repo_path.to_path_buf();
     blocking(move || {
@@ -166,21 +177,28 @@ async fn fetch(remote: &dyn RemoteCas, d: &Digest, kind: ObjectType) -> Result<V
 async fn directory_to_git(
     remote: &dyn RemoteCas,
     dir_digest: &Digest,
+    known: &std::collections::HashMap<String, reapi::Directory>,
     objects: &mut Vec<(ObjectType, Vec<u8>)>,
 ) -> Result<Oid, CopyError> {
-    let bytes = remote
-        .read_blob(dir_digest)
-        .await?
-        .ok_or_else(|| CopyError::Missing(format!("directory {}", dir_digest.hash)))?;
-    let dir = reapi::Directory::decode(bytes.as_slice())
-        .map_err(|e| CopyError::Invalid(format!("{} is not a Directory: {e}", dir_digest.hash)))?;
+    let dir = match known.get(&dir_digest.hash) {
+        Some(dir) => dir.clone(),
+        None => {
+            let bytes = remote
+                .read_blob(dir_digest)
+                .await?
+                .ok_or_else(|| CopyError::Missing(format!("directory {}", dir_digest.hash)))?;
+            reapi::Directory::decode(bytes.as_slice()).map_err(|e| {
+                CopyError::Invalid(format!("{} is not a Directory: {e}", dir_digest.hash))
+            })?
+        }
+    };
     let nodes = directory_nodes(HashFunction::Sha256, &dir_digest.hash, &dir)
         .map_err(|e| CopyError::Invalid(e.to_string()))?;
     let mut entries = Vec::with_capacity(nodes.len());
     for node in nodes {
         let (name, kind, data) = match node {
             crate::storage::trees::Node::Dir { name, digest } => {
-                let oid = Box::pin(directory_to_git(remote, &digest, objects)).await?;
+                let oid = Box::pin(directory_to_git(remote, &digest, known, objects)).await?;
                 let mut id = [0u8; 20];
                 id.copy_from_slice(oid.as_bytes());
                 entries.push(GitTreeEntry {

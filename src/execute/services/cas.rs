@@ -2,7 +2,7 @@
 //! (each upload verified against its digest; native trees only once their
 //! content is present), GetTree for Directory trees, and blob splitting.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,14 +12,12 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
     content_addressable_storage_server::ContentAddressableStorage,
 };
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
-use prost::Message;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
 use super::super::endpoint::{EndpointError, LocalEndpoint};
 use super::{blocking, MAX_BATCH_BYTES};
 use crate::digest::{Digest, HashFunction, ObjectKind};
-use crate::storage::trees::directory_nodes;
 
 /// Chunk sizes for SplitBlob (FastCDC 2020): small enough to share content
 /// between versions of a large blob, large enough to keep the chunk count low.
@@ -166,7 +164,7 @@ impl ContentAddressableStorage for CasService {
         } else {
             1000
         };
-        let directories = blocking(move || collect_directories(&endpoint, &root)).await?;
+        let directories = blocking(move || endpoint.directories(&root)).await?;
         let start: usize = if request.page_token.is_empty() {
             0
         } else {
@@ -326,33 +324,6 @@ pub(crate) fn check_staged_tree(
     })?;
     crate::storage::trees::check_git_tree_complete(cas, tree_hash, &bytes)
         .map_err(|e| crate::storage::CasError::Rejected(format!("tree invariant violated: {e}")))
-}
-
-/// Every Directory below (and including) `root`, each once, breadth first.
-fn collect_directories(
-    endpoint: &LocalEndpoint,
-    root: &Digest,
-) -> Result<Vec<reapi::Directory>, EndpointError> {
-    let mut seen = HashSet::new();
-    let mut queue = VecDeque::from([root.clone()]);
-    let mut out = Vec::new();
-    while let Some(d) = queue.pop_front() {
-        if !seen.insert(d.hash.clone()) {
-            continue;
-        }
-        let bytes = endpoint
-            .read(&d)?
-            .ok_or_else(|| EndpointError::NotFound(format!("directory {}", d.hash)))?;
-        let dir = reapi::Directory::decode(bytes.as_slice())
-            .map_err(|e| EndpointError::Invalid(format!("{} is not a Directory: {e}", d.hash)))?;
-        for node in directory_nodes(endpoint.hash, &d.hash, &dir)? {
-            if let crate::storage::trees::Node::Dir { digest, .. } = node {
-                queue.push_back(digest);
-            }
-        }
-        out.push(dir);
-    }
-    Ok(out)
 }
 
 /// Cuts a stored blob into content-defined chunks, stores them, returns their digests.

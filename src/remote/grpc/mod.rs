@@ -1089,6 +1089,51 @@ impl RemoteCas for GrpcCas {
         }
     }
 
+    async fn get_tree(&self, root: &Digest) -> Result<Option<Vec<reapi::Directory>>, RemoteError> {
+        if self.hash.is_native() {
+            return Ok(None);
+        }
+        let result = self
+            .retrying("GetTree", || async {
+                let mut client = self.cas_client();
+                let mut directories = Vec::new();
+                let mut token = String::new();
+                // Pages arrive as a stream; a stream ending with a token asks for another call.
+                loop {
+                    let request = reapi::GetTreeRequest {
+                        instance_name: self.instance_name.clone(),
+                        root_digest: Some(root.to_wire(self.hash)),
+                        page_size: 0,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    };
+                    let mut stream = self.unary("GetTree", client.get_tree(request)).await?;
+                    token.clear();
+                    loop {
+                        let page = tokio::time::timeout(self.timeouts.call, stream.message())
+                            .await
+                            .map_err(|_| self.no_answer("GetTree"))?
+                            .map_err(|s| Failed::status("GetTree", s))?;
+                        let Some(page) = page else { break };
+                        directories.extend(page.directories);
+                        token = page.next_page_token;
+                    }
+                    if token.is_empty() {
+                        return Ok(directories);
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(directories) => Ok(Some(directories)),
+            Err(Failed {
+                error: RemoteError::Status { status, .. },
+                ..
+            }) if matches!(status.code(), Code::Unimplemented | Code::NotFound) => Ok(None),
+            Err(f) => Err(f.error),
+        }
+    }
+
     async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError> {
         let name = dest.file_name().ok_or_else(|| {
             RemoteError::Other(format!(
