@@ -1,0 +1,4 @@
+//! justbuild's build language: values and expressions, names and files,
+//! rules, analysis, and the keys of the target-level cache.
+
+pub mod json;
