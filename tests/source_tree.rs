@@ -682,13 +682,32 @@ async fn sync_goes_to_an_external_endpoint() {
 
 #[tokio::test]
 async fn unreachable_endpoint_gives_sync_error_and_bad_ids_internal_error() {
+    for compatible in [false, true] {
+        unreachable_endpoint_in(compatible).await;
+    }
+}
+
+async fn unreachable_endpoint_in(compatible: bool) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let (commit, tree) = make_repo(&repo);
+    make_repo(&repo);
+    // An archive in the repository too.
+    let tar = Command::new("tar")
+        .args(["-czf", "sub.tar.gz", "sub"])
+        .current_dir(&repo)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "archive"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+    let archive = git(&repo, &["rev-parse", "HEAD:sub.tar.gz"]);
     // Nothing listens on port 1: every upload to the endpoint fails.
     let config = config_in(
         dir.path(),
-        json!({"repositories": [loc(&repo)], "execution endpoint": {"address": "127.0.0.1:1"},
+        json!({"repositories": [loc(&repo)],
+               "execution endpoint": {"address": "127.0.0.1:1", "compatible": compatible},
                "max-attempts": 1}),
     );
     let server = start(&config).await;
@@ -744,6 +763,41 @@ async fn unreachable_endpoint_gives_sync_error_and_bad_ids_internal_error() {
         r.status,
         serve_tree_response::ServeTreeStatus::SyncError as i32
     );
+    let r = c
+        .serve_archive_tree(ServeArchiveTreeRequest {
+            content: archive,
+            sync_tree: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_archive_tree_response::ServeArchiveTreeStatus::SyncError as i32
+    );
+    assert_eq!(
+        r.tree.len(),
+        40,
+        "the unpacked tree is named even when the sync fails"
+    );
+    let readme = git(&repo, &["rev-parse", "HEAD:README"]);
+    let r = c
+        .serve_distdir_tree(ServeDistdirTreeRequest {
+            distfiles: vec![serve_distdir_tree_request::Distfile {
+                name: "r".into(),
+                content: readme,
+                executable: false,
+            }],
+            sync_tree: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.status,
+        serve_distdir_tree_response::ServeDistdirTreeStatus::SyncError as i32
+    );
 
     // Malformed ids are internal errors, as in the reference.
     let bad = "not-a-git-id".to_string();
@@ -793,9 +847,16 @@ async fn unreachable_endpoint_gives_sync_error_and_bad_ids_internal_error() {
     // GetRemoteTree with the endpoint down: a failed precondition.
     let r = c
         .get_remote_tree(GetRemoteTreeRequest {
-            digest: Some(reapi::Digest {
-                hash: format!("74{tree}"),
-                size_bytes: 0,
+            digest: Some(if compatible {
+                reapi::Digest {
+                    hash: "9".repeat(64),
+                    size_bytes: 10,
+                }
+            } else {
+                reapi::Digest {
+                    hash: format!("74{tree}"),
+                    size_bytes: 0,
+                }
             }),
         })
         .await
