@@ -3,23 +3,12 @@
 
 mod common;
 
+use common::git::git;
+
 use std::process::Command;
 
 use common::*;
 use serde_json::{json, Value};
-
-fn git(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn jserve(args: &[&str], port: u16) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jserve"))

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::git::git;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -12,30 +14,6 @@ use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::*;
 use serde_json::json;
 use tonic::transport::Channel;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// A repository with one commit: files, an executable, a symlink, a subdir.
 fn make_repo(dir: &Path) -> (String, String) {

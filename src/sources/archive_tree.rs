@@ -11,7 +11,7 @@ use git2::Oid;
 
 use super::operations::{Outcome, TreeAnswer};
 use super::resolve::{resolve_tree, ResolveMode};
-use super::Sources;
+use super::{blocking, Sources};
 use crate::archive::{unpack, ArchiveFormat, Limits};
 use crate::digest::{Digest, ObjectKind};
 use crate::git::{import_to_git, keep_tree, parse_oid};
@@ -75,14 +75,6 @@ impl From<TreeAnswer> for ArchiveAnswer {
             digest: a.digest,
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("worker task failed: {e}"))?
 }
 
 /// Where the archive's bytes are.

@@ -34,6 +34,15 @@ pub struct Sources {
     once: archive_tree::OnceMap,
 }
 
+/// Runs blocking git and file work off the async workers; errors as text.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("worker task failed: {e}"))?
+}
+
 impl Sources {
     pub fn new(build_root: BuildRoot, repos: RepoSet, remote: Arc<dyn RemoteCas>) -> Sources {
         let rehash = crate::storage::IdMap::new(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use git2::{ObjectType, Oid, Repository};
 
 use super::copy::{native_cas_tree_to_git, remote_tree_to_git, CopyError};
-use super::Sources;
+use super::{blocking, Sources};
 use crate::digest::{serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind};
 use crate::git::{commit_and_keep, parse_oid};
 use crate::storage::IdMap;
@@ -62,14 +62,6 @@ enum BlobSource {
     Repo(usize),
     NativeCas(PathBuf),
     Remote,
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("worker task failed: {e}"))?
 }
 
 impl Sources {

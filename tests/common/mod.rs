@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod git;
+pub mod pki;
 pub mod reapi;
 pub mod reference;
 
