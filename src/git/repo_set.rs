@@ -49,6 +49,7 @@ impl RepoSet {
     }
 
     /// Runs `probe` on each repository in order until it yields a value.
+    /// Repositories stay open per thread: opening one costs more than most look-ups.
     fn first<T>(
         &self,
         mut probe: impl FnMut(&Repository) -> Result<Option<T>, GitError>,
@@ -58,8 +59,7 @@ impl RepoSet {
             if index == 0 && !self.paths[0].exists() {
                 continue;
             }
-            let repo = self.open(index)?;
-            if let Some(value) = probe(&repo)? {
+            if let Some(value) = with_open_repo(&self.paths[index], &mut probe)? {
                 return Ok(Some(Found { repo: index, value }));
             }
         }
@@ -186,6 +186,34 @@ fn collect_tree(
         prefix.truncate(len);
     }
     Ok(())
+}
+
+thread_local! {
+    /// Repositories opened by this thread (blocking-pool threads are reused).
+    static OPEN_REPOS: std::cell::RefCell<std::collections::HashMap<PathBuf, Repository>> =
+        Default::default();
+}
+
+/// Runs `f` on the repository at `path`, opened once per thread. libgit2
+/// re-reads its object database on a miss, so objects written meanwhile by
+/// others are still found.
+fn with_open_repo<T>(
+    path: &Path,
+    f: &mut impl FnMut(&Repository) -> Result<Option<T>, GitError>,
+) -> Result<Option<T>, GitError> {
+    OPEN_REPOS.with(|cell| {
+        if !cell.borrow().contains_key(path) {
+            let repo = open_exact(path)?;
+            let mut open = cell.borrow_mut();
+            // A bound, in case a long-running process sees many repositories.
+            if open.len() >= 64 {
+                open.clear();
+            }
+            open.insert(path.to_path_buf(), repo);
+        }
+        let open = cell.borrow();
+        f(&open[path])
+    })
 }
 
 /// Opens exactly the repository at `path` (bare, or a work tree with `.git`).
