@@ -2,3 +2,6 @@
 //! rules, analysis, and the keys of the target-level cache.
 
 pub mod json;
+pub mod keys;
+pub mod names;
+pub mod repo_config;
