@@ -3,7 +3,8 @@
 //! back into git trees). Objects are written straight into the git object
 //! database; what is there already is skipped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use git2::{ObjectType, Oid, Repository};
@@ -13,7 +14,7 @@ use crate::digest::{
     parse_git_tree, serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind,
 };
 use crate::remote::RemoteCas;
-use crate::storage::trees::directory_nodes;
+use crate::storage::trees::{directory_nodes, Node};
 use crate::storage::Cas;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ pub fn native_cas_tree_to_git(cas: &Cas, repo: &Repository, tree: &str) -> Resul
 /// returns its git tree id. Objects are gathered first, then written in one go
 /// off the async workers.
 pub async fn remote_tree_to_git(
-    remote: &dyn RemoteCas,
+    remote: &Arc<dyn RemoteCas>,
     repo_path: &std::path::Path,
     root: &Digest,
 ) -> Result<Oid, CopyError> {
@@ -83,22 +84,11 @@ pub async fn remote_tree_to_git(
             let path = repo_path.to_path_buf();
             let present = blocking(move || Ok(has(&Repository::open_bare(&path)?, oid))).await?;
             if !present {
-                fetch_git_tree(remote, root, &mut objects).await?;
+                fetch_git_tree(remote.as_ref(), root, &mut objects).await?;
             }
             oid
         }
-        HashFunction::Sha256 => {
-            // One GetTree call brings every Directory; re-encoded messages that do not
-            // hash to their id (another server's encoding) are simply read again.
-            let mut known = std::collections::HashMap::new();
-            if let Some(dirs) = remote.get_tree(root).await? {
-                for dir in dirs {
-                    let hash = HashFunction::Sha256.hash_bytes(false, &dir.encode_to_vec());
-                    known.insert(hash, dir);
-                }
-            }
-            Box::pin(directory_to_git(remote, root, &known, &mut objects)).await?
-        }
+        HashFunction::Sha256 => directories_to_git(remote, root, &mut objects).await?,
     };
     let path = repo_path.to_path_buf();
     blocking(move || {
@@ -173,49 +163,65 @@ async fn fetch(remote: &dyn RemoteCas, d: &Digest, kind: ObjectType) -> Result<V
     Ok(data)
 }
 
-/// Compatible mode: rebuilds a git tree from `Directory` messages, bottom-up.
-async fn directory_to_git(
-    remote: &dyn RemoteCas,
-    dir_digest: &Digest,
-    known: &std::collections::HashMap<String, reapi::Directory>,
+/// Blobs fetched at once when rebuilding a compatible tree.
+const PARALLEL_READS: usize = 16;
+
+/// Compatible mode: rebuilds a git tree from `Directory` messages. All
+/// directories first (one GetTree call where the endpoint has it), then every
+/// distinct blob, several at a time, then the git trees bottom-up.
+async fn directories_to_git(
+    remote: &Arc<dyn RemoteCas>,
+    root: &Digest,
     objects: &mut Vec<(ObjectType, Vec<u8>)>,
 ) -> Result<Oid, CopyError> {
-    let dir = match known.get(&dir_digest.hash) {
-        Some(dir) => dir.clone(),
-        None => {
-            let bytes = remote
-                .read_blob(dir_digest)
-                .await?
-                .ok_or_else(|| CopyError::Missing(format!("directory {}", dir_digest.hash)))?;
-            reapi::Directory::decode(bytes.as_slice()).map_err(|e| {
-                CopyError::Invalid(format!("{} is not a Directory: {e}", dir_digest.hash))
-            })?
+    // Re-encoded messages that do not hash to their id (another server's
+    // encoding) are simply read again below.
+    let mut dirs = HashMap::new();
+    if let Some(listed) = remote.get_tree(root).await? {
+        for dir in listed {
+            dirs.insert(
+                HashFunction::Sha256.hash_bytes(false, &dir.encode_to_vec()),
+                dir,
+            );
         }
-    };
-    let nodes = directory_nodes(HashFunction::Sha256, &dir_digest.hash, &dir)
-        .map_err(|e| CopyError::Invalid(e.to_string()))?;
-    let mut entries = Vec::with_capacity(nodes.len());
-    for node in nodes {
-        let (name, kind, data) = match node {
-            crate::storage::trees::Node::Dir { name, digest } => {
-                let oid = Box::pin(directory_to_git(remote, &digest, known, objects)).await?;
-                let mut id = [0u8; 20];
-                id.copy_from_slice(oid.as_bytes());
-                entries.push(GitTreeEntry {
-                    name,
-                    kind: ObjectKind::Tree,
-                    id,
-                });
-                continue;
+    }
+    let mut queue = vec![root.clone()];
+    let mut files: HashMap<String, Digest> = HashMap::new();
+    let mut seen = HashSet::new();
+    while let Some(d) = queue.pop() {
+        if !seen.insert(d.hash.clone()) {
+            continue;
+        }
+        if !dirs.contains_key(&d.hash) {
+            let bytes = remote
+                .read_blob(&d)
+                .await?
+                .ok_or_else(|| CopyError::Missing(format!("directory {}", d.hash)))?;
+            let dir = reapi::Directory::decode(bytes.as_slice())
+                .map_err(|e| CopyError::Invalid(format!("{} is not a Directory: {e}", d.hash)))?;
+            dirs.insert(d.hash.clone(), dir);
+        }
+        for node in directory_nodes(HashFunction::Sha256, &d.hash, &dirs[&d.hash])
+            .map_err(|e| CopyError::Invalid(e.to_string()))?
+        {
+            match node {
+                Node::Dir { digest, .. } => queue.push(digest),
+                Node::File { digest, .. } => {
+                    files.insert(digest.hash.clone(), digest);
+                }
+                Node::Symlink { .. } => {}
             }
-            crate::storage::trees::Node::Symlink { name, target } => {
-                (name, ObjectKind::Symlink, target)
-            }
-            crate::storage::trees::Node::File {
-                name,
-                digest,
-                executable,
-            } => {
+        }
+    }
+
+    let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut pending = files.into_values();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < PARALLEL_READS {
+            let Some(digest) = pending.next() else { break };
+            let remote = remote.clone();
+            running.spawn(async move {
                 let data = remote
                     .read_blob(&digest)
                     .await?
@@ -226,11 +232,57 @@ async fn directory_to_git(
                         digest.hash
                     )));
                 }
-                (name, ObjectKind::blob(executable), data)
+                Ok((digest.hash, data))
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        let (hash, data) =
+            done.map_err(|e| CopyError::Invalid(format!("read task failed: {e}")))??;
+        contents.insert(hash, data);
+    }
+
+    let mut built = HashMap::new();
+    build_git_tree(&root.hash, &dirs, &contents, &mut built, objects)
+}
+
+/// Writes the git tree of Directory `hash` (children first) into `objects`.
+fn build_git_tree(
+    hash: &str,
+    dirs: &HashMap<String, reapi::Directory>,
+    contents: &HashMap<String, Vec<u8>>,
+    built: &mut HashMap<String, Oid>,
+    objects: &mut Vec<(ObjectType, Vec<u8>)>,
+) -> Result<Oid, CopyError> {
+    if let Some(oid) = built.get(hash) {
+        return Ok(*oid);
+    }
+    let nodes = directory_nodes(HashFunction::Sha256, hash, &dirs[hash])
+        .map_err(|e| CopyError::Invalid(e.to_string()))?;
+    let mut entries = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let (name, kind, oid) = match node {
+            Node::Dir { name, digest } => {
+                let oid = build_git_tree(&digest.hash, dirs, contents, built, objects)?;
+                (name, ObjectKind::Tree, oid)
+            }
+            Node::Symlink { name, target } => {
+                let oid = git_id(ObjectType::Blob, &target)?;
+                objects.push((ObjectType::Blob, target));
+                (name, ObjectKind::Symlink, oid)
+            }
+            Node::File {
+                name,
+                digest,
+                executable,
+            } => {
+                let data = &contents[&digest.hash];
+                let oid = git_id(ObjectType::Blob, data)?;
+                objects.push((ObjectType::Blob, data.clone()));
+                (name, ObjectKind::blob(executable), oid)
             }
         };
-        let oid = git_id(ObjectType::Blob, &data)?;
-        objects.push((ObjectType::Blob, data));
         let mut id = [0u8; 20];
         id.copy_from_slice(oid.as_bytes());
         entries.push(GitTreeEntry { name, kind, id });
@@ -238,5 +290,6 @@ async fn directory_to_git(
     let tree = serialize_git_tree(entries)?;
     let oid = git_id(ObjectType::Tree, &tree)?;
     objects.push((ObjectType::Tree, tree));
+    built.insert(hash.to_string(), oid);
     Ok(oid)
 }
