@@ -7,66 +7,10 @@ mod common;
 use common::git::git;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::reference::{reference_just, reference_just_mr};
+use common::reference::{reference_just, reference_just_mr, start_server};
 use serde_json::{json, Value};
-
-/// A running serve process (jserve or the reference), stopped on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(
-    program: &Path,
-    args: &[&str],
-    dir: &Path,
-    repo: &Path,
-    compatible: bool,
-) -> Server {
-    std::fs::create_dir_all(dir).unwrap();
-    let info = dir.join("info.json");
-    let mut config = json!({
-        "local build root": {"root": "system", "path": dir.join("root").to_str().unwrap()},
-        "repositories": [{"root": "system", "path": repo.to_str().unwrap()}],
-        "remote service": {"info file": {"root": "system", "path": info.to_str().unwrap()}},
-    });
-    if compatible {
-        config["execution endpoint"] = json!({"compatible": true});
-    }
-    let config_path = dir.join("serve.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let child = Command::new(program)
-        .args(args)
-        .arg(&config_path)
-        .stderr(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    let start = Instant::now();
-    let port = loop {
-        if let Ok(text) = std::fs::read_to_string(&info) {
-            if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                break v["port"].as_u64().unwrap() as u16;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{program:?} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Server { child, port }
-}
 
 /// Runs `just-mr setup` against a serve endpoint; returns the generated
 /// configuration, or `None` when just-mr failed.

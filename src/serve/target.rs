@@ -1,5 +1,7 @@
-//! The Target service. Not implemented yet: every RPC answers UNIMPLEMENTED,
-//! on which `just` reports that the serve endpoint cannot provide the target.
+//! The Target service. ServeTargetVariables and ServeTargetDescription answer
+//! from the targets file of a known tree; ServeTarget (the target-level cache
+//! itself) is not implemented yet and answers UNIMPLEMENTED, on which `just`
+//! reports that the serve endpoint cannot provide the target.
 
 use std::sync::Arc;
 
@@ -8,20 +10,25 @@ use tonic::{Request, Response, Status};
 use super::ServeContext;
 use crate::proto::target_server::Target;
 use crate::proto::*;
+use crate::sources::ExportInfoError;
 
 pub struct TargetService {
-    _ctx: Arc<ServeContext>,
+    ctx: Arc<ServeContext>,
 }
 
 impl TargetService {
     pub fn new(ctx: Arc<ServeContext>) -> TargetService {
-        TargetService { _ctx: ctx }
+        TargetService { ctx }
     }
 }
 
-fn not_yet(rpc: &str) -> Status {
-    tracing::debug!("{rpc}: not implemented yet");
-    Status::unimplemented(format!("jserve does not implement Target.{rpc} yet"))
+fn status(rpc: &str, e: ExportInfoError) -> Status {
+    tracing::warn!("{rpc}: {e}");
+    match e {
+        ExportInfoError::FailedPrecondition(m) => Status::failed_precondition(m),
+        ExportInfoError::Internal(m) => Status::internal(m),
+        ExportInfoError::Unavailable(m) => Status::unavailable(m),
+    }
 }
 
 #[tonic::async_trait]
@@ -30,20 +37,53 @@ impl Target for TargetService {
         &self,
         _r: Request<ServeTargetRequest>,
     ) -> Result<Response<ServeTargetResponse>, Status> {
-        Err(not_yet("ServeTarget"))
+        tracing::debug!("ServeTarget: not implemented yet");
+        Err(Status::unimplemented(
+            "jserve does not implement Target.ServeTarget yet",
+        ))
     }
 
     async fn serve_target_variables(
         &self,
-        _r: Request<ServeTargetVariablesRequest>,
+        request: Request<ServeTargetVariablesRequest>,
     ) -> Result<Response<ServeTargetVariablesResponse>, Status> {
-        Err(not_yet("ServeTargetVariables"))
+        let r = request.into_inner();
+        let flexible_config = self
+            .ctx
+            .sources
+            .target_variables(&r.root_tree, &r.target_file, &r.target)
+            .await
+            .map_err(|e| status("ServeTargetVariables", e))?;
+        tracing::info!(
+            "ServeTargetVariables({}, {}, {}): {flexible_config:?}",
+            r.root_tree,
+            r.target_file,
+            r.target
+        );
+        Ok(Response::new(ServeTargetVariablesResponse {
+            flexible_config,
+        }))
     }
 
     async fn serve_target_description(
         &self,
-        _r: Request<ServeTargetDescriptionRequest>,
+        request: Request<ServeTargetDescriptionRequest>,
     ) -> Result<Response<ServeTargetDescriptionResponse>, Status> {
-        Err(not_yet("ServeTargetDescription"))
+        let r = request.into_inner();
+        let sources = &self.ctx.sources;
+        let digest = sources
+            .target_description(&r.root_tree, &r.target_file, &r.target)
+            .await
+            .map_err(|e| status("ServeTargetDescription", e))?;
+        tracing::info!(
+            "ServeTargetDescription({}, {}, {}): {}",
+            r.root_tree,
+            r.target_file,
+            r.target,
+            digest.hash
+        );
+        Ok(Response::new(ServeTargetDescriptionResponse {
+            description_id: Some(digest.to_wire(sources.remote_hash())),
+        }))
     }
 }

@@ -6,12 +6,14 @@
 
 mod archive_tree;
 mod copy;
+mod export_info;
 mod operations;
 pub mod resolve;
 pub mod sync;
 mod tree_structure;
 
 pub use archive_tree::{ArchiveAnswer, ArchiveOutcome};
+pub use export_info::ExportInfoError;
 pub use operations::{Distfile, Outcome, TreeAnswer};
 
 use std::sync::Arc;

@@ -2,8 +2,11 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
 
 /// The reference `just`, if installed. Without it the caller's test should
 /// return early: outside CI that is a visible skip, under CI a failure.
@@ -35,4 +38,61 @@ pub fn reference_just() -> Option<PathBuf> {
 /// The reference `just-mr` beside `just`.
 pub fn reference_just_mr(just: &std::path::Path) -> PathBuf {
     just.with_file_name("just-mr")
+}
+
+/// A running serve process (jserve or the reference), stopped on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `program ARGS CONFIG` (jserve serve or the reference just serve) on
+/// a fresh config over `repo`; waits for its info file.
+pub fn start_server(
+    program: &Path,
+    args: &[&str],
+    dir: &Path,
+    repo: &Path,
+    compatible: bool,
+) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let info = dir.join("info.json");
+    let mut config = json!({
+        "local build root": {"root": "system", "path": dir.join("root").to_str().unwrap()},
+        "repositories": [{"root": "system", "path": repo.to_str().unwrap()}],
+        "remote service": {"info file": {"root": "system", "path": info.to_str().unwrap()}},
+    });
+    if compatible {
+        config["execution endpoint"] = json!({"compatible": true});
+    }
+    let config_path = dir.join("serve.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let child = Command::new(program)
+        .args(args)
+        .arg(&config_path)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let start = Instant::now();
+    let port = loop {
+        if let Ok(text) = std::fs::read_to_string(&info) {
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                break v["port"].as_u64().unwrap() as u16;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{program:?} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Server { child, port }
 }
