@@ -1,7 +1,9 @@
 //! justbuild's build language: values and expressions, names and files,
 //! rules, analysis, and the keys of the target-level cache.
 
+pub mod expr;
 pub mod json;
 pub mod keys;
 pub mod names;
 pub mod repo_config;
+pub mod value;
