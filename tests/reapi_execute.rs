@@ -222,6 +222,34 @@ async fn bad_commands_and_missing_inputs_are_refused() {
                 .unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{outputs:?}");
         }
+        // Outputs may go above the working directory, as long as they stay inside the root.
+        let action = ep
+            .action_in(
+                "tools",
+                &root,
+                &["sh", "-c", "echo up > ../up.txt"],
+                &["../up.txt"],
+                0,
+                false,
+            )
+            .await;
+        let result = response_of(&ep.execute(&action, false).await)
+            .result
+            .unwrap();
+        assert_eq!(result.output_files.len(), 1, "{hash:?}");
+        assert_eq!(result.output_files[0].path, "../up.txt");
+        let escaping = ep
+            .action_in("tools", &root, &["true"], &["../../out"], 0, false)
+            .await;
+        let err = ep
+            .exec()
+            .execute(reapi::ExecuteRequest {
+                action_digest: Some(escaping),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
         // An action that is not in the CAS.
         let unknown = ep.blob_digest(b"no such action");
         let err = ep

@@ -240,7 +240,29 @@ impl Endpoint {
         timeout_secs: i64,
         do_not_cache: bool,
     ) -> reapi::Digest {
+        self.action_in(
+            "",
+            input_root,
+            args,
+            output_paths,
+            timeout_secs,
+            do_not_cache,
+        )
+        .await
+    }
+
+    /// As `action`, running in working directory `cwd`.
+    pub async fn action_in(
+        &self,
+        cwd: &str,
+        input_root: &reapi::Digest,
+        args: &[&str],
+        output_paths: &[&str],
+        timeout_secs: i64,
+        do_not_cache: bool,
+    ) -> reapi::Digest {
         let command = reapi::Command {
+            working_directory: cwd.to_string(),
             arguments: args.iter().map(|s| s.to_string()).collect(),
             environment_variables: vec![reapi::command::EnvironmentVariable {
                 name: "PATH".into(),

@@ -85,8 +85,16 @@ pub struct Runner {
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
-/// Checks a path from a Command: relative, no `..`, nothing odd.
-pub fn check_relative_path(what: &str, path: &str, allow_empty: bool) -> Result<(), RunError> {
+/// Checks a path from a Command: relative, and inside the input root once
+/// taken relative to `base` (a directory inside the root). `..` is fine as
+/// long as it stays inside: justbuild clients send outputs relative to the
+/// working directory, which may lie above it.
+pub fn check_relative_path(
+    what: &str,
+    base: &str,
+    path: &str,
+    allow_empty: bool,
+) -> Result<(), RunError> {
     if path.is_empty() {
         return if allow_empty {
             Ok(())
@@ -94,17 +102,24 @@ pub fn check_relative_path(what: &str, path: &str, allow_empty: bool) -> Result<
             Err(RunError::Invalid(format!("{what} is empty")))
         };
     }
-    let p = Path::new(path);
-    if p.is_absolute() {
+    if Path::new(path).is_absolute() {
         return Err(RunError::Invalid(format!("{what} {path:?} is absolute")));
-    }
-    if p.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(RunError::Invalid(format!(
-            "{what} {path:?} contains \"..\""
-        )));
     }
     if path.contains('\0') {
         return Err(RunError::Invalid(format!("{what} {path:?} contains NUL")));
+    }
+    let mut depth: usize = 0;
+    for c in Path::new(base).join(path).components() {
+        match c {
+            Component::ParentDir if depth == 0 => {
+                return Err(RunError::Invalid(format!(
+                    "{what} {path:?} leaves the input root"
+                )))
+            }
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -133,9 +148,9 @@ impl Runner {
         if spec.arguments.is_empty() {
             return Err(RunError::Invalid("the command has no arguments".into()));
         }
-        check_relative_path("working directory", &spec.working_directory, true)?;
+        check_relative_path("working directory", "", &spec.working_directory, true)?;
         for out in spec.outputs.all() {
-            check_relative_path("output path", out, false)?;
+            check_relative_path("output path", &spec.working_directory, out, false)?;
         }
         Ok(())
     }
