@@ -6,24 +6,44 @@
 
 use serde_json::Value;
 
-/// Compact form, like nlohmann's `dump()`.
+/// How numbers print. Numbers of the build language are doubles (nlohmann
+/// prints `3.0`); JSON justbuild builds itself, like artifact descriptions,
+/// holds integers (printed `3`). `AsStored` prints serde_json integers as
+/// integers and floats as doubles, so each kind keeps its own style.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Numbers {
+    Doubles,
+    AsStored,
+}
+
+/// Compact form, like nlohmann's `dump()`, every number as a double.
 pub fn dump_compact(v: &Value) -> String {
     let mut out = String::new();
-    write_value(&mut out, v, None, 0);
+    write_value(&mut out, v, None, 0, Numbers::Doubles);
     out
 }
 
-/// Pretty form with two-space indent, like nlohmann's `dump(2)`.
+/// Pretty form with two-space indent, like nlohmann's `dump(2)`, every number as a double.
 pub fn dump_pretty(v: &Value) -> String {
     let mut out = String::new();
-    write_value(&mut out, v, Some(2), 0);
+    write_value(&mut out, v, Some(2), 0, Numbers::Doubles);
     out
 }
 
-fn write_value(out: &mut String, v: &Value, indent: Option<usize>, level: usize) {
+/// Compact form where serde_json integers stay integers (floats print as doubles).
+pub fn dump_compact_as_stored(v: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, v, None, 0, Numbers::AsStored);
+    out
+}
+
+fn write_value(out: &mut String, v: &Value, indent: Option<usize>, level: usize, numbers: Numbers) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) if numbers == Numbers::AsStored && (n.is_i64() || n.is_u64()) => {
+            out.push_str(&n.to_string())
+        }
         Value::Number(n) => out.push_str(&format_double(n.as_f64().unwrap_or(f64::NAN))),
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
@@ -37,7 +57,7 @@ fn write_value(out: &mut String, v: &Value, indent: Option<usize>, level: usize)
                     out.push(',');
                 }
                 newline(out, indent, level + 1);
-                write_value(out, item, indent, level + 1);
+                write_value(out, item, indent, level + 1, numbers);
             }
             newline(out, indent, level);
             out.push(']');
@@ -57,7 +77,7 @@ fn write_value(out: &mut String, v: &Value, indent: Option<usize>, level: usize)
                 newline(out, indent, level + 1);
                 write_string(out, key);
                 out.push_str(if indent.is_some() { ": " } else { ":" });
-                write_value(out, &map[key.as_str()], indent, level + 1);
+                write_value(out, &map[key.as_str()], indent, level + 1, numbers);
             }
             newline(out, indent, level);
             out.push('}');
@@ -192,6 +212,13 @@ mod tests {
             dump_compact(&v),
             "\"quote\\\" back\\\\ nl\\n tab\\t bell\\u0007 ü / é\""
         );
+    }
+
+    #[test]
+    fn stored_integers_stay_integers() {
+        let v = json!({"size": 3, "x": 0.5, "d": serde_json::Number::from_f64(3.0)});
+        assert_eq!(dump_compact_as_stored(&v), r#"{"d":3.0,"size":3,"x":0.5}"#);
+        assert_eq!(dump_compact(&v), r#"{"d":3.0,"size":3.0,"x":0.5}"#);
     }
 
     #[test]

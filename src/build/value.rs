@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-use crate::build::json::dump_compact;
+use crate::build::json::{dump_compact, dump_compact_as_stored};
 
 /// A map of the language: keys iterate in byte-wise order.
 pub type Map = BTreeMap<String, Value>;
@@ -351,8 +351,10 @@ impl Value {
     }
 
     /// Compact JSON text (the reference's `ToString`).
+    /// Numbers of the language are doubles here (`3.0`); artifact descriptions
+    /// keep their integer sizes (`"size":3`), as justbuild prints them.
     pub fn to_json_string(&self) -> String {
-        dump_compact(&self.to_json())
+        dump_compact_as_stored(&self.to_json())
     }
 
     /// Compact JSON text, abbreviated to about `len` characters.
@@ -582,7 +584,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                r#"{{"artifact_stage":{{"out":{{"data":{{"file_type":"f","id":"ab","size":3.0}},"type":"KNOWN"}}}},"provides":[{{"id":"{}","type":"NODE"}}],"runfiles":{{}}}}"#,
+                r#"{{"artifact_stage":{{"out":{{"data":{{"file_type":"f","id":"ab","size":3}},"type":"KNOWN"}}}},"provides":[{{"id":"{}","type":"NODE"}}],"runfiles":{{}}}}"#,
                 abstract_node.id()
             )
         );
