@@ -461,34 +461,9 @@ impl RepositoryConfig {
             let Some(b) = d.get("bindings") else {
                 return Err(fail(format!("Missing bindings for repository {name}")));
             };
-            let bad = || RepoConfigError::BindingsNotMap(json_text(b));
-            for (local, global) in b.as_object().ok_or_else(bad)? {
-                let global = global.as_str().ok_or_else(bad)?;
-                if !repos.contains_key(global) {
-                    return Err(RepoConfigError::UnknownBinding {
-                        repository: name.clone(),
-                        local: local.clone(),
-                        global: global.to_string(),
-                    });
-                }
-                info.bindings.insert(local.clone(), global.to_string());
-            }
-            for (keyword, slot) in [
-                ("target_file_name", &mut info.target_file_name),
-                ("rule_file_name", &mut info.rule_file_name),
-                ("expression_file_name", &mut info.expression_file_name),
-            ] {
-                match d.get(keyword) {
-                    Some(Value::String(s)) => *slot = s.clone(),
-                    Some(v) => {
-                        return Err(RepoConfigError::FileNameNotString {
-                            repository: name.clone(),
-                            keyword: keyword.to_string(),
-                            found: json_text(v),
-                        })
-                    }
-                    None => return Err(fail(format!("Missing {keyword} for repository {name}"))),
-                }
+            read_bindings(name, b, repos, &mut info)?;
+            if let Some(keyword) = read_file_names(name, d, &mut info, true)? {
+                return Err(fail(format!("Missing {keyword} for repository {name}")));
             }
             repositories.insert(name.clone(), info);
         }
@@ -549,26 +524,49 @@ fn parse_repository(
         info.expression_root = r;
     }
     if let Some(b) = desc.get("bindings") {
-        let bad = || RepoConfigError::BindingsNotMap(json_text(b));
-        let map = b.as_object().ok_or_else(bad)?;
-        for (local, global) in map {
-            let global = global.as_str().ok_or_else(bad)?;
-            if !repos.contains_key(global) {
-                return Err(RepoConfigError::UnknownBinding {
-                    repository: name.to_string(),
-                    local: local.clone(),
-                    global: global.to_string(),
-                });
-            }
-            info.bindings.insert(local.clone(), global.to_string());
-        }
+        read_bindings(name, b, repos, &mut info)?;
     }
+    read_file_names(name, desc, &mut info, false)?;
+    Ok(info)
+}
+
+/// Reads `"bindings"`: local name -> a global repository that must exist.
+fn read_bindings(
+    name: &str,
+    bindings: &Value,
+    repos: &Map<String, Value>,
+    info: &mut RepositoryInfo,
+) -> Result<(), RepoConfigError> {
+    let bad = || RepoConfigError::BindingsNotMap(json_text(bindings));
+    for (local, global) in bindings.as_object().ok_or_else(bad)? {
+        let global = global.as_str().ok_or_else(bad)?;
+        if !repos.contains_key(global) {
+            return Err(RepoConfigError::UnknownBinding {
+                repository: name.to_string(),
+                local: local.clone(),
+                global: global.to_string(),
+            });
+        }
+        info.bindings.insert(local.clone(), global.to_string());
+    }
+    Ok(())
+}
+
+/// Reads the three file names. A missing one keeps its default, unless
+/// `required`: then reading stops there and returns its keyword.
+fn read_file_names(
+    name: &str,
+    desc: &Map<String, Value>,
+    info: &mut RepositoryInfo,
+    required: bool,
+) -> Result<Option<&'static str>, RepoConfigError> {
     for (keyword, slot) in [
         ("target_file_name", &mut info.target_file_name),
         ("rule_file_name", &mut info.rule_file_name),
         ("expression_file_name", &mut info.expression_file_name),
     ] {
         match desc.get(keyword) {
+            None if required => return Ok(Some(keyword)),
             None => {}
             Some(Value::String(s)) => *slot = s.clone(),
             Some(v) => {
@@ -580,7 +578,7 @@ fn parse_repository(
             }
         }
     }
-    Ok(info)
+    Ok(None)
 }
 
 /// JSON text in error messages: as the configuration file was read, so
