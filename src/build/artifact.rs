@@ -317,13 +317,38 @@ fn get_str<'a>(
         .ok_or_else(|| missing(key, what, json))
 }
 
+/// How analysed trees are identified. The ids are internal to the
+/// analysis, but they show in graph dumps and in the action ids of actions
+/// that take such trees as inputs, so comparing with an older reference
+/// needs its scheme.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IdScheme {
+    /// SHA-256 of `TREE:` and the compact description (justbuild 1.6 on).
+    #[default]
+    Current,
+    /// SHA-256 of the bare description (justbuild up to 1.5).
+    Legacy,
+}
+
 /// The id of a tree built by the analysis from its entries (path →
 /// artifact): hex SHA-256 of `TREE:` followed by the compact description.
 pub fn tree_id<'a>(
     entries: impl IntoIterator<Item = (&'a str, &'a ArtifactDescription)>,
 ) -> String {
+    tree_id_in(IdScheme::Current, entries)
+}
+
+/// [`tree_id`] in a given scheme.
+pub fn tree_id_in<'a>(
+    scheme: IdScheme,
+    entries: impl IntoIterator<Item = (&'a str, &'a ArtifactDescription)>,
+) -> String {
     let text = tree_description_text(entries);
-    hex::encode(Sha256::digest(format!("TREE:{text}").as_bytes()))
+    let prefix = match scheme {
+        IdScheme::Current => "TREE:",
+        IdScheme::Legacy => "",
+    };
+    hex::encode(Sha256::digest(format!("{prefix}{text}").as_bytes()))
 }
 
 /// The compact JSON text of a tree's description (paths sorted bytewise).
@@ -419,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn tree_ids_hash_the_sorted_description() {
+    fn id_scheme_hash_the_sorted_description() {
         let a = ArtifactDescription::local("m/a", "r");
         let text = tree_description_text([("b", &a), ("a", &a)]);
         assert_eq!(

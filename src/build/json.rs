@@ -37,6 +37,13 @@ pub fn dump_compact_as_stored(v: &Value) -> String {
     out
 }
 
+/// Pretty form (two-space indent) where serde_json integers stay integers.
+pub fn dump_pretty_as_stored(v: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, v, Some(2), 0, Numbers::AsStored);
+    out
+}
+
 fn write_value(out: &mut String, v: &Value, indent: Option<usize>, level: usize, numbers: Numbers) {
     match v {
         Value::Null => out.push_str("null"),

@@ -2,8 +2,10 @@
 //! rules, analysis, and the keys of the target-level cache.
 
 pub mod action;
+pub mod analysis;
 pub mod artifact;
 pub mod expr;
+pub mod graph;
 pub mod json;
 pub mod keys;
 pub mod names;

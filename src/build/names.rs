@@ -42,7 +42,7 @@ impl ReferenceKind {
         }
     }
 
-    fn from_marker(s: &str) -> Option<ReferenceKind> {
+    pub fn from_marker(s: &str) -> Option<ReferenceKind> {
         match s {
             FILE_MARKER => Some(ReferenceKind::File),
             TREE_MARKER => Some(ReferenceKind::Tree),

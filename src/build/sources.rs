@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map as JsonMap, Value as Json};
 
-use crate::build::artifact::{tree_description_text, tree_id, ArtifactDescription};
+use crate::build::artifact::{tree_description_text, tree_id_in, ArtifactDescription, IdScheme};
 use crate::build::names::{NamedTarget, ReferenceKind};
 use crate::build::repo_config::{FileRoot, RepositoryConfig};
 use crate::build::roots::{normal_components, RootCache, RootError, SourceRoot};
@@ -101,7 +101,12 @@ pub struct SourceTree {
 
 impl SourceTree {
     pub fn new(inputs: BTreeMap<String, ArtifactDescription>) -> SourceTree {
-        let id = tree_id(inputs.iter().map(|(k, v)| (k.as_str(), v)));
+        SourceTree::new_in(IdScheme::Current, inputs)
+    }
+
+    /// A tree whose id follows `scheme`.
+    pub fn new_in(scheme: IdScheme, inputs: BTreeMap<String, ArtifactDescription>) -> SourceTree {
+        let id = tree_id_in(scheme, inputs.iter().map(|(k, v)| (k.as_str(), v)));
         SourceTree { id, inputs }
     }
 
@@ -176,6 +181,7 @@ pub struct Sources {
     hash: HashFunction,
     roots: RootCache,
     files: Mutex<HashMap<(FileKind, String, String), ModuleFile>>,
+    id_scheme: IdScheme,
 }
 
 impl Sources {
@@ -185,7 +191,18 @@ impl Sources {
             hash,
             roots: RootCache::new(),
             files: Mutex::new(HashMap::new()),
+            id_scheme: IdScheme::Current,
         }
+    }
+
+    /// Identifies the trees it builds by `scheme`.
+    pub fn with_id_scheme(mut self, scheme: IdScheme) -> Sources {
+        self.id_scheme = scheme;
+        self
+    }
+
+    pub fn id_scheme(&self) -> IdScheme {
+        self.id_scheme
     }
 
     pub fn config(&self) -> &RepositoryConfig {
@@ -382,7 +399,7 @@ impl Sources {
             let n = NamedTarget::with_kind(&name.repository, &dir_module, sub, ReferenceKind::Tree);
             add(self.tree(&n)?);
         }
-        let tree = SourceTree::new(inputs);
+        let tree = SourceTree::new_in(self.id_scheme, inputs);
         let artifact = ArtifactDescription::tree(tree.id.clone());
         let mut trees = vec![tree];
         trees.extend(nested);

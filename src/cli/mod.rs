@@ -1,5 +1,6 @@
 //! The command line: parse, then hand over to one module per subcommand.
 
+mod analyse;
 mod client;
 mod execute;
 mod serve;
@@ -39,6 +40,8 @@ enum Command {
     },
     /// Run only a remote-execution endpoint (the drop-in for `just execute`).
     Execute(Box<execute::ExecuteArgs>),
+    /// Analyse a target as `just analyse` does (no build).
+    Analyse(Box<analyse::AnalyseArgs>),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -48,6 +51,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
         Command::Execute(args) => execute::run(*args),
+        Command::Analyse(args) => analyse::run(*args),
         Command::Client(command) => client::run(command),
     }
 }
