@@ -128,14 +128,24 @@ impl<'a> Ctx<'a> {
                 v.to_json_string()
             ))
         })?;
-        items
+        let names = items
             .iter()
-            .map(|item| {
-                let n = self.parse_name(item)?;
-                let d = self.analyse(&n)?;
-                Ok((n, d))
-            })
-            .collect()
+            .map(|item| self.parse_name(item))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.analyse_all(names)
+    }
+
+    /// Analyses targets in parallel, in the same configuration.
+    fn analyse_all(
+        &self,
+        names: Vec<NamedTarget>,
+    ) -> Result<Vec<(NamedTarget, Arc<AnalysedTarget>)>, AnalysisError> {
+        use rayon::prelude::*;
+        let analysed = names
+            .par_iter()
+            .map(|n| self.analyse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(names.into_iter().zip(analysed).collect())
     }
 
     fn analyse(&self, n: &NamedTarget) -> Result<Arc<AnalysedTarget>, AnalysisError> {

@@ -313,9 +313,16 @@ pub struct Analyser {
     expressions: Mutex<HashMap<NamedTarget, Arc<ExpressionFunction>>>,
     /// Rule map and node of every anonymous target met.
     anonymous: Mutex<HashMap<AnonymousTarget, (Value, Value)>>,
-    exports: Mutex<Vec<ExportRecord>>,
+    /// Export targets met, one record per target and configuration.
+    exports: Mutex<BTreeMap<(NamedTarget, String), ExportRecord>>,
     export_cache: Option<Arc<dyn ExportCache>>,
+    /// Workers with stacks deep enough for long dependency chains.
+    pool: Arc<rayon::ThreadPool>,
 }
+
+/// Stack size of analysis workers: analysis recurses along dependency
+/// chains, and a chain of a few thousand targets is plausible.
+const ANALYSIS_STACK: usize = 256 << 20;
 
 impl Analyser {
     pub fn new(sources: Arc<Sources>, ids: IdScheme) -> Analyser {
@@ -331,9 +338,16 @@ impl Analyser {
             rules: Mutex::new(HashMap::new()),
             expressions: Mutex::new(HashMap::new()),
             anonymous: Mutex::new(HashMap::new()),
-            exports: Mutex::new(Vec::new()),
+            exports: Mutex::new(BTreeMap::new()),
             export_cache: None,
+            pool: Arc::new(analysis_pool(0)),
         }
+    }
+
+    /// Analyses with at most `jobs` threads (0: one per core).
+    pub fn with_jobs(mut self, jobs: usize) -> Analyser {
+        self.pool = Arc::new(analysis_pool(jobs));
+        self
     }
 
     /// Consults `cache` for export targets.
@@ -356,7 +370,8 @@ impl Analyser {
         name: &EntityName,
         config: &Config,
     ) -> Result<Arc<AnalysedTarget>, AnalysisError> {
-        self.analyse_in(name, config, &Trail::root())
+        self.pool
+            .install(|| self.analyse_in(name, config, &Trail::root()))
     }
 
     pub(crate) fn analyse_in(
@@ -488,7 +503,8 @@ impl Analyser {
     }
 
     pub(crate) fn record_export(&self, record: ExportRecord) {
-        self.exports.lock().unwrap().push(record);
+        let key = (record.target.clone(), record.config.to_json_string());
+        self.exports.lock().unwrap().entry(key).or_insert(record);
     }
 
     pub(crate) fn export_cache(&self) -> Option<&Arc<dyn ExportCache>> {
@@ -497,7 +513,7 @@ impl Analyser {
 
     /// The export targets met so far.
     pub fn exports(&self) -> Vec<ExportRecord> {
-        self.exports.lock().unwrap().clone()
+        self.exports.lock().unwrap().values().cloned().collect()
     }
 
     /// The action graph of every target analysed so far.
@@ -531,6 +547,15 @@ impl Analyser {
     pub fn analysed_count(&self) -> usize {
         self.results.lock().unwrap().len()
     }
+}
+
+fn analysis_pool(jobs: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .stack_size(ANALYSIS_STACK)
+        .thread_name(|i| format!("analysis-{i}"))
+        .build()
+        .expect("starting analysis threads")
 }
 
 /// The entity a name value denotes (`["@", repo, (marker,) module, name]`

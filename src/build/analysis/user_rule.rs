@@ -856,17 +856,26 @@ impl Requests {
         config: &Config,
         trail: &Trail<'_>,
     ) -> Result<(), AnalysisError> {
+        use rayon::prelude::*;
+        let mut wanted = Vec::new();
         for t in transitions.get(field).map(Vec::as_slice).unwrap_or(&[]) {
             let cfg = overlay_config(config, t);
             for n in names {
-                let d = an.analyse_in(n, &cfg, trail)?;
-                self.by_field
-                    .entry(field.to_string())
-                    .or_default()
-                    .push(self.list.len());
-                self.deps.insert((n.clone(), t.clone()), d.clone());
-                self.list.push((n.clone(), t.clone(), d));
+                wanted.push((n, t, cfg.clone()));
             }
+        }
+        // Independent dependencies are analysed in parallel.
+        let analysed = wanted
+            .par_iter()
+            .map(|(n, _, cfg)| an.analyse_in(n, cfg, trail))
+            .collect::<Result<Vec<_>, _>>()?;
+        for ((n, t, _), d) in wanted.into_iter().zip(analysed) {
+            self.by_field
+                .entry(field.to_string())
+                .or_default()
+                .push(self.list.len());
+            self.deps.insert((n.clone(), t.clone()), d.clone());
+            self.list.push((n.clone(), t.clone(), d));
         }
         Ok(())
     }
