@@ -7,6 +7,7 @@ pub mod action_cache;
 pub mod atomic;
 pub mod cas;
 pub mod maps;
+pub mod target_cache;
 pub mod trees;
 
 use std::io;
