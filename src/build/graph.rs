@@ -88,7 +88,8 @@ pub fn stage_value(stage: &BTreeMap<String, ArtifactDescription>) -> Value {
     )
 }
 
-/// C's `printf("%a")` of a double, as the action id needs it.
+/// The `{:a}` hex-float text of the {fmt} library (C's `printf("%a")`
+/// except for zero), as the action id needs it.
 pub fn hex_float(x: f64) -> String {
     if x.is_nan() {
         return "nan".into();
@@ -101,7 +102,8 @@ pub fn hex_float(x: f64) -> String {
     let exp_bits = ((bits >> 52) & 0x7ff) as i64;
     let mantissa = bits & ((1u64 << 52) - 1);
     if exp_bits == 0 && mantissa == 0 {
-        return format!("{sign}0x0p+0");
+        // {fmt} takes zero through its subnormal path (printf says 0x0p+0).
+        return format!("{sign}0x0p-1022");
     }
     let (lead, exp) = if exp_bits == 0 {
         (0, -1022)
@@ -519,7 +521,7 @@ mod tests {
         assert_eq!(hex_float(1.0), "0x1p+0");
         assert_eq!(hex_float(2.5), "0x1.4p+1");
         assert_eq!(hex_float(0.5), "0x1p-1");
-        assert_eq!(hex_float(0.0), "0x0p+0");
+        assert_eq!(hex_float(0.0), "0x0p-1022");
         assert_eq!(hex_float(-3.0), "-0x1.8p+1");
         assert_eq!(hex_float(0.1), "0x1.999999999999ap-4");
         assert_eq!(hex_float(f64::from_bits(1)), "0x0.0000000000001p-1022");

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod analysis;
 pub mod git;
 pub mod pki;
 pub mod reapi;
