@@ -4,6 +4,7 @@
 pub mod action;
 pub mod analysis;
 pub mod artifact;
+pub mod builder;
 pub mod cache_entry;
 pub mod expr;
 pub mod graph;

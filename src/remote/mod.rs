@@ -2,6 +2,7 @@
 //! to sync objects to and from, reached in-process (jserve's own endpoint) or
 //! over gRPC (any REAPI server).
 
+pub mod execution;
 pub mod grpc;
 pub mod local;
 

@@ -507,6 +507,11 @@ impl GrpcCas {
         })
     }
 
+    /// The channel to the endpoint, for its other services (Execution).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The largest batch the endpoint takes, in bytes.
     pub async fn max_batch_bytes(&self) -> Result<usize, RemoteError> {
         self.batch_limit

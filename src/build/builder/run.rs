@@ -1,0 +1,224 @@
+//! Running one action at the endpoint: its messages as a `just` client
+//! would send them, the execution (a cached answer is taken only with exit
+//! code 0 and every output present), and the checks on the result.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+
+use crate::build::action::{rebase_path, ActionDescription};
+use crate::build::graph::ActionNode;
+use crate::digest::Digest;
+use crate::remote::execution::{ExecError, Executed};
+use crate::remote::RemoteCas;
+
+use super::outputs::{missing_outputs, produced, Produced};
+use super::upload::upload_missing;
+use super::{BuildError, Inner, Outputs};
+
+/// Longest part of a log shown in an error message.
+const LOG_LIMIT: usize = 64 << 10;
+
+/// The command and environment as the reference shows them.
+fn describe(node: &ActionNode) -> String {
+    format!(
+        "command {} in environment {}",
+        serde_json::to_string(&node.command).unwrap_or_default(),
+        serde_json::to_string(&node.env).unwrap_or_default()
+    )
+}
+
+async fn log_text(cas: &dyn RemoteCas, raw: &[u8], digest: &Option<reapi::Digest>) -> String {
+    let mut data = raw.to_vec();
+    if data.is_empty() {
+        if let Some(wire) = digest.as_ref().filter(|d| d.size_bytes > 0) {
+            let hash = cas.hash_function();
+            match hash.digest_from_wire(wire) {
+                Ok(d) => match cas.read_blob(&d).await {
+                    Ok(Some(bytes)) => data = bytes,
+                    Ok(None) => return format!("(log {} is not in the CAS)", wire.hash),
+                    Err(e) => return format!("(cannot read log {}: {e})", wire.hash),
+                },
+                Err(e) => return format!("(bad log digest: {e})"),
+            }
+        }
+    }
+    let mut text = String::from_utf8_lossy(&data).into_owned();
+    if text.len() > LOG_LIMIT {
+        let mut cut = LOG_LIMIT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("\n[... truncated]");
+    }
+    text
+}
+
+/// Stdout and stderr of a result, for messages; empty when there were none.
+async fn logs(cas: &dyn RemoteCas, result: &reapi::ActionResult) -> String {
+    let mut out = String::new();
+    let stdout = log_text(cas, &result.stdout_raw, &result.stdout_digest).await;
+    let stderr = log_text(cas, &result.stderr_raw, &result.stderr_digest).await;
+    for (name, text) in [("stdout", stdout), ("stderr", stderr)] {
+        if !text.is_empty() {
+            out.push_str(&format!("\n{name}:\n{}", text.trim_end_matches('\n')));
+        }
+    }
+    out
+}
+
+impl Inner {
+    /// The action's outputs (relative to the action root) as the endpoint
+    /// produced them, paths relative to its working directory.
+    fn wanted<'a>(&self, node: &'a ActionNode) -> Vec<(String, &'a str, bool)> {
+        let files = node.outputs.iter().map(|p| (p, false));
+        let dirs = node.output_dirs.iter().map(|p| (p, true));
+        files
+            .chain(dirs)
+            .map(|(p, is_dir)| (rebase_path(&node.cwd, p), p.as_str(), is_dir))
+            .collect()
+    }
+
+    /// Executes, and reads the outputs; a cached answer that does not do is
+    /// replaced by a fresh run.
+    async fn execute(
+        &self,
+        node: &ActionNode,
+        action: &Digest,
+    ) -> Result<(Executed, Produced), BuildError> {
+        let cas = self.ctx.cas.as_ref();
+        let wanted = self.wanted(node);
+        let mut skip_cache = node.no_cache;
+        loop {
+            let executed = {
+                let _slot = self
+                    .slots
+                    .acquire()
+                    .await
+                    .map_err(|e| BuildError::Task(e.to_string()))?;
+                self.ctx.executor.execute(action, skip_cache).await
+            };
+            let executed = match executed {
+                Ok(executed) => executed,
+                Err(e @ ExecError::Failed { .. }) if e.is_timeout() => {
+                    let logs = match &e {
+                        ExecError::Failed {
+                            result: Some(result),
+                            ..
+                        } => logs(cas, result).await,
+                        _ => String::new(),
+                    };
+                    return Err(BuildError::Action(format!(
+                        "action {} ran out of time: {}{logs}",
+                        node.id,
+                        describe(node)
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let outputs = produced(cas, &executed.result)
+                .await
+                .map_err(|message| BuildError::Action(format!("action {}: {message}", node.id)))?;
+            let complete = missing_outputs(
+                &outputs,
+                wanted
+                    .iter()
+                    .map(|(remote, _, is_dir)| (remote.as_str(), *is_dir)),
+            )
+            .is_empty();
+            if executed.cached && !skip_cache && (executed.result.exit_code != 0 || !complete) {
+                tracing::debug!(action = %node.id, "cached result unusable; executing again");
+                skip_cache = true;
+                continue;
+            }
+            return Ok((executed, outputs));
+        }
+    }
+
+    pub(super) async fn run(
+        &self,
+        node: &ActionNode,
+        input_root: Digest,
+        failed_inputs: bool,
+    ) -> Result<Outputs, BuildError> {
+        let cas = self.ctx.cas.as_ref();
+        let description = ActionDescription {
+            command: node.command.clone(),
+            env: node.env.clone(),
+            cwd: node.cwd.clone(),
+            output_files: node.outputs.clone(),
+            output_dirs: node.output_dirs.clone(),
+            execution_properties: node.execution_properties.clone(),
+            timeout_scale: node.timeout_scale,
+            may_fail: node.may_fail.clone(),
+            no_cache: node.no_cache,
+            input_root,
+        };
+        let remote = description.to_remote(&self.ctx.settings);
+        let blobs = remote
+            .blobs()
+            .iter()
+            .map(|(d, data)| ((*d).clone(), data.to_vec()))
+            .collect();
+        upload_missing(cas, blobs).await?;
+        tracing::debug!(action = %node.id, digest = %remote.action_digest.hash, "executing");
+
+        let (executed, outputs) = self.execute(node, &remote.action_digest).await?;
+        let counter = if executed.cached {
+            &self.counters.cached
+        } else {
+            &self.counters.executed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let result = &executed.result;
+        let exit_code = result.exit_code;
+        let mut failed = failed_inputs;
+        if exit_code != 0 {
+            let Some(message) = &node.may_fail else {
+                return Err(BuildError::Action(format!(
+                    "action {} failed with exit code {exit_code}: {}{}",
+                    node.id,
+                    describe(node),
+                    logs(cas, result).await
+                )));
+            };
+            failed = true;
+            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(action = %node.id, "{message} (exit code {exit_code})");
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
+            let text = logs(cas, result).await;
+            if !text.is_empty() {
+                tracing::debug!(action = %node.id, "output of {}{text}", describe(node));
+            }
+        }
+
+        let wanted = self.wanted(node);
+        let missing = missing_outputs(
+            &outputs,
+            wanted
+                .iter()
+                .map(|(remote, _, is_dir)| (remote.as_str(), *is_dir)),
+        );
+        if !missing.is_empty() {
+            let prefix = match (&node.may_fail, exit_code) {
+                (Some(message), code) if code != 0 => {
+                    format!("{message} (exit code {code}); moreover ")
+                }
+                _ => String::new(),
+            };
+            return Err(BuildError::Action(format!(
+                "{prefix}action {} did not produce the outputs {missing:?} of the right kind: {}{}",
+                node.id,
+                describe(node),
+                logs(cas, result).await
+            )));
+        }
+        let by_path: HashMap<String, _> = wanted
+            .into_iter()
+            .map(|(remote, local, _)| (local.to_string(), outputs[&remote].clone()))
+            .collect();
+        Ok(Outputs { by_path, failed })
+    }
+}
