@@ -13,6 +13,7 @@ pub mod remote;
 pub mod serve;
 pub mod sources;
 pub mod storage;
+pub mod targets;
 
 /// Code generated from proto/just_serve.proto.
 pub mod proto {

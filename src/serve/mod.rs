@@ -17,6 +17,7 @@ use crate::digest::HashFunction;
 use crate::execute::runner::RunnerConfig;
 use crate::execute::{EndpointConfig, LocalEndpoint};
 use crate::git::RepoSet;
+use crate::remote::execution::{GrpcExecutor, GrpcExecutorConfig, LocalExecutor, RemoteExecutor};
 use crate::remote::grpc::{GrpcCas, GrpcCasConfig, GrpcTimeouts, GrpcTls};
 use crate::remote::{local::LocalRemote, RemoteCas};
 use crate::sources::Sources;
@@ -46,6 +47,8 @@ pub struct ServeContext {
     pub endpoint: Option<Arc<LocalEndpoint>>,
     /// The SourceTree logic, working with the endpoint's CAS.
     pub sources: Sources,
+    /// The endpoint's Execution service (ServeTarget builds through it).
+    pub executor: Arc<dyn RemoteExecutor>,
 }
 
 impl ServeContext {
@@ -84,22 +87,39 @@ impl ServeContext {
                 .clone()
                 .map(|address| (address, e.instance_name.clone()))
         });
-        let remote: Arc<dyn RemoteCas> = match (&endpoint, external) {
-            (Some(e), _) => Arc::new(LocalRemote::new(e.clone())),
-            // Connects on first use: a slow endpoint does not hold up the start.
-            (None, Some((address, instance_name))) => Arc::new(
-                GrpcCas::connect_lazy(GrpcCasConfig {
-                    address,
-                    instance_name,
-                    hash,
-                    tls: GrpcTls::from_auth(&config.authentication),
-                    retry: config.retry.clone(),
-                    timeouts: GrpcTimeouts::default(),
-                })
-                .map_err(SetupError::Endpoint)?,
-            ),
-            (None, None) => Arc::new(crate::remote::Unconnected { hash }),
-        };
+        let (remote, executor): (Arc<dyn RemoteCas>, Arc<dyn RemoteExecutor>) =
+            match (&endpoint, external) {
+                (Some(e), _) => (
+                    Arc::new(LocalRemote::new(e.clone())),
+                    Arc::new(LocalExecutor::new(e.clone())),
+                ),
+                // Connects on first use: a slow endpoint does not hold up the start.
+                (None, Some((address, instance_name))) => {
+                    let cas = GrpcCas::connect_lazy(GrpcCasConfig {
+                        address: address.clone(),
+                        instance_name: instance_name.clone(),
+                        hash,
+                        tls: GrpcTls::from_auth(&config.authentication),
+                        retry: config.retry.clone(),
+                        timeouts: GrpcTimeouts::default(),
+                    })
+                    .map_err(SetupError::Endpoint)?;
+                    let executor = GrpcExecutor::new(
+                        cas.channel(),
+                        GrpcExecutorConfig {
+                            address: address.to_string(),
+                            instance_name,
+                            hash,
+                            retry: config.retry.clone(),
+                        },
+                    );
+                    (Arc::new(cas), Arc::new(executor))
+                }
+                (None, None) => (
+                    Arc::new(crate::remote::Unconnected { hash }),
+                    Arc::new(crate::targets::NoExecutor),
+                ),
+            };
         let sources = Sources::new(build_root.clone(), repos.clone(), remote);
         Ok(Arc::new(ServeContext {
             hash,
@@ -107,6 +127,7 @@ impl ServeContext {
             repos,
             endpoint,
             sources,
+            executor,
             config,
         }))
     }

@@ -1,7 +1,6 @@
-//! The Target service. ServeTargetVariables and ServeTargetDescription answer
-//! from the targets file of a known tree; ServeTarget (the target-level cache
-//! itself) is not implemented yet and answers UNIMPLEMENTED, on which `just`
-//! reports that the serve endpoint cannot provide the target.
+//! The Target service. ServeTarget is the target-level cache (the logic is in
+//! `crate::targets`); ServeTargetVariables and ServeTargetDescription answer
+//! from the targets file of a known tree.
 
 use std::sync::Arc;
 
@@ -11,14 +10,29 @@ use super::ServeContext;
 use crate::proto::target_server::Target;
 use crate::proto::*;
 use crate::sources::ExportInfoError;
+use crate::targets::{TargetAnswer, TargetError, TargetRequest, TargetServer};
 
 pub struct TargetService {
     ctx: Arc<ServeContext>,
+    server: Arc<TargetServer>,
 }
 
 impl TargetService {
     pub fn new(ctx: Arc<ServeContext>) -> TargetService {
-        TargetService { ctx }
+        let server = TargetServer::new(ctx.clone(), ctx.executor.clone());
+        TargetService { ctx, server }
+    }
+}
+
+fn target_status(e: TargetError) -> Status {
+    tracing::warn!("ServeTarget: {e}");
+    match e {
+        TargetError::InvalidArgument(m) => Status::invalid_argument(m),
+        TargetError::NotFound(m) => Status::not_found(m),
+        TargetError::FailedPrecondition(m) => Status::failed_precondition(m),
+        TargetError::Unavailable(m) => Status::unavailable(m),
+        TargetError::Unimplemented(m) => Status::unimplemented(m),
+        TargetError::Internal(m) => Status::internal(m),
     }
 }
 
@@ -35,12 +49,58 @@ fn status(rpc: &str, e: ExportInfoError) -> Status {
 impl Target for TargetService {
     async fn serve_target(
         &self,
-        _r: Request<ServeTargetRequest>,
+        request: Request<ServeTargetRequest>,
     ) -> Result<Response<ServeTargetResponse>, Status> {
-        tracing::debug!("ServeTarget: not implemented yet");
-        Err(Status::unimplemented(
-            "jserve does not implement Target.ServeTarget yet",
-        ))
+        let r = request.into_inner();
+        let hash = self.ctx.hash;
+        let key = r
+            .target_cache_key_id
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("no target cache key given"))
+            .and_then(|d| {
+                hash.digest_from_wire(d)
+                    .map_err(|e| Status::invalid_argument(format!("target cache key: {e}")))
+            })?;
+        let dispatch = match &r.dispatch_info {
+            Some(d) => Some(
+                hash.digest_from_wire(d)
+                    .map_err(|e| Status::invalid_argument(format!("dispatch info: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut properties = std::collections::BTreeMap::new();
+        for p in r.execution_properties {
+            properties.insert(p.name, p.value);
+        }
+        let mut required = Vec::new();
+        for d in &r.required_digests {
+            match hash.digest_from_wire(d) {
+                Ok(d) => required.push(d),
+                Err(_) => tracing::warn!("Failed to convert a required digest {}", d.hash),
+            }
+        }
+        tracing::info!("ServeTarget({})", key.hash);
+        let answer = self
+            .server
+            .serve(TargetRequest {
+                key,
+                properties,
+                dispatch,
+                required,
+                keep_artifact_root: r.keep_artifact_root,
+            })
+            .await
+            .map_err(target_status)?;
+        Ok(Response::new(match answer {
+            TargetAnswer::Value(d) => ServeTargetResponse {
+                target_value: Some(d.to_wire(hash)),
+                log: None,
+            },
+            TargetAnswer::Log(d) => ServeTargetResponse {
+                target_value: None,
+                log: Some(d.to_wire(hash)),
+            },
+        }))
     }
 
     async fn serve_target_variables(

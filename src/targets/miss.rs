@@ -1,0 +1,519 @@
+//! A cache miss: read the key and the repository description, set the
+//! repositories up from serve's git trees, analyse, build through the
+//! endpoint, and write the cache entries of every export target met.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::objects::{fetch_to_local, ObjectsError};
+use super::{TargetError, TargetRequest, TargetServer};
+use crate::build::action::{ApiVersion, ExecutionSettings, RequestMode};
+use crate::build::analysis::{Analyser, CachedExport, ExportCache, ExportRecord};
+use crate::build::artifact::{ArtifactDescription, IdScheme};
+use crate::build::builder::{BuildContext, BuildStats, Builder};
+use crate::build::cache_entry::{entry_text, non_known_artifacts, ObjectInfo, Replacements};
+use crate::build::keys::KeyBlob;
+use crate::build::names::{parse_entity_name, EntityName, NamedTarget};
+use crate::build::repo_config::{FileRoot, RepositoryConfig};
+use crate::build::value::Value;
+use crate::config::TargetCacheWriteStrategy;
+use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::storage::target_cache::{CachedEntry, TargetCache};
+use TargetError::{FailedPrecondition, Internal, NotFound};
+
+/// What a miss ended in: built and stored (the caller re-reads the cache),
+/// or a failure log at the endpoint.
+pub(super) struct MissOutcome {
+    pub log: Option<Digest>,
+    pub stats: BuildStats,
+}
+
+/// The target cache as the analysis sees it: nested export targets found
+/// there are not analysed again.
+struct CacheView {
+    cache: TargetCache,
+    hash: HashFunction,
+}
+
+impl ExportCache for CacheView {
+    fn lookup(&self, key: &KeyBlob) -> Option<CachedExport> {
+        let entry = self.cache.read(key.hash()).ok()??;
+        let parsed = entry.parse(self.hash).ok()?;
+        Some(CachedExport {
+            artifacts: parsed.result.artifact_stage,
+            runfiles: parsed.result.runfiles,
+            provides: parsed.result.provides,
+            implied_export: parsed.implied,
+        })
+    }
+}
+
+/// What the key blob says.
+struct Key {
+    repo_key: String,
+    target_name: Json,
+    effective_config: Json,
+}
+
+fn parse_key(bytes: &[u8]) -> Result<Key, TargetError> {
+    let json: Json = serde_json::from_slice(bytes)
+        .map_err(|e| Internal(format!("target-cache key is not JSON: {e}")))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| NotFound("target-cache key is not a JSON object".into()))?;
+    let field = |k: &str| {
+        obj.get(k)
+            .ok_or_else(|| NotFound(format!("target-cache key has no {k:?}")))
+    };
+    let repo_key = field("repo_key")?
+        .as_str()
+        .ok_or_else(|| NotFound("repo_key of the target-cache key is not a string".into()))?
+        .to_string();
+    let target_name = field("target_name")?
+        .as_str()
+        .ok_or_else(|| FailedPrecondition("target_name of the key is not a string".into()))?;
+    let target_name: Json = serde_json::from_str(target_name)
+        .map_err(|e| FailedPrecondition(format!("target_name of the key is not JSON: {e}")))?;
+    let effective_config = field("effective_config")?
+        .as_str()
+        .ok_or_else(|| FailedPrecondition("effective_config of the key is not a string".into()))?;
+    let effective_config: Json = serde_json::from_str(effective_config)
+        .map_err(|e| FailedPrecondition(format!("effective_config of the key is not JSON: {e}")))?;
+    if !effective_config.is_object() {
+        return Err(FailedPrecondition(
+            "effective_config of the key is not a JSON object".into(),
+        ));
+    }
+    Ok(Key {
+        repo_key,
+        target_name,
+        effective_config,
+    })
+}
+
+/// The per-request log, returned to the client on failure.
+#[derive(Default)]
+struct Log(String);
+
+impl Log {
+    fn line(&mut self, msg: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{msg}");
+    }
+}
+
+pub(super) async fn build_and_store(
+    server: &Arc<TargetServer>,
+    cache: &TargetCache,
+    request: &TargetRequest,
+) -> Result<MissOutcome, TargetError> {
+    let hash = server.hash();
+    let key_bytes = server.blob(&request.key).await?.ok_or_else(|| {
+        FailedPrecondition(format!(
+            "Could not retrieve blob {} from the endpoint",
+            request.key.hash
+        ))
+    })?;
+    let key = parse_key(&key_bytes)?;
+    let hex_len = if hash.is_native() { 40 } else { 64 };
+    if key.repo_key.len() != hex_len || !key.repo_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Internal(format!(
+            "repo_key {:?} is not a {hash:?} hash",
+            key.repo_key
+        )));
+    }
+    let desc_digest = Digest {
+        hash: key.repo_key.clone(),
+        size: 0,
+        is_tree: false,
+    };
+    let desc_bytes = server.blob(&desc_digest).await?.ok_or_else(|| {
+        FailedPrecondition(format!(
+            "Could not retrieve blob {} from the endpoint",
+            key.repo_key
+        ))
+    })?;
+    let desc: Json = serde_json::from_slice(&desc_bytes)
+        .map_err(|e| FailedPrecondition(format!("repository description is not JSON: {e}")))?;
+    let repos = server.ctx.repos.clone();
+    let config = {
+        let repos = repos.clone();
+        tokio::task::spawn_blocking(move || {
+            RepositoryConfig::from_repository_description(&desc, "0", &|tree| {
+                repos
+                    .find_tree(tree)
+                    .ok()
+                    .flatten()
+                    .map(|i| repos.paths()[i].clone())
+            })
+        })
+        .await
+        .map_err(|e| Internal(e.to_string()))?
+        .map_err(|e| FailedPrecondition(e.to_string()))?
+    };
+    let base = NamedTarget::new("0", "", "");
+    let target = parse_entity_name(&key.target_name, &base, &config.binding_lookup())
+        .map_err(|e| FailedPrecondition(format!("target_name of the key: {e}")))?;
+    let config = Arc::new(config);
+    let mut log = Log::default();
+
+    // Analysis, on the analysis threads.
+    let sources = Arc::new(crate::build::sources::Sources::new(config.clone(), hash));
+    let view = Arc::new(CacheView {
+        cache: cache.clone(),
+        hash,
+    });
+    let jobs = server.ctx.config.jobs;
+    let name = EntityName::Named(target.clone());
+    let conf = Value::from_json(&key.effective_config);
+    let analysed = tokio::task::spawn_blocking(move || {
+        let analyser = Analyser::new(sources, IdScheme::Current)
+            .with_jobs(jobs)
+            .with_export_cache(view);
+        let result = analyser.analyse(&name, &conf);
+        (result, analyser)
+    })
+    .await
+    .map_err(|e| Internal(e.to_string()))?;
+    let (result, analyser) = analysed;
+    let top = match result {
+        Ok(t) => t,
+        Err(e) => {
+            log.line(format!("Failed to analyse target {target}:\n{e}"));
+            return Ok(MissOutcome {
+                log: Some(store_log(server, &log, "analysis").await?),
+                stats: BuildStats::default(),
+            });
+        }
+    };
+    log.line(format!("Analysed target {target}"));
+    let all_exports = analyser.exports();
+    // The key must name an export target whose key we compute the same way;
+    // otherwise no entry could answer it, so do not build at all.
+    let named = all_exports.iter().any(|r| {
+        r.key
+            .as_ref()
+            .is_some_and(|(_, k)| k.hash() == request.key.hash)
+    });
+    if !named {
+        return Err(NotFound(format!(
+            "{target} in configuration {} is not an export target with key {} (non-export target, or a repository that is not content-fixed)",
+            key.effective_config, request.key.hash
+        )));
+    }
+    let exports: Vec<ExportRecord> = all_exports
+        .into_iter()
+        .filter(|r| r.key.is_some() && !r.cached)
+        .collect();
+
+    // What to build: the target's artifacts and runfiles, and every
+    // artifact of every export target that will get a cache entry.
+    let mut wanted: Vec<ArtifactDescription> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut want = |a: ArtifactDescription| {
+        if !a.is_known() && seen.insert(a.to_json_text()) {
+            wanted.push(a);
+        }
+    };
+    for stage in [&top.artifacts, &top.runfiles] {
+        for v in stage.as_map().into_iter().flat_map(|m| m.values()) {
+            if let Ok(a) = ArtifactDescription::from_value(v, hash) {
+                want(a);
+            }
+        }
+    }
+    for r in &exports {
+        let found = non_known_artifacts(&r.analysed.result(), hash)
+            .map_err(|e| Internal(format!("listing the artifacts of {}: {e}", r.target)))?;
+        for a in found {
+            want(a);
+        }
+    }
+
+    if !hash.is_native() {
+        // Compatible ids of source files are not git ids: put the roots at
+        // the endpoint so every KNOWN source object is there.
+        sync_roots(server, &config).await?;
+    }
+    let settings = ExecutionSettings {
+        hash,
+        base_properties: request.properties.clone(),
+        base_timeout: server.ctx.config.build.action_timeout,
+        mode: RequestMode::for_endpoint(
+            hash,
+            ApiVersion { major: 2, minor: 0 },
+            ApiVersion { major: 2, minor: 1 },
+        ),
+    };
+    let graph = Arc::new(analyser.graph());
+    let builder = Builder::new(
+        graph,
+        BuildContext {
+            settings,
+            cas: server.remote().clone(),
+            executor: server.executor.clone(),
+            local: server.local_objects(),
+            jobs: server.ctx.config.build.build_jobs.max(1),
+        },
+    );
+    let outcome = match builder.build(&wanted).await {
+        Ok(o) => o,
+        Err(e) => {
+            log.line(format!("Failed to build target {target}:\n{e}"));
+            return Ok(MissOutcome {
+                log: Some(store_log(server, &log, "build").await?),
+                stats: BuildStats::default(),
+            });
+        }
+    };
+    let stats = outcome.stats;
+    let failed: Vec<&ArtifactDescription> = wanted
+        .iter()
+        .zip(&outcome.artifacts)
+        .filter(|(_, b)| b.failed)
+        .map(|(a, _)| a)
+        .collect();
+    let replacements: Replacements = wanted
+        .iter()
+        .cloned()
+        .zip(outcome.artifacts.iter().map(|b| b.artifact.clone()))
+        .collect();
+
+    write_entries(server, cache, &exports, &replacements).await;
+
+    if !failed.is_empty() {
+        for a in failed {
+            log.line(format!("Artifact {a} of target {target} failed to build"));
+        }
+        return Ok(MissOutcome {
+            log: Some(store_log(server, &log, "artifacts").await?),
+            stats,
+        });
+    }
+    Ok(MissOutcome { log: None, stats })
+}
+
+/// Writes the entries of the export targets analysed (not found in the
+/// cache), dependencies first; failures are only logged.
+async fn write_entries(
+    server: &TargetServer,
+    cache: &TargetCache,
+    exports: &[ExportRecord],
+    replacements: &Replacements,
+) {
+    let strategy = server.ctx.config.build.target_cache_write_strategy;
+    if strategy == TargetCacheWriteStrategy::Disable {
+        return;
+    }
+    let hash = server.hash();
+    // An entry implies the entries of the exports it contains, so it has
+    // strictly more implied keys than each of them.
+    let mut ordered: Vec<&ExportRecord> = exports.iter().collect();
+    ordered.sort_by_key(|r| r.analysed.implied_export.len());
+    for r in ordered {
+        let Some((_, key)) = &r.key else { continue };
+        let text = match entry_text(
+            &r.analysed.result(),
+            replacements,
+            &r.analysed.implied_export,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("no cache entry for {}: {e}", r.target);
+                continue;
+            }
+        };
+        let objects = match crate::build::cache_entry::entry_objects(
+            &serde_json::from_str(&text).unwrap_or(Json::Null),
+            hash,
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("no cache entry for {}: {e}", r.target);
+                continue;
+            }
+        };
+        if let Err(e) =
+            fetch_to_local(&server.local_cas(), server.remote().as_ref(), &objects).await
+        {
+            tracing::warn!(
+                "no cache entry for {}: fetching its artifacts: {e}",
+                r.target
+            );
+            continue;
+        }
+        match cache.store(key.hash(), &text) {
+            Ok(info) => tracing::info!(
+                "stored target-cache entry {} for {} as {info}",
+                key.hash(),
+                r.target
+            ),
+            Err(e) => tracing::warn!("storing the cache entry of {}: {e}", r.target),
+        }
+    }
+}
+
+/// Stores the log as a blob, locally and at the endpoint.
+async fn store_log(server: &TargetServer, log: &Log, scope: &str) -> Result<Digest, TargetError> {
+    tracing::info!("ServeTarget failed ({scope}):\n{}", log.0);
+    let digest = server
+        .local_cas()
+        .put_bytes(ObjectKind::File, log.0.as_bytes())
+        .map_err(|e| {
+            Internal(format!(
+                "Failed to store log of failed {scope} to local CAS: {e}"
+            ))
+        })?;
+    server
+        .remote()
+        .upload_blobs(vec![(digest.clone(), log.0.clone().into_bytes())])
+        .await
+        .map_err(|e| {
+            TargetError::Unavailable(format!("Failed to upload log of failed {scope}: {e}"))
+        })?;
+    Ok(digest)
+}
+
+/// Uploads the workspace roots of every repository to the endpoint.
+async fn sync_roots(server: &TargetServer, config: &RepositoryConfig) -> Result<(), TargetError> {
+    let mut done = BTreeSet::new();
+    for info in config.repositories.values() {
+        for root in info.roots() {
+            if let FileRoot::GitTree {
+                tree,
+                repository: Some(path),
+                ..
+            } = root
+            {
+                if !done.insert(tree.clone()) {
+                    continue;
+                }
+                server
+                    .ctx
+                    .sources
+                    .syncer
+                    .sync(path.clone(), tree.clone(), true)
+                    .await
+                    .map_err(|e| TargetError::Unavailable(format!("uploading root {tree}: {e}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Imports the artifact stage of a cache entry into the git cache (and
+/// keeps it), so that roots computed from it are known to serve.
+pub(super) async fn keep_artifact_root(
+    server: &TargetServer,
+    entry: &CachedEntry,
+) -> Result<(), String> {
+    let hash = server.hash();
+    let parsed = entry.parse(hash).map_err(|e| e.to_string())?;
+    let mut objects = Vec::new();
+    let mut stage = Vec::new();
+    for (path, v) in parsed.result.artifact_stage.as_map().into_iter().flatten() {
+        let a = ArtifactDescription::from_value(v, hash).map_err(|e| e.to_string())?;
+        let info = ObjectInfo::of_known(&a, hash).ok_or("artifact is not KNOWN")?;
+        objects.push(info.clone());
+        stage.push((path.clone(), info));
+    }
+    let cas = server.local_cas();
+    fetch_to_local(&cas, server.remote().as_ref(), &objects)
+        .await
+        .map_err(|e: ObjectsError| e.to_string())?;
+    let build_root = server.ctx.build_root.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), String> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = build_root
+            .tmp_dir()
+            .join(format!("keep-artifacts-stage-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let result = (|| {
+            for (path, info) in &stage {
+                materialise(&cas, info, &tmp.join(path))?;
+            }
+            let repo = build_root.init_git_cache().map_err(|e| e.to_string())?;
+            crate::git::import_to_git(&repo, &tmp, "Keep artifact stage")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })();
+        crate::storage::remove_tree(&tmp);
+        result
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Writes object `info` from the CAS to `dest` (trees recursively).
+fn materialise(cas: &crate::storage::Cas, info: &ObjectInfo, dest: &Path) -> Result<(), String> {
+    use crate::storage::trees::{read_tree, Node};
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let d = &info.digest;
+    match info.kind {
+        ObjectKind::Tree => {
+            std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
+            let nodes = read_tree(cas, d)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("tree {} is not in the CAS", d.hash))?;
+            for n in nodes {
+                let name = std::ffi::OsStr::from_bytes(n.name()).to_owned();
+                let child = dest.join(name);
+                match n {
+                    Node::File {
+                        digest, executable, ..
+                    } => materialise(
+                        cas,
+                        &ObjectInfo {
+                            digest,
+                            kind: ObjectKind::blob(executable),
+                        },
+                        &child,
+                    )?,
+                    Node::Dir { digest, .. } => materialise(
+                        cas,
+                        &ObjectInfo {
+                            digest,
+                            kind: ObjectKind::Tree,
+                        },
+                        &child,
+                    )?,
+                    Node::Symlink { target, .. } => {
+                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &child)
+                            .map_err(|e| e.to_string())?
+                    }
+                }
+            }
+        }
+        ObjectKind::Symlink => {
+            let target = cas
+                .read(ObjectKind::File, &d.hash)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("blob {} is not in the CAS", d.hash))?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), dest)
+                .map_err(|e| e.to_string())?;
+        }
+        kind => {
+            let bytes = cas
+                .read(kind, &d.hash)
+                .map_err(|e| e.to_string())?
+                .or(cas
+                    .read(ObjectKind::File, &d.hash)
+                    .map_err(|e| e.to_string())?)
+                .ok_or_else(|| format!("blob {} is not in the CAS", d.hash))?;
+            std::fs::write(dest, bytes).map_err(|e| e.to_string())?;
+            if kind == ObjectKind::Executable {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! ServeTarget, independent of gRPC: answer a target-cache key from the
+//! cache, or analyse and build the export target it names through the
+//! endpoint, write the cache entries, and answer then.
+//!
+//! Identical requests (same shard, same key) share one computation, which
+//! runs in its own task: a client that goes away does not stop a build
+//! another client waits for.
+
+mod miss;
+pub mod objects;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::build::builder::LocalObjects;
+use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::remote::execution::RemoteExecutor;
+use crate::serve::ServeContext;
+use crate::storage::target_cache::{BackendDescription, TargetCache};
+use objects::{ensure_at_endpoint, fetch_to_local};
+
+/// A ServeTarget request, parsed.
+#[derive(Clone, Debug)]
+pub struct TargetRequest {
+    pub key: Digest,
+    /// The request's execution properties (later duplicates already won).
+    pub properties: BTreeMap<String, String>,
+    pub dispatch: Option<Digest>,
+    pub required: Vec<Digest>,
+    pub keep_artifact_root: bool,
+}
+
+/// A successful answer: the cache value, or the log of a failed analysis
+/// or build (both as blobs at the endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetAnswer {
+    Value(Digest),
+    Log(Digest),
+}
+
+/// Why there is no answer; the variants are the gRPC codes clients see.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+use TargetError::{FailedPrecondition, Internal, Unavailable};
+
+type Outcome = Result<TargetAnswer, TargetError>;
+
+/// An endpoint-dispatch list: properties to match and the endpoint to use.
+pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
+
+/// Where waiters of a computation under way get its outcome.
+type Waiters = watch::Receiver<Option<Outcome>>;
+
+/// The Target service's state.
+pub struct TargetServer {
+    ctx: Arc<ServeContext>,
+    executor: Arc<dyn RemoteExecutor>,
+    /// Computations under way, by shard and key.
+    inflight: Mutex<HashMap<(String, String), Waiters>>,
+}
+
+impl TargetServer {
+    pub fn new(ctx: Arc<ServeContext>, executor: Arc<dyn RemoteExecutor>) -> Arc<TargetServer> {
+        Arc::new(TargetServer {
+            ctx,
+            executor,
+            inflight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn hash(&self) -> HashFunction {
+        self.ctx.hash
+    }
+
+    fn local_cas(&self) -> crate::storage::Cas {
+        self.ctx.build_root.cas(self.hash())
+    }
+
+    fn remote(&self) -> &Arc<dyn crate::remote::RemoteCas> {
+        &self.ctx.sources.remote
+    }
+
+    /// Answers one request; identical concurrent requests are computed once.
+    pub async fn serve(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
+        let mut download_errors = self.fetch_required(&request.required).await;
+        let result = self.serve_fetched(request).await;
+        match result {
+            Err(e) if !download_errors.is_empty() => {
+                download_errors.push_str(&e.to_string());
+                tracing::warn!("{download_errors}");
+                Err(with_message(e, download_errors))
+            }
+            other => other,
+        }
+    }
+
+    async fn serve_fetched(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
+        let dispatch = match &request.dispatch {
+            Some(d) if d.size > 0 || !d.hash.is_empty() => self.dispatch_list(d).await?,
+            _ => Vec::new(),
+        };
+        let address = self
+            .ctx
+            .config
+            .execution_endpoint
+            .as_ref()
+            .and_then(|e| e.address.as_ref())
+            .map(|a| a.to_string());
+        let backend =
+            BackendDescription::describe(address.as_deref(), &request.properties, &dispatch);
+        let shard = backend.shard(self.hash());
+        let key = (shard, request.key.hash.clone());
+        let mut rx = {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            match inflight.get(&key) {
+                Some(rx) => {
+                    tracing::info!(
+                        "ServeTarget {}: joining a computation under way",
+                        request.key.hash
+                    );
+                    rx.clone()
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    inflight.insert(key.clone(), rx.clone());
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let outcome = this.clone().compute(request, backend, dispatch).await;
+                        let _ = tx.send(Some(outcome));
+                        this.inflight.lock().expect("inflight lock").remove(&key);
+                    });
+                    rx
+                }
+            }
+        };
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Internal("the computation of this target was lost".into()))?;
+        done.clone().expect("waited for a value")
+    }
+
+    /// Fetches the required digests into the local CAS; returns the text of
+    /// the failures (processing goes on regardless).
+    async fn fetch_required(&self, required: &[Digest]) -> String {
+        let mut errors = String::new();
+        let objects: Vec<_> = required
+            .iter()
+            .map(|d| crate::build::cache_entry::ObjectInfo {
+                digest: d.clone(),
+                kind: if d.is_tree {
+                    ObjectKind::Tree
+                } else {
+                    ObjectKind::File
+                },
+            })
+            .collect();
+        if let Err(e) = fetch_to_local(&self.local_cas(), self.remote().as_ref(), &objects).await {
+            tracing::warn!("fetching required digests: {e}");
+            errors.push_str("Failed to download all required artifacts\n");
+        }
+        errors
+    }
+
+    /// A blob from the local CAS, or fetched from the endpoint.
+    async fn blob(&self, d: &Digest) -> Result<Option<Vec<u8>>, TargetError> {
+        let cas = self.local_cas();
+        if let Some(bytes) = cas
+            .read(ObjectKind::File, &d.hash)
+            .map_err(|e| Internal(e.to_string()))?
+        {
+            return Ok(Some(bytes));
+        }
+        match self.remote().read_blob(d).await {
+            Ok(found) => {
+                if let Some(bytes) = &found {
+                    let _ = cas.put_bytes(ObjectKind::File, bytes);
+                }
+                Ok(found)
+            }
+            Err(e) => {
+                tracing::warn!("reading blob {} from the endpoint: {e}", d.hash);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn dispatch_list(
+        &self,
+        d: &Digest,
+    ) -> Result<DispatchList, TargetError> {
+        let bytes = self.blob(d).await?.ok_or_else(|| {
+            FailedPrecondition(format!(
+                "Could not retrieve blob {} from the endpoint",
+                d.hash
+            ))
+        })?;
+        parse_dispatch(&bytes).map_err(FailedPrecondition)
+    }
+
+    /// Everything after the in-flight check.
+    async fn compute(
+        self: Arc<TargetServer>,
+        request: TargetRequest,
+        backend: BackendDescription,
+        dispatch: DispatchList,
+    ) -> Outcome {
+        let started = std::time::Instant::now();
+        let cache = TargetCache::open(&self.ctx.build_root, self.hash(), backend);
+        if let Some(answer) = self.answer_hit(&cache, &request).await? {
+            tracing::info!(
+                "ServeTarget {}: cache hit ({} ms)",
+                request.key.hash,
+                started.elapsed().as_millis()
+            );
+            return Ok(answer);
+        }
+        if !dispatch.is_empty() {
+            return Err(TargetError::Unimplemented(
+                "jserve cannot build with an endpoint-dispatch list yet; only cache hits are served for such requests"
+                    .into(),
+            ));
+        }
+        let outcome = miss::build_and_store(&self, &cache, &request).await?;
+        if let Some(log) = outcome.log {
+            tracing::info!(
+                "ServeTarget {}: failed, log {} ({} ms)",
+                request.key.hash,
+                log.hash,
+                started.elapsed().as_millis()
+            );
+            return Ok(TargetAnswer::Log(log));
+        }
+        match self.answer_hit(&cache, &request).await? {
+            Some(answer) => {
+                tracing::info!(
+                    "ServeTarget {}: built ({} actions: {} executed, {} cached; {} ms)",
+                    request.key.hash,
+                    outcome.stats.actions,
+                    outcome.stats.executed,
+                    outcome.stats.cached,
+                    started.elapsed().as_millis()
+                );
+                Ok(answer)
+            }
+            None => Err(Internal(format!(
+                "Failed to read TargetCacheKey {} after store",
+                request.key.hash
+            ))),
+        }
+    }
+
+    /// The answer from the cache, after making sure the endpoint has the
+    /// value and every object it names.
+    async fn answer_hit(
+        &self,
+        cache: &TargetCache,
+        request: &TargetRequest,
+    ) -> Result<Option<TargetAnswer>, TargetError> {
+        let entry = match cache.read(&request.key.hash) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(
+                    "target cache entry {}: {e}; treated as a miss",
+                    request.key.hash
+                );
+                return Ok(None);
+            }
+        };
+        let mut objects = entry
+            .objects(self.hash())
+            .map_err(|e| Internal(format!("reading the objects of the cache entry: {e}")))?;
+        objects.push(entry.blob.clone());
+        // The backend description goes to the endpoint too (the proto asks
+        // for it); TargetCache::open put it into the local CAS.
+        let description = cache.backend().text().as_bytes();
+        objects.push(crate::build::cache_entry::ObjectInfo {
+            digest: self.hash().digest_bytes(ObjectKind::File, description),
+            kind: ObjectKind::File,
+        });
+        ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
+            .await
+            .map_err(|e| Unavailable(format!("uploading the cached artifacts: {e}")))?;
+        if request.keep_artifact_root {
+            miss::keep_artifact_root(self, &entry)
+                .await
+                .map_err(|e| Internal(format!("keeping the artifact root: {e}")))?;
+        }
+        Ok(Some(TargetAnswer::Value(entry.blob.digest.clone())))
+    }
+
+    fn local_objects(&self) -> Arc<dyn LocalObjects> {
+        objects::serve_objects(self.local_cas(), self.ctx.repos.clone())
+    }
+}
+
+fn with_message(e: TargetError, msg: String) -> TargetError {
+    match e {
+        TargetError::InvalidArgument(_) => TargetError::InvalidArgument(msg),
+        TargetError::NotFound(_) => TargetError::NotFound(msg),
+        TargetError::FailedPrecondition(_) => TargetError::FailedPrecondition(msg),
+        TargetError::Unavailable(_) => TargetError::Unavailable(msg),
+        TargetError::Unimplemented(_) => TargetError::Unimplemented(msg),
+        TargetError::Internal(_) => TargetError::Internal(msg),
+    }
+}
+
+/// An endpoint-dispatch list: `[[{property: value}, "host:port"], ...]`.
+pub fn parse_dispatch(bytes: &[u8]) -> Result<DispatchList, String> {
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("endpoint-dispatch list is not JSON: {e}"))?;
+    let list = json
+        .as_array()
+        .ok_or("endpoint-dispatch list must be a list")?;
+    let mut out = Vec::with_capacity(list.len());
+    for entry in list {
+        let pair = entry
+            .as_array()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| format!("endpoint-dispatch entry {entry} is not a pair"))?;
+        let props = pair[0]
+            .as_object()
+            .ok_or_else(|| format!("endpoint-dispatch entry {entry}: properties must be a map"))?
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|s| (k.clone(), s.to_string()))
+                    .ok_or_else(|| {
+                        format!("endpoint-dispatch entry {entry}: property values must be strings")
+                    })
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let address = pair[1]
+            .as_str()
+            .ok_or_else(|| format!("endpoint-dispatch entry {entry}: address must be a string"))?;
+        out.push((props, address.to_string()));
+    }
+    Ok(out)
+}
+
+/// The executor when there is no endpoint to execute at.
+pub struct NoExecutor;
+
+#[tonic::async_trait]
+impl RemoteExecutor for NoExecutor {
+    async fn execute(
+        &self,
+        action: &Digest,
+        _: bool,
+    ) -> Result<crate::remote::execution::Executed, crate::remote::execution::ExecError> {
+        Err(crate::remote::execution::ExecError::Transport {
+            action: action.hash.clone(),
+            status: tonic::Status::unavailable("no execution endpoint is configured"),
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! Moving the objects a target-cache entry names between serve's local CAS
+//! and the endpoint's CAS, and serving objects the builder needs from the
+//! local CAS and serve's git repositories.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::build::builder::{LocalError, LocalFile, LocalObjects};
+use crate::build::cache_entry::ObjectInfo;
+use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::git::RepoSet;
+use crate::remote::RemoteCas;
+use crate::storage::trees::{read_tree, Node};
+use crate::storage::Cas;
+
+/// Why objects could not be moved.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    #[error("{0}")]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error("local CAS: {0}")]
+    Local(String),
+    #[error("object {0} is neither in the local CAS nor at the endpoint")]
+    Missing(String),
+}
+
+fn local_err(e: impl std::fmt::Display) -> ObjectsError {
+    ObjectsError::Local(e.to_string())
+}
+
+/// Every object of `roots` (trees with everything below them).
+fn closure(cas: &Cas, roots: &[ObjectInfo]) -> Result<Vec<(Digest, ObjectKind)>, ObjectsError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut todo: Vec<(Digest, ObjectKind)> =
+        roots.iter().map(|o| (o.digest.clone(), o.kind)).collect();
+    while let Some((d, kind)) = todo.pop() {
+        if !seen.insert((d.hash.clone(), kind.is_tree())) {
+            continue;
+        }
+        if kind.is_tree() {
+            let nodes = read_tree(cas, &d)
+                .map_err(local_err)?
+                .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+            for n in nodes {
+                match n {
+                    Node::File {
+                        digest, executable, ..
+                    } => todo.push((digest, ObjectKind::blob(executable))),
+                    Node::Dir { digest, .. } => todo.push((digest, ObjectKind::Tree)),
+                    // Native trees keep link targets as blobs.
+                    Node::Symlink { target, .. } if cas.hash_function().is_native() => {
+                        let digest = cas.hash_function().digest_bytes(ObjectKind::File, &target);
+                        todo.push((digest, ObjectKind::Symlink));
+                    }
+                    Node::Symlink { .. } => {}
+                }
+            }
+        }
+        out.push((d, kind));
+    }
+    Ok(out)
+}
+
+/// Makes sure the endpoint has `objects` (trees completely), uploading what
+/// it lacks from the local CAS.
+pub async fn ensure_at_endpoint(
+    cas: &Cas,
+    remote: &dyn RemoteCas,
+    objects: &[ObjectInfo],
+) -> Result<(), ObjectsError> {
+    let all = {
+        let cas = cas.clone();
+        let objects = objects.to_vec();
+        tokio::task::spawn_blocking(move || closure(&cas, &objects))
+            .await
+            .map_err(local_err)??
+    };
+    let mut digests: Vec<Digest> = Vec::with_capacity(all.len());
+    for (d, _) in &all {
+        let mut d = d.clone();
+        if d.size == 0 {
+            if let Some(p) = cas
+                .find(ObjectKind::File, &d.hash)
+                .or_else(|| cas.find(ObjectKind::Tree, &d.hash))
+            {
+                d.size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        digests.push(d);
+    }
+    let missing: HashSet<String> = remote
+        .find_missing(digests.clone())
+        .await?
+        .into_iter()
+        .map(|d| d.hash)
+        .collect();
+    for ((d, kind), full) in all.iter().zip(&digests) {
+        if !missing.contains(&d.hash) {
+            continue;
+        }
+        let stored = if kind.is_tree() {
+            ObjectKind::Tree
+        } else {
+            *kind
+        };
+        let path = cas
+            .find(stored, &d.hash)
+            .or_else(|| cas.find(ObjectKind::File, &d.hash))
+            .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+        remote.upload_file(full, &path).await?;
+    }
+    Ok(())
+}
+
+/// Copies `objects` (trees completely) from the endpoint into the local CAS,
+/// so that later hits can be answered even if the endpoint forgets them.
+pub async fn fetch_to_local(
+    cas: &Cas,
+    remote: &dyn RemoteCas,
+    objects: &[ObjectInfo],
+) -> Result<(), ObjectsError> {
+    let mut todo: Vec<(Digest, ObjectKind)> =
+        objects.iter().map(|o| (o.digest.clone(), o.kind)).collect();
+    let mut seen = HashSet::new();
+    while let Some((d, kind)) = todo.pop() {
+        if !seen.insert((d.hash.clone(), kind.is_tree())) {
+            continue;
+        }
+        let stored = if kind.is_tree() {
+            ObjectKind::Tree
+        } else {
+            kind
+        };
+        if !cas.contains(stored, &d.hash) {
+            let bytes = remote
+                .read_blob(&d)
+                .await?
+                .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+            let c = cas.clone();
+            let expected = d.clone();
+            tokio::task::spawn_blocking(move || {
+                c.put_bytes_checked(stored, &bytes, Some(&expected.hash))
+            })
+            .await
+            .map_err(local_err)?
+            .map_err(local_err)?;
+        }
+        if kind.is_tree() {
+            let nodes = read_tree(cas, &d)
+                .map_err(local_err)?
+                .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+            for n in nodes {
+                match n {
+                    Node::File {
+                        digest, executable, ..
+                    } => todo.push((digest, ObjectKind::blob(executable))),
+                    Node::Dir { digest, .. } => todo.push((digest, ObjectKind::Tree)),
+                    Node::Symlink { .. } => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The builder's source for objects the endpoint lacks: serve's local CAS,
+/// then (native mode, where ids are git ids) its git repositories.
+pub struct ServeObjects {
+    pub cas: Cas,
+    pub repos: RepoSet,
+}
+
+#[tonic::async_trait]
+impl LocalObjects for ServeObjects {
+    async fn read_local(&self, _: &str, _: &str) -> Result<Option<LocalFile>, LocalError> {
+        // Serve's roots are git trees: there are no LOCAL artifacts.
+        Ok(None)
+    }
+
+    async fn read_known(
+        &self,
+        digest: &Digest,
+        kind: ObjectKind,
+        _repository: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, LocalError> {
+        let cas = self.cas.clone();
+        let repos = self.repos.clone();
+        let id = digest.hash.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, LocalError> {
+            let stored = if kind.is_tree() {
+                ObjectKind::Tree
+            } else {
+                kind
+            };
+            if let Some(bytes) = cas.read(stored, &id)? {
+                return Ok(Some(bytes));
+            }
+            if let Some(bytes) = cas.read(ObjectKind::File, &id)? {
+                return Ok(Some(bytes));
+            }
+            if cas.hash_function() != HashFunction::GitSha1 {
+                return Ok(None);
+            }
+            let oid = match git2::Oid::from_str(&id) {
+                Ok(o) => o,
+                Err(_) => return Ok(None),
+            };
+            for index in 0..repos.paths().len() {
+                if !repos.paths()[index].exists() {
+                    continue;
+                }
+                let Ok(repo) = repos.open(index) else {
+                    continue;
+                };
+                let data = repo
+                    .odb()
+                    .ok()
+                    .and_then(|odb| odb.read(oid).ok().map(|obj| obj.data().to_vec()));
+                if data.is_some() {
+                    return Ok(data);
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| -> LocalError { Box::new(e) })??;
+        Ok(found)
+    }
+}
+
+/// Shared handle for the builder.
+pub fn serve_objects(cas: Cas, repos: RepoSet) -> Arc<dyn LocalObjects> {
+    Arc::new(ServeObjects { cas, repos })
+}
