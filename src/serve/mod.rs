@@ -49,6 +49,8 @@ pub struct ServeContext {
     pub sources: Sources,
     /// The endpoint's Execution service (ServeTarget builds through it).
     pub executor: Arc<dyn RemoteExecutor>,
+    /// What ServeTarget did so far.
+    pub target_stats: crate::targets::TargetStats,
 }
 
 impl ServeContext {
@@ -128,6 +130,7 @@ impl ServeContext {
             endpoint,
             sources,
             executor,
+            target_stats: Default::default(),
             config,
         }))
     }

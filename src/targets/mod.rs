@@ -10,6 +10,7 @@ mod miss;
 pub mod objects;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -67,6 +68,36 @@ pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
 /// Where waiters of a computation under way get its outcome.
 type Waiters = watch::Receiver<Option<Outcome>>;
 
+/// Counters of what ServeTarget did since start (for logs and tests).
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    /// Requests answered or failed.
+    pub requests: AtomicU64,
+    /// Computations started (identical concurrent requests share one).
+    pub computations: AtomicU64,
+    /// Answers from the cache without a build.
+    pub hits: AtomicU64,
+    /// Misses that analysed and built.
+    pub builds: AtomicU64,
+    pub actions_executed: AtomicU64,
+    pub actions_cached: AtomicU64,
+}
+
+impl TargetStats {
+    /// `(requests, computations, hits, builds, executed, cached)`.
+    pub fn snapshot(&self) -> [u64; 6] {
+        [
+            &self.requests,
+            &self.computations,
+            &self.hits,
+            &self.builds,
+            &self.actions_executed,
+            &self.actions_cached,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// The Target service's state.
 pub struct TargetServer {
     ctx: Arc<ServeContext>,
@@ -98,6 +129,7 @@ impl TargetServer {
 
     /// Answers one request; identical concurrent requests are computed once.
     pub async fn serve(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
+        self.ctx.target_stats.requests.fetch_add(1, Ordering::Relaxed);
         let mut download_errors = self.fetch_required(&request.required).await;
         let result = self.serve_fetched(request).await;
         match result {
@@ -222,8 +254,11 @@ impl TargetServer {
         dispatch: DispatchList,
     ) -> Outcome {
         let started = std::time::Instant::now();
+        let stats = &self.ctx.target_stats;
+        stats.computations.fetch_add(1, Ordering::Relaxed);
         let cache = TargetCache::open(&self.ctx.build_root, self.hash(), backend);
         if let Some(answer) = self.answer_hit(&cache, &request).await? {
+            stats.hits.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 "ServeTarget {}: cache hit ({} ms)",
                 request.key.hash,
@@ -238,6 +273,13 @@ impl TargetServer {
             ));
         }
         let outcome = miss::build_and_store(&self, &cache, &request).await?;
+        stats.builds.fetch_add(1, Ordering::Relaxed);
+        stats
+            .actions_executed
+            .fetch_add(outcome.stats.executed as u64, Ordering::Relaxed);
+        stats
+            .actions_cached
+            .fetch_add(outcome.stats.cached as u64, Ordering::Relaxed);
         if let Some(log) = outcome.log {
             tracing::info!(
                 "ServeTarget {}: failed, log {} ({} ms)",
