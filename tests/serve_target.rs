@@ -351,3 +351,32 @@ async fn a_client_going_away_does_not_cancel_the_build() {
     let [requests, computations, _, builds, ..] = s.ctx.target_stats.snapshot();
     assert_eq!((computations, builds), (1, 1), "{requests} requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_artifact_root_imports_the_stage_into_the_git_cache() {
+    use jserve::proto::source_tree_client::SourceTreeClient;
+    use jserve::proto::CheckRootTreeRequest;
+    for compatible in [false, true] {
+        let s = setup(compatible).await;
+        let mut request = s
+            .request_for(&s.tree, "outer", json!({"MSG": "keep"}))
+            .await;
+        request.keep_artifact_root = true;
+        let value = value_of(&s.ask(request).await.unwrap());
+        let content = s.artifact(&value, "out.txt").await;
+        // The tree git would make of the artifact stage.
+        let scratch = tempfile::tempdir().unwrap();
+        git(scratch.path(), &["init", "-q"]);
+        std::fs::write(scratch.path().join("out.txt"), &content).unwrap();
+        git(scratch.path(), &["add", "out.txt"]);
+        let tree = git(scratch.path(), &["write-tree"]);
+        let mut client = SourceTreeClient::new(s.endpoint.channel.clone());
+        let status = client
+            .check_root_tree(CheckRootTreeRequest { tree: tree.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, 0, "tree {tree} is known (compatible={compatible})");
+    }
+}

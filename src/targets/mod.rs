@@ -129,7 +129,10 @@ impl TargetServer {
 
     /// Answers one request; identical concurrent requests are computed once.
     pub async fn serve(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
-        self.ctx.target_stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.ctx
+            .target_stats
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
         let mut download_errors = self.fetch_required(&request.required).await;
         let result = self.serve_fetched(request).await;
         match result {
@@ -233,10 +236,7 @@ impl TargetServer {
         }
     }
 
-    async fn dispatch_list(
-        &self,
-        d: &Digest,
-    ) -> Result<DispatchList, TargetError> {
+    async fn dispatch_list(&self, d: &Digest) -> Result<DispatchList, TargetError> {
         let bytes = self.blob(d).await?.ok_or_else(|| {
             FailedPrecondition(format!(
                 "Could not retrieve blob {} from the endpoint",
@@ -337,9 +337,13 @@ impl TargetServer {
             digest: self.hash().digest_bytes(ObjectKind::File, description),
             kind: ObjectKind::File,
         });
-        ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
-            .await
-            .map_err(|e| Unavailable(format!("uploading the cached artifacts: {e}")))?;
+        // jserve's own endpoint shares the local CAS: entries are written
+        // only with their objects there, so there is nothing to upload.
+        if self.ctx.endpoint.is_none() {
+            ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
+                .await
+                .map_err(|e| Unavailable(format!("uploading the cached artifacts: {e}")))?;
+        }
         if request.keep_artifact_root {
             miss::keep_artifact_root(self, &entry)
                 .await
