@@ -551,3 +551,16 @@ fn write_pretty(value: &Value, depth: usize, out: &mut String) {
         other => out.push_str(&other.to_string()),
     }
 }
+
+/// Whether the reference `just` at `just` predates 1.6 and so identifies
+/// trees and actions without the `TREE:`/`ACTION:` prefixes (jserve's
+/// `--legacy-ids`).
+pub fn reference_uses_legacy_ids(just: &Path) -> bool {
+    let out = Command::new(just).arg("version").output();
+    let version: Value = out
+        .ok()
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or(Value::Null);
+    let v = &version["version"];
+    v[0].as_u64() == Some(1) && v[1].as_u64().is_some_and(|minor| minor < 6)
+}
