@@ -66,6 +66,7 @@ impl Fixture {
             executor: Arc::new(LocalExecutor::new(self.endpoint.clone())),
             local,
             jobs: 3,
+            dispatch: Vec::new(),
         }
     }
 
@@ -618,6 +619,7 @@ async fn over_grpc_against_a_running_endpoint() {
             executor: Arc::new(executor),
             local: Arc::new(NoLocalObjects),
             jobs: 2,
+            dispatch: Vec::new(),
         };
         let graph = Arc::new(ActionGraph::from_json(&diamond(hash), hash).unwrap());
         let built = Builder::new(graph.clone(), ctx.clone())
@@ -766,6 +768,7 @@ async fn action_digests_equal_the_reference_clients() {
             )),
             local: Arc::new(Workspace(ws.clone())),
             jobs: 2,
+            dispatch: Vec::new(),
         };
         let built = Builder::new(Arc::new(graph), ctx)
             .build(&wanted)
@@ -937,4 +940,68 @@ async fn grpc_executor_retries_and_follows_a_lost_stream() {
     assert_eq!(service.executes.load(Ordering::SeqCst), 2);
     assert_eq!(service.waits.load(Ordering::SeqCst), 1);
     server.abort();
+}
+
+/// An endpoint whose actions see `SPECIAL=yes` (set by its launcher).
+fn special_endpoint(hash: HashFunction, dir: &std::path::Path) -> Arc<LocalEndpoint> {
+    let build_root = BuildRoot::open(&dir.join("special")).unwrap();
+    LocalEndpoint::new(
+        &build_root,
+        EndpointConfig {
+            hash,
+            instance_name: None,
+            runner: RunnerConfig {
+                launcher: vec!["env".into(), "SPECIAL=yes".into()],
+                default_timeout: std::time::Duration::from_secs(60),
+                jobs: 2,
+            },
+        },
+    )
+}
+
+#[tokio::test]
+async fn actions_matching_a_dispatch_entry_run_at_its_endpoint() {
+    use jserve::build::builder::DispatchTarget;
+    for hash in MODES {
+        let fx = Fixture::new(hash);
+        let special = special_endpoint(hash, fx._dir.path());
+        // "where" runs at the special endpoint, with an input made at the main
+        // one; "back" consumes its outputs (a file and a directory) at the main one.
+        let graph = json!({
+            "blobs": ["seed\n"],
+            "actions": {
+                "first": {"command": sh("echo ${SPECIAL:-no} > first.txt"), "env": {"PATH": PATH},
+                          "output": ["first.txt"]},
+                "where": {"command": sh("mkdir -p d; (cat first.txt in/seed.txt; echo ${SPECIAL:-no}) > out.txt; echo inside > d/f"),
+                          "env": {"PATH": PATH},
+                          "input": {"first.txt": action_artifact("first", "first.txt"),
+                                    "in/seed.txt": known_blob(hash, "seed\n")},
+                          "execution properties": {"server": "special"},
+                          "output": ["out.txt"], "output_dirs": ["d"]},
+                "back": {"command": sh("cat out.txt d/f > back.txt; echo ${SPECIAL:-no} >> back.txt"),
+                         "env": {"PATH": PATH},
+                         "input": {"out.txt": action_artifact("where", "out.txt"),
+                                   "d": action_artifact("where", "d")},
+                         "output": ["back.txt"]},
+            },
+        });
+        let mut ctx = fx.context(Arc::new(NoLocalObjects));
+        ctx.dispatch = vec![DispatchTarget {
+            properties: [("server".to_string(), "special".to_string())].into(),
+            address: "in-process".into(),
+            cas: Arc::new(LocalRemote::new(special.clone())),
+            executor: Arc::new(LocalExecutor::new(special.clone())),
+        }];
+        let graph = ActionGraph::from_json(&graph, hash).unwrap();
+        let built = Builder::new(Arc::new(graph), ctx)
+            .build(&[out("back", "back.txt")])
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(fx.read(&built.artifacts[0].artifact)).unwrap(),
+            "no\nseed\nyes\ninside\nno\n",
+            "{hash:?}"
+        );
+        assert_eq!(built.stats.executed, 3);
+    }
 }

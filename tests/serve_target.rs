@@ -39,7 +39,11 @@ const TARGETS: &str = r#"{
              "echo \"$MSG\" >> out.txt"]},
   "failing": {"type": "export", "target": "bad"},
   "bad": {"type": "generic", "outs": ["x"], "cmds": ["echo failing-output; exit 42"]},
-  "plain": {"type": "generic", "outs": ["y"], "cmds": ["touch y"]}
+  "plain": {"type": "generic", "outs": ["y"], "cmds": ["touch y"]},
+  "where": {"type": "export", "target": "where-gen"},
+  "where-gen": {"type": "generic", "outs": ["where.txt"],
+    "execution properties": {"type": "'", "$1": {"server": "special"}},
+    "cmds": ["echo ${SPECIAL:-no} > where.txt"]}
 }"#;
 
 struct Setup {
@@ -378,5 +382,50 @@ async fn keep_artifact_root_imports_the_stage_into_the_git_cache() {
             .into_inner()
             .status;
         assert_eq!(status, 0, "tree {tree} is known (compatible={compatible})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_go_to_the_endpoints_of_the_dispatch_list() {
+    use jserve::daemon::{Listen, Services};
+    use jserve::execute::runner::RunnerConfig;
+    use jserve::execute::{EndpointConfig, LocalEndpoint};
+    for compatible in [false, true] {
+        let s = setup(compatible).await;
+        // A second endpoint whose actions see SPECIAL=yes.
+        let dir = tempfile::tempdir().unwrap();
+        let root = jserve::storage::BuildRoot::open(dir.path()).unwrap();
+        let special = LocalEndpoint::new(
+            &root,
+            EndpointConfig {
+                hash: hash_of(compatible),
+                instance_name: None,
+                runner: RunnerConfig {
+                    launcher: vec!["env".into(), "SPECIAL=yes".into()],
+                    default_timeout: std::time::Duration::from_secs(60),
+                    jobs: 2,
+                },
+            },
+        );
+        let server = jserve::daemon::start_services(&Listen::default(), Services::Execute(special))
+            .await
+            .unwrap();
+        let list = format!(
+            r#"[[{{"server": "special"}}, "127.0.0.1:{}"]]"#,
+            server.addr.port()
+        );
+        let mut request = s.request_for(&s.tree, "where", json!({})).await;
+        request.dispatch_info = Some(s.endpoint.upload_blob(list.as_bytes()).await);
+        let value = value_of(&s.ask(request.clone()).await.unwrap());
+        assert_eq!(
+            s.artifact(&value, "where.txt").await,
+            "yes\n",
+            "compatible={compatible}"
+        );
+        // Without the list the same target is another cache entry (another
+        // shard), built at the main endpoint.
+        request.dispatch_info = Some(s.endpoint.upload_blob(b"[]").await);
+        let plain = value_of(&s.ask(request).await.unwrap());
+        assert_eq!(s.artifact(&plain, "where.txt").await, "no\n");
     }
 }

@@ -14,7 +14,7 @@ use super::{TargetError, TargetRequest, TargetServer};
 use crate::build::action::{ApiVersion, ExecutionSettings, RequestMode};
 use crate::build::analysis::{Analyser, CachedExport, ExportCache, ExportRecord};
 use crate::build::artifact::{ArtifactDescription, IdScheme};
-use crate::build::builder::{BuildContext, BuildStats, Builder};
+use crate::build::builder::{BuildContext, BuildStats, Builder, DispatchTarget};
 use crate::build::cache_entry::{entry_text, non_known_artifacts, ObjectInfo, Replacements};
 use crate::build::keys::KeyBlob;
 use crate::build::names::{parse_entity_name, EntityName, NamedTarget};
@@ -109,6 +109,7 @@ pub(super) async fn build_and_store(
     server: &Arc<TargetServer>,
     cache: &TargetCache,
     request: &TargetRequest,
+    dispatch: Vec<DispatchTarget>,
 ) -> Result<MissOutcome, TargetError> {
     let hash = server.hash();
     let key_bytes = server.blob(&request.key).await?.ok_or_else(|| {
@@ -257,6 +258,7 @@ pub(super) async fn build_and_store(
             executor: server.executor.clone(),
             local: server.local_objects(),
             jobs: server.ctx.config.build.build_jobs.max(1),
+            dispatch,
         },
     );
     let outcome = match builder.build(&wanted).await {

@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::build::builder::LocalObjects;
+use crate::build::builder::{DispatchTarget, LocalObjects};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::remote::execution::RemoteExecutor;
+use crate::remote::execution::{GrpcExecutor, GrpcExecutorConfig};
+use crate::remote::grpc::{GrpcCas, GrpcCasConfig, GrpcTimeouts, GrpcTls};
 use crate::serve::ServeContext;
 use crate::storage::target_cache::{BackendDescription, TargetCache};
 use objects::{ensure_at_endpoint, fetch_to_local};
@@ -104,7 +106,12 @@ pub struct TargetServer {
     executor: Arc<dyn RemoteExecutor>,
     /// Computations under way, by shard and key.
     inflight: Mutex<HashMap<(String, String), Waiters>>,
+    /// Connections to the endpoints of dispatch lists, by address.
+    dispatch_clients: Mutex<HashMap<String, DispatchClient>>,
 }
+
+/// The CAS and Execution clients of one dispatch endpoint.
+type DispatchClient = (Arc<dyn crate::remote::RemoteCas>, Arc<dyn RemoteExecutor>);
 
 impl TargetServer {
     pub fn new(ctx: Arc<ServeContext>, executor: Arc<dyn RemoteExecutor>) -> Arc<TargetServer> {
@@ -112,6 +119,7 @@ impl TargetServer {
             ctx,
             executor,
             inflight: Mutex::new(HashMap::new()),
+            dispatch_clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -266,13 +274,8 @@ impl TargetServer {
             );
             return Ok(answer);
         }
-        if !dispatch.is_empty() {
-            return Err(TargetError::Unimplemented(
-                "jserve cannot build with an endpoint-dispatch list yet; only cache hits are served for such requests"
-                    .into(),
-            ));
-        }
-        let outcome = miss::build_and_store(&self, &cache, &request).await?;
+        let targets = self.dispatch_targets(&dispatch)?;
+        let outcome = miss::build_and_store(&self, &cache, &request, targets).await?;
         stats.builds.fetch_add(1, Ordering::Relaxed);
         stats
             .actions_executed
@@ -350,6 +353,55 @@ impl TargetServer {
                 .map_err(|e| Internal(format!("keeping the artifact root: {e}")))?;
         }
         Ok(Some(TargetAnswer::Value(entry.blob.digest.clone())))
+    }
+
+    /// Clients for the endpoints of a dispatch list (kept per address).
+    fn dispatch_targets(&self, list: &DispatchList) -> Result<Vec<DispatchTarget>, TargetError> {
+        let config = &self.ctx.config;
+        let instance_name = config
+            .execution_endpoint
+            .as_ref()
+            .map(|e| e.instance_name.clone())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(list.len());
+        for (properties, address) in list {
+            let parsed = crate::config::Address::parse(address)
+                .map_err(|e| FailedPrecondition(format!("dispatch endpoint {address:?}: {e}")))?;
+            let mut known = self.dispatch_clients.lock().expect("dispatch clients lock");
+            let (cas, executor) = match known.get(address) {
+                Some(c) => c.clone(),
+                None => {
+                    let cas = GrpcCas::connect_lazy(GrpcCasConfig {
+                        address: parsed,
+                        instance_name: instance_name.clone(),
+                        hash: self.hash(),
+                        tls: GrpcTls::from_auth(&config.authentication),
+                        retry: config.retry.clone(),
+                        timeouts: GrpcTimeouts::default(),
+                    })
+                    .map_err(|e| Unavailable(format!("dispatch endpoint {address}: {e}")))?;
+                    let executor: Arc<dyn RemoteExecutor> = Arc::new(GrpcExecutor::new(
+                        cas.channel(),
+                        GrpcExecutorConfig {
+                            address: address.clone(),
+                            instance_name: instance_name.clone(),
+                            hash: self.hash(),
+                            retry: config.retry.clone(),
+                        },
+                    ));
+                    let cas: Arc<dyn crate::remote::RemoteCas> = Arc::new(cas);
+                    known.insert(address.clone(), (cas.clone(), executor.clone()));
+                    (cas, executor)
+                }
+            };
+            out.push(DispatchTarget {
+                properties: properties.clone(),
+                address: address.clone(),
+                cas,
+                executor,
+            });
+        }
+        Ok(out)
     }
 
     fn local_objects(&self) -> Arc<dyn LocalObjects> {

@@ -10,6 +10,7 @@
 //! messages are those a `just` client sends for the same action, so the
 //! endpoint's action cache is shared with clients.
 
+mod dispatch;
 mod outputs;
 mod overlay;
 mod plan;
@@ -33,6 +34,7 @@ use crate::build::graph::ActionGraph;
 use crate::digest::{Digest, ObjectKind};
 use crate::remote::execution::{ExecError, RemoteExecutor};
 use crate::remote::{RemoteCas, RemoteError};
+pub use dispatch::DispatchTarget;
 
 use self::plan::known_digest;
 use self::tree::Entry;
@@ -164,6 +166,8 @@ pub struct BuildContext {
     pub local: Arc<dyn LocalObjects>,
     /// Actions running at once (at least one).
     pub jobs: usize,
+    /// Other endpoints for actions with matching properties.
+    pub dispatch: Vec<DispatchTarget>,
 }
 
 /// An object with the failed-ness of what it was made from.

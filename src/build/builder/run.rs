@@ -9,10 +9,11 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 
 use crate::build::action::{rebase_path, ActionDescription};
 use crate::build::graph::ActionNode;
-use crate::digest::Digest;
+use crate::digest::{Digest, ObjectKind};
 use crate::remote::execution::{ExecError, Executed};
 use crate::remote::RemoteCas;
 
+use super::dispatch::{copy_closure, copy_result, select, DispatchTarget};
 use super::outputs::{missing_outputs, produced, Produced};
 use super::upload::upload_missing;
 use super::{BuildError, Inner, Outputs};
@@ -87,8 +88,13 @@ impl Inner {
         &self,
         node: &ActionNode,
         action: &Digest,
+        target: Option<&DispatchTarget>,
     ) -> Result<(Executed, Produced), BuildError> {
         let cas = self.ctx.cas.as_ref();
+        let executor = match target {
+            Some(t) => t.executor.as_ref(),
+            None => self.ctx.executor.as_ref(),
+        };
         let wanted = self.wanted(node);
         let mut skip_cache = node.no_cache;
         loop {
@@ -98,7 +104,7 @@ impl Inner {
                     .acquire()
                     .await
                     .map_err(|e| BuildError::Task(e.to_string()))?;
-                self.ctx.executor.execute(action, skip_cache).await
+                executor.execute(action, skip_cache).await
             };
             let executed = match executed {
                 Ok(executed) => executed,
@@ -118,6 +124,16 @@ impl Inner {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if let Some(t) = target {
+                copy_result(t.cas.as_ref(), cas, &executed.result)
+                    .await
+                    .map_err(|message| {
+                        BuildError::Action(format!(
+                            "action {}: copying its outputs from {}: {message}",
+                            node.id, t.address
+                        ))
+                    })?;
+            }
             let outputs = produced(cas, &executed.result)
                 .await
                 .map_err(|message| BuildError::Action(format!("action {}: {message}", node.id)))?;
@@ -163,9 +179,27 @@ impl Inner {
             .map(|(d, data)| ((*d).clone(), data.to_vec()))
             .collect();
         upload_missing(cas, blobs).await?;
+        let properties = description.properties(&self.ctx.settings);
+        let target = select(&self.ctx.dispatch, &properties);
+        if let Some(t) = target {
+            tracing::debug!(action = %node.id, endpoint = %t.address, "dispatching");
+            let roots = vec![
+                (description.input_root.clone(), ObjectKind::Tree),
+                (remote.action_digest.clone(), ObjectKind::File),
+                (remote.command_digest.clone(), ObjectKind::File),
+            ];
+            copy_closure(cas, t.cas.as_ref(), roots)
+                .await
+                .map_err(|message| {
+                    BuildError::Action(format!(
+                        "action {}: copying its inputs to {}: {message}",
+                        node.id, t.address
+                    ))
+                })?;
+        }
         tracing::debug!(action = %node.id, digest = %remote.action_digest.hash, "executing");
 
-        let (executed, outputs) = self.execute(node, &remote.action_digest).await?;
+        let (executed, outputs) = self.execute(node, &remote.action_digest, target).await?;
         let counter = if executed.cached {
             &self.counters.cached
         } else {
