@@ -216,7 +216,17 @@ impl Runner {
             .iter()
             .chain(spec.arguments.iter())
             .collect();
-        let mut command = tokio::process::Command::new(argv[0]);
+        // A program named by path lets the standard library use posix_spawn
+        // instead of forking the whole server (6.9 ms against 1.3 ms per
+        // action, growing with the server's memory).
+        let action_path = spec
+            .environment
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let program = resolve_program(argv[0], action_path);
+        let mut command = tokio::process::Command::new(&program);
         command
             .args(&argv[1..])
             .env_clear()
@@ -291,5 +301,53 @@ impl Runner {
             Ok(RunOutcome { result, timed_out })
         })
         .await?
+    }
+}
+
+/// `name` as a path: unchanged if it has a slash, else the first executable
+/// file of that name in `path` (the action's PATH), the server's PATH or
+/// `/bin:/usr/bin`, as execvp would find it; unchanged if there is none.
+fn resolve_program(name: &str, path: Option<&str>) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if name.contains('/') || name.is_empty() {
+        return name.into();
+    }
+    let inherited = std::env::var("PATH").ok();
+    let dirs = path
+        .map(str::to_string)
+        .or(inherited)
+        .unwrap_or_else(|| "/bin:/usr/bin".to_string());
+    for dir in dirs.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if executable {
+            return candidate;
+        }
+    }
+    name.into()
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::resolve_program;
+
+    #[test]
+    fn programs_resolve_like_execvp() {
+        assert_eq!(
+            resolve_program("/x/y", None),
+            std::path::PathBuf::from("/x/y")
+        );
+        assert_eq!(
+            resolve_program("./y", Some("/bin")),
+            std::path::PathBuf::from("./y")
+        );
+        let sh = resolve_program("sh", Some("/nonexistent:/bin:/usr/bin"));
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        assert_eq!(
+            resolve_program("no-such-program-here", Some("/bin")),
+            std::path::PathBuf::from("no-such-program-here")
+        );
     }
 }
