@@ -429,3 +429,24 @@ async fn actions_go_to_the_endpoints_of_the_dispatch_list() {
         assert_eq!(s.artifact(&plain, "where.txt").await, "no\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_only_at_the_endpoint_are_fetched_from_there() {
+    use common::reapi::file;
+    let s = setup(false).await;
+    // A project jserve's repositories do not have, uploaded to the endpoint
+    // (native mode: its git tree id is its digest there).
+    let targets = r#"{"exp": {"type": "export", "target": "gen"},
+        "gen": {"type": "generic", "outs": ["o"], "cmds": ["cat msg > o"], "deps": ["msg"]}}"#;
+    let files = [
+        ("TARGETS", file(targets)),
+        ("msg", file("from the endpoint\n")),
+    ]
+    .into_iter()
+    .collect();
+    let root = s.endpoint.upload_tree(&files).await;
+    let tree = root.hash[2..].to_string();
+    let request = s.request_for(&tree, "exp", json!({})).await;
+    let value = value_of(&s.ask(request).await.unwrap());
+    assert_eq!(s.artifact(&value, "o").await, "from the endpoint\n");
+}

@@ -140,6 +140,7 @@ pub(super) async fn build_and_store(
     let desc: Json = serde_json::from_slice(&desc_bytes)
         .map_err(|e| FailedPrecondition(format!("repository description is not JSON: {e}")))?;
     let repos = server.ctx.repos.clone();
+    fetch_unknown_roots(server, &desc).await;
     let config = {
         let repos = repos.clone();
         tokio::task::spawn_blocking(move || {
@@ -377,6 +378,37 @@ async fn store_log(server: &TargetServer, log: &Log, scope: &str) -> Result<Dige
             TargetError::Unavailable(format!("Failed to upload log of failed {scope}: {e}"))
         })?;
     Ok(digest)
+}
+
+/// Roots serve has in neither its git cache nor its repositories are
+/// fetched from the endpoint's CAS into the git cache, as GetRemoteTree
+/// does (a client may have uploaded them). In compatible mode that needs
+/// the tree's digest at the endpoint, known only for trees synced before.
+async fn fetch_unknown_roots(server: &TargetServer, desc: &Json) {
+    let mut trees = BTreeSet::new();
+    for repo in desc.as_object().into_iter().flat_map(|m| m.values()) {
+        for key in ["workspace_root", "target_root", "rule_root", "expression_root"] {
+            if let Some(tree) = repo.get(key).and_then(|r| r.get(1)).and_then(Json::as_str) {
+                trees.insert(tree.to_string());
+            }
+        }
+    }
+    let sources = &server.ctx.sources;
+    for tree in trees {
+        let repos = server.ctx.repos.clone();
+        let id = tree.clone();
+        let known = tokio::task::spawn_blocking(move || repos.find_tree(&id).ok().flatten().is_some())
+            .await
+            .unwrap_or(false);
+        if known {
+            continue;
+        }
+        let Some(digest) = sources.syncer.known_digest(&tree, true) else {
+            continue;
+        };
+        let outcome = sources.get_remote_tree(&digest).await;
+        tracing::info!("root {tree} not known locally; from the endpoint: {outcome:?}");
+    }
 }
 
 /// Uploads the workspace roots of every repository to the endpoint.
