@@ -387,7 +387,12 @@ async fn store_log(server: &TargetServer, log: &Log, scope: &str) -> Result<Dige
 async fn fetch_unknown_roots(server: &TargetServer, desc: &Json) {
     let mut trees = BTreeSet::new();
     for repo in desc.as_object().into_iter().flat_map(|m| m.values()) {
-        for key in ["workspace_root", "target_root", "rule_root", "expression_root"] {
+        for key in [
+            "workspace_root",
+            "target_root",
+            "rule_root",
+            "expression_root",
+        ] {
             if let Some(tree) = repo.get(key).and_then(|r| r.get(1)).and_then(Json::as_str) {
                 trees.insert(tree.to_string());
             }
@@ -397,9 +402,10 @@ async fn fetch_unknown_roots(server: &TargetServer, desc: &Json) {
     for tree in trees {
         let repos = server.ctx.repos.clone();
         let id = tree.clone();
-        let known = tokio::task::spawn_blocking(move || repos.find_tree(&id).ok().flatten().is_some())
-            .await
-            .unwrap_or(false);
+        let known =
+            tokio::task::spawn_blocking(move || repos.find_tree(&id).ok().flatten().is_some())
+                .await
+                .unwrap_or(false);
         if known {
             continue;
         }
