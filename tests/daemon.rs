@@ -1,6 +1,6 @@
 //! The daemon in-process on port 0: info and pid files, the Configuration
 //! service over plain gRPC and TLS (with client certificates), health,
-//! reflection, and UNIMPLEMENTED answers.
+//! reflection, and the answers to requests that cannot be served.
 
 mod common;
 
@@ -147,7 +147,7 @@ async fn configured_endpoint_is_advertised_as_json_string() {
 }
 
 #[tokio::test]
-async fn unimplemented_rpcs_say_so() {
+async fn serve_target_without_a_key_is_an_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&config_in(dir.path(), json!({}))).await;
     let ch = channel(server.addr.port()).await;
@@ -155,8 +155,8 @@ async fn unimplemented_rpcs_say_so() {
         .serve_target(ServeTargetRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
-    assert!(status.message().contains("ServeTarget"));
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("key"), "{}", status.message());
     server.shutdown().await.unwrap();
 }
 
