@@ -348,7 +348,12 @@ async fn write_entries(
             );
             continue;
         }
-        match cache.store(key.hash(), &text) {
+        let (c, k) = (cache.clone(), key.hash().to_string());
+        let stored = super::blocking(move || c.store(&k, &text)).await;
+        match stored
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             Ok(info) => tracing::info!(
                 "stored target-cache entry {} for {} as {info}",
                 key.hash(),
@@ -362,9 +367,9 @@ async fn write_entries(
 /// Stores the log as a blob, locally and at the endpoint.
 async fn store_log(server: &TargetServer, log: &Log, scope: &str) -> Result<Digest, TargetError> {
     tracing::info!("ServeTarget failed ({scope}):\n{}", log.0);
-    let digest = server
-        .local_cas()
-        .put_bytes(ObjectKind::File, log.0.as_bytes())
+    let (cas, text) = (server.local_cas(), log.0.clone());
+    let digest = super::blocking(move || cas.put_bytes(ObjectKind::File, text.as_bytes()))
+        .await?
         .map_err(|e| {
             Internal(format!(
                 "Failed to store log of failed {scope} to local CAS: {e}"

@@ -224,16 +224,17 @@ impl TargetServer {
     /// A blob from the local CAS, or fetched from the endpoint.
     async fn blob(&self, d: &Digest) -> Result<Option<Vec<u8>>, TargetError> {
         let cas = self.local_cas();
-        if let Some(bytes) = cas
-            .read(ObjectKind::File, &d.hash)
+        let (c, hash) = (cas.clone(), d.hash.clone());
+        if let Some(bytes) = blocking(move || c.read(ObjectKind::File, &hash))
+            .await?
             .map_err(|e| Internal(e.to_string()))?
         {
             return Ok(Some(bytes));
         }
         match self.remote().read_blob(d).await {
             Ok(found) => {
-                if let Some(bytes) = &found {
-                    let _ = cas.put_bytes(ObjectKind::File, bytes);
+                if let Some(bytes) = found.clone() {
+                    let _ = blocking(move || cas.put_bytes(ObjectKind::File, &bytes)).await;
                 }
                 Ok(found)
             }
@@ -264,7 +265,8 @@ impl TargetServer {
         let started = std::time::Instant::now();
         let stats = &self.ctx.target_stats;
         stats.computations.fetch_add(1, Ordering::Relaxed);
-        let cache = TargetCache::open(&self.ctx.build_root, self.hash(), backend);
+        let (root, hash) = (self.ctx.build_root.clone(), self.hash());
+        let cache = blocking(move || TargetCache::open(&root, hash, backend)).await?;
         if let Some(answer) = self.answer_hit(&cache, &request).await? {
             stats.hits.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -318,7 +320,8 @@ impl TargetServer {
         cache: &TargetCache,
         request: &TargetRequest,
     ) -> Result<Option<TargetAnswer>, TargetError> {
-        let entry = match cache.read(&request.key.hash) {
+        let (c, key) = (cache.clone(), request.key.hash.clone());
+        let entry = match blocking(move || c.read(&key)).await? {
             Ok(Some(e)) => e,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -407,6 +410,15 @@ impl TargetServer {
     fn local_objects(&self) -> Arc<dyn LocalObjects> {
         objects::serve_objects(self.local_cas(), self.ctx.repos.clone())
     }
+}
+
+/// Runs file-system work off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TargetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Internal(format!("worker task failed: {e}")))
 }
 
 fn with_message(e: TargetError, msg: String) -> TargetError {

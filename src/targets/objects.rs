@@ -76,39 +76,47 @@ pub async fn ensure_at_endpoint(
             .await
             .map_err(local_err)??
     };
-    let mut digests: Vec<Digest> = Vec::with_capacity(all.len());
-    for (d, _) in &all {
-        let mut d = d.clone();
-        if d.size == 0 {
-            if let Some(p) = cas
-                .find(ObjectKind::File, &d.hash)
-                .or_else(|| cas.find(ObjectKind::Tree, &d.hash))
-            {
-                d.size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            }
-        }
-        digests.push(d);
-    }
+    // Sizes (git trees name objects without them) and paths, off the workers.
+    let located = {
+        let cas = cas.clone();
+        tokio::task::spawn_blocking(move || {
+            all.into_iter()
+                .map(|(mut d, kind)| {
+                    let stored = if kind.is_tree() {
+                        ObjectKind::Tree
+                    } else {
+                        kind
+                    };
+                    let path = cas
+                        .find(stored, &d.hash)
+                        .or_else(|| cas.find(ObjectKind::File, &d.hash));
+                    if d.size == 0 {
+                        if let Some(p) = &path {
+                            d.size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                        }
+                    }
+                    (d, path)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(local_err)?
+    };
+    let digests: Vec<Digest> = located.iter().map(|(d, _)| d.clone()).collect();
     let missing: HashSet<String> = remote
         .find_missing(digests.clone())
         .await?
         .into_iter()
         .map(|d| d.hash)
         .collect();
-    for ((d, kind), full) in all.iter().zip(&digests) {
+    for (d, path) in &located {
         if !missing.contains(&d.hash) {
             continue;
         }
-        let stored = if kind.is_tree() {
-            ObjectKind::Tree
-        } else {
-            *kind
-        };
-        let path = cas
-            .find(stored, &d.hash)
-            .or_else(|| cas.find(ObjectKind::File, &d.hash))
+        let path = path
+            .as_ref()
             .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
-        remote.upload_file(full, &path).await?;
+        remote.upload_file(d, path).await?;
     }
     Ok(())
 }
@@ -132,7 +140,11 @@ pub async fn fetch_to_local(
         } else {
             kind
         };
-        if !cas.contains(stored, &d.hash) {
+        let (c, hash) = (cas.clone(), d.hash.clone());
+        let present = tokio::task::spawn_blocking(move || c.contains(stored, &hash))
+            .await
+            .map_err(local_err)?;
+        if !present {
             let bytes = remote
                 .read_blob(&d)
                 .await?
@@ -147,7 +159,10 @@ pub async fn fetch_to_local(
             .map_err(local_err)?;
         }
         if kind.is_tree() {
-            let nodes = read_tree(cas, &d)
+            let (c, tree) = (cas.clone(), d.clone());
+            let nodes = tokio::task::spawn_blocking(move || read_tree(&c, &tree))
+                .await
+                .map_err(local_err)?
                 .map_err(local_err)?
                 .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
             for n in nodes {
