@@ -21,7 +21,9 @@ use crate::remote::execution::RemoteExecutor;
 use crate::remote::execution::{GrpcExecutor, GrpcExecutorConfig};
 use crate::remote::grpc::{GrpcCas, GrpcCasConfig, GrpcTimeouts, GrpcTls};
 use crate::serve::ServeContext;
-use crate::storage::target_cache::{BackendDescription, TargetCache};
+use crate::storage::target_cache::{
+    BackendDescription, CachedEntry, TargetCache, TargetCacheError,
+};
 use objects::{ensure_at_endpoint, fetch_to_local};
 
 /// A ServeTarget request, parsed.
@@ -63,6 +65,10 @@ pub enum TargetError {
 use TargetError::{FailedPrecondition, Internal, Unavailable};
 
 type Outcome = Result<TargetAnswer, TargetError>;
+
+/// How many answered entries are kept in memory (then they are forgotten
+/// all at once: a hit costs one file read more after that).
+const REMEMBERED_ENTRIES: usize = 16_384;
 
 /// An endpoint-dispatch list: properties to match and the endpoint to use.
 pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
@@ -106,6 +112,12 @@ pub struct TargetServer {
     executor: Arc<dyn RemoteExecutor>,
     /// Computations under way, by shard and key.
     inflight: Mutex<HashMap<(String, String), Waiters>>,
+    /// The target cache of each shard met, opened once.
+    caches: Mutex<HashMap<String, TargetCache>>,
+    /// Entries answered before, by shard and key.
+    entries: Mutex<HashMap<(String, String), CachedEntry>>,
+    /// Dispatch lists read so far, by blob hash (clients send the same few).
+    dispatch_lists: Mutex<HashMap<String, DispatchList>>,
     /// Connections to the endpoints of dispatch lists, by address.
     dispatch_clients: Mutex<HashMap<String, DispatchClient>>,
 }
@@ -120,6 +132,9 @@ impl TargetServer {
             executor,
             inflight: Mutex::new(HashMap::new()),
             dispatch_clients: Mutex::new(HashMap::new()),
+            dispatch_lists: Mutex::new(HashMap::new()),
+            caches: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,16 +156,7 @@ impl TargetServer {
             .target_stats
             .requests
             .fetch_add(1, Ordering::Relaxed);
-        let mut download_errors = self.fetch_required(&request.required).await;
-        let result = self.serve_fetched(request).await;
-        match result {
-            Err(e) if !download_errors.is_empty() => {
-                download_errors.push_str(&e.to_string());
-                tracing::warn!("{download_errors}");
-                Err(with_message(e, download_errors))
-            }
-            other => other,
-        }
+        self.serve_fetched(request).await
     }
 
     async fn serve_fetched(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
@@ -246,13 +252,26 @@ impl TargetServer {
     }
 
     async fn dispatch_list(&self, d: &Digest) -> Result<DispatchList, TargetError> {
+        if let Some(list) = self
+            .dispatch_lists
+            .lock()
+            .expect("dispatch lists lock")
+            .get(&d.hash)
+        {
+            return Ok(list.clone());
+        }
         let bytes = self.blob(d).await?.ok_or_else(|| {
             FailedPrecondition(format!(
                 "Could not retrieve blob {} from the endpoint",
                 d.hash
             ))
         })?;
-        parse_dispatch(&bytes).map_err(FailedPrecondition)
+        let list = parse_dispatch(&bytes).map_err(FailedPrecondition)?;
+        self.dispatch_lists
+            .lock()
+            .expect("dispatch lists lock")
+            .insert(d.hash.clone(), list.clone());
+        Ok(list)
     }
 
     /// Everything after the in-flight check.
@@ -265,9 +284,8 @@ impl TargetServer {
         let started = std::time::Instant::now();
         let stats = &self.ctx.target_stats;
         stats.computations.fetch_add(1, Ordering::Relaxed);
-        let (root, hash) = (self.ctx.build_root.clone(), self.hash());
-        let cache = blocking(move || TargetCache::open(&root, hash, backend)).await?;
-        if let Some(answer) = self.answer_hit(&cache, &request).await? {
+        let (cache, found) = self.look_up(backend, &request.key.hash).await?;
+        if let Some(answer) = self.answer_hit(&cache, &request, found).await? {
             stats.hits.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 "ServeTarget {}: cache hit ({} ms)",
@@ -276,8 +294,18 @@ impl TargetServer {
             );
             return Ok(answer);
         }
+        // Only a miss needs the required digests (the repository description).
+        let download_errors = self.fetch_required(&request.required).await;
         let targets = self.dispatch_targets(&dispatch)?;
-        let outcome = miss::build_and_store(&self, &cache, &request, targets).await?;
+        let outcome = match miss::build_and_store(&self, &cache, &request, targets).await {
+            Ok(o) => o,
+            Err(e) if !download_errors.is_empty() => {
+                let message = format!("{download_errors}{e}");
+                tracing::warn!("{message}");
+                return Err(with_message(e, message));
+            }
+            Err(e) => return Err(e),
+        };
         stats.builds.fetch_add(1, Ordering::Relaxed);
         stats
             .actions_executed
@@ -294,7 +322,12 @@ impl TargetServer {
             );
             return Ok(TargetAnswer::Log(log));
         }
-        match self.answer_hit(&cache, &request).await? {
+        let (c, key) = (cache.clone(), request.key.hash.clone());
+        let found = blocking(move || c.read(&key)).await?;
+        if let Ok(Some(entry)) = &found {
+            self.remember(&cache, &request.key.hash, entry);
+        }
+        match self.answer_hit(&cache, &request, found).await? {
             Some(answer) => {
                 tracing::info!(
                     "ServeTarget {}: built ({} actions: {} executed, {} cached; {} ms)",
@@ -313,15 +346,64 @@ impl TargetServer {
         }
     }
 
+    /// The shard's cache (opened once: that stores its backend description)
+    /// and the entry for `key`: from memory for keys answered before, else
+    /// read from the build root in one trip to the blocking pool.
+    async fn look_up(
+        &self,
+        backend: BackendDescription,
+        key: &str,
+    ) -> Result<(TargetCache, Result<Option<CachedEntry>, TargetCacheError>), TargetError> {
+        let shard = backend.shard(self.hash());
+        let opened = self
+            .caches
+            .lock()
+            .expect("caches lock")
+            .get(&shard)
+            .cloned();
+        if let Some(cache) = &opened {
+            let known = self.entries.lock().expect("entries lock");
+            if let Some(entry) = known.get(&(shard.clone(), key.to_string())) {
+                return Ok((cache.clone(), Ok(Some(entry.clone()))));
+            }
+        }
+        let (root, hash, k) = (self.ctx.build_root.clone(), self.hash(), key.to_string());
+        let (cache, found) = blocking(move || {
+            let cache = opened.unwrap_or_else(|| TargetCache::open(&root, hash, backend));
+            let found = cache.read(&k);
+            (cache, found)
+        })
+        .await?;
+        self.caches
+            .lock()
+            .expect("caches lock")
+            .entry(shard)
+            .or_insert_with(|| cache.clone());
+        if let Ok(Some(entry)) = &found {
+            self.remember(&cache, key, entry);
+        }
+        Ok((cache, found))
+    }
+
+    /// Keeps an entry in memory (entries do not change once written).
+    fn remember(&self, cache: &TargetCache, key: &str, entry: &CachedEntry) {
+        let shard = cache.backend().shard(self.hash());
+        let mut known = self.entries.lock().expect("entries lock");
+        if known.len() >= REMEMBERED_ENTRIES {
+            known.clear();
+        }
+        known.insert((shard, key.to_string()), entry.clone());
+    }
+
     /// The answer from the cache, after making sure the endpoint has the
     /// value and every object it names.
     async fn answer_hit(
         &self,
         cache: &TargetCache,
         request: &TargetRequest,
+        found: Result<Option<CachedEntry>, TargetCacheError>,
     ) -> Result<Option<TargetAnswer>, TargetError> {
-        let (c, key) = (cache.clone(), request.key.hash.clone());
-        let entry = match blocking(move || c.read(&key)).await? {
+        let entry = match found {
             Ok(Some(e)) => e,
             Ok(None) => return Ok(None),
             Err(e) => {
