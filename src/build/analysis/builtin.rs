@@ -209,45 +209,10 @@ fn deps_by_transition(deps: &[(NamedTarget, Arc<AnalysedTarget>)]) -> DepsByTran
         .collect::<HashMap<_, _>>()
 }
 
-/// Analyses a target whose type is the built-in rule `rule`.
-pub(super) fn analyse(
-    an: &Analyser,
-    rule: &str,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let shown = super::configured_target_string(&EntityName::Named(name.clone()), config);
-    let result = match rule {
-        "generic" => generic(an, name, desc, config, trail),
-        "file_gen" => file_gen(an, name, desc, config, trail, ObjectKind::File),
-        "symlink" => file_gen(an, name, desc, config, trail, ObjectKind::Symlink),
-        "tree" => tree(an, name, desc, config, trail),
-        "tree_overlay" => tree_overlay(an, name, desc, config, trail, false),
-        "disjoint_tree_overlay" => tree_overlay(an, name, desc, config, trail, true),
-        "install" => install(an, name, desc, config, trail),
-        "configure" => configure(an, name, desc, config, trail),
-        "export" => export(an, name, desc, config, trail),
-        _ => unreachable!("not a built-in rule: {rule}"),
-    };
-    result.map_err(|e| e.context(format!("While evaluating {rule} target {shown}:")))
-}
-
-fn generic(
-    an: &Analyser,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let c = Ctx::new(
-        an,
-        name,
-        desc,
-        config,
-        trail,
-        &[
+/// The fields a built-in rule reads (others only draw a warning).
+fn allowed_fields(rule: &str) -> &'static [&'static str] {
+    match rule {
+        "generic" => &[
             "type",
             "arguments_config",
             "tainted",
@@ -261,7 +226,67 @@ fn generic(
             "timeout scaling",
             "execution properties",
         ],
-    )?;
+        "file_gen" | "symlink" => &[
+            "type",
+            "arguments_config",
+            "tainted",
+            "deps",
+            "name",
+            "data",
+        ],
+        "tree" | "tree_overlay" | "disjoint_tree_overlay" => {
+            &["type", "arguments_config", "tainted", "deps", "name"]
+        }
+        "install" => &[
+            "type",
+            "arguments_config",
+            "tainted",
+            "deps",
+            "files",
+            "dirs",
+        ],
+        "configure" => &[
+            "type",
+            "arguments_config",
+            "tainted",
+            "target",
+            "config",
+            "doc",
+        ],
+        _ => &[],
+    }
+}
+
+/// Analyses a target whose type is the built-in rule `rule`.
+pub(super) fn analyse(
+    an: &Analyser,
+    rule: &str,
+    name: &NamedTarget,
+    desc: &JsonMap<String, Json>,
+    config: &Config,
+    trail: &Trail<'_>,
+) -> Result<AnalysedTarget, AnalysisError> {
+    let shown = super::configured_target_string(&EntityName::Named(name.clone()), config);
+    let result = if rule == "export" {
+        export(an, name, desc, config, trail)
+    } else {
+        Ctx::new(an, name, desc, config, trail, allowed_fields(rule)).and_then(|c| match rule {
+            "generic" => generic(&c),
+            "file_gen" => file_gen(&c, ObjectKind::File),
+            "symlink" => file_gen(&c, ObjectKind::Symlink),
+            "tree" => tree(&c),
+            "tree_overlay" => tree_overlay(&c, false),
+            "disjoint_tree_overlay" => tree_overlay(&c, true),
+            "install" => install(&c),
+            "configure" => configure(&c),
+            _ => unreachable!("not a built-in rule: {rule}"),
+        })
+    };
+    result.map_err(|e| e.context(format!("While evaluating {rule} target {shown}:")))
+}
+
+fn generic(c: &Ctx<'_>) -> Result<AnalysedTarget, AnalysisError> {
+    let (an, name) = (c.an, c.name);
     let deps = c.deps()?;
     let by_transition = deps_by_transition(&deps);
     let keys = DepKeys {
@@ -386,29 +411,8 @@ fn generic(
     Ok(t)
 }
 
-fn file_gen(
-    an: &Analyser,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-    kind: ObjectKind,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let c = Ctx::new(
-        an,
-        name,
-        desc,
-        config,
-        trail,
-        &[
-            "type",
-            "arguments_config",
-            "tainted",
-            "deps",
-            "name",
-            "data",
-        ],
-    )?;
+fn file_gen(c: &Ctx<'_>, kind: ObjectKind) -> Result<AnalysedTarget, AnalysisError> {
+    let (an, name) = (c.an, c.name);
     let deps = c.deps()?;
     let by_transition = deps_by_transition(&deps);
     let keys = DepKeys {
@@ -461,23 +465,10 @@ fn tree_name(c: &Ctx<'_>) -> Result<String, AnalysisError> {
     })
 }
 
-fn tree(
-    an: &Analyser,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let c = Ctx::new(
-        an,
-        name,
-        desc,
-        config,
-        trail,
-        &["type", "arguments_config", "tainted", "deps", "name"],
-    )?;
+fn tree(c: &Ctx<'_>) -> Result<AnalysedTarget, AnalysisError> {
+    let an = c.an;
     let deps = c.deps()?;
-    let dir = tree_name(&c)?;
+    let dir = tree_name(c)?;
     let mut stage = Map::new();
     for (_, d) in &deps {
         let mut own = d.runfiles_map().clone();
@@ -509,24 +500,10 @@ fn tree(
     Ok(t)
 }
 
-fn tree_overlay(
-    an: &Analyser,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-    disjoint: bool,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let c = Ctx::new(
-        an,
-        name,
-        desc,
-        config,
-        trail,
-        &["type", "arguments_config", "tainted", "deps", "name"],
-    )?;
+fn tree_overlay(c: &Ctx<'_>, disjoint: bool) -> Result<AnalysedTarget, AnalysisError> {
+    let an = c.an;
     let deps = c.deps()?;
-    let dir = tree_name(&c)?;
+    let dir = tree_name(c)?;
     let settings = an.settings();
     let mut trees = Vec::new();
     let mut parts = Vec::new();
@@ -552,28 +529,8 @@ fn tree_overlay(
     Ok(t)
 }
 
-fn install(
-    an: &Analyser,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let c = Ctx::new(
-        an,
-        name,
-        desc,
-        config,
-        trail,
-        &[
-            "type",
-            "arguments_config",
-            "tainted",
-            "deps",
-            "files",
-            "dirs",
-        ],
-    )?;
+fn install(c: &Ctx<'_>) -> Result<AnalysedTarget, AnalysisError> {
+    let desc = c.desc;
     let deps = c.deps()?;
     let mut all: Vec<Arc<AnalysedTarget>> = deps.iter().map(|(_, d)| d.clone()).collect();
     let mut stage = Map::new();
@@ -665,28 +622,8 @@ fn install(
     c.finish(&refs, stage.clone(), stage)
 }
 
-fn configure(
-    an: &Analyser,
-    name: &NamedTarget,
-    desc: &JsonMap<String, Json>,
-    config: &Config,
-    trail: &Trail<'_>,
-) -> Result<AnalysedTarget, AnalysisError> {
-    let c = Ctx::new(
-        an,
-        name,
-        desc,
-        config,
-        trail,
-        &[
-            "type",
-            "arguments_config",
-            "tainted",
-            "target",
-            "config",
-            "doc",
-        ],
-    )?;
+fn configure(c: &Ctx<'_>) -> Result<AnalysedTarget, AnalysisError> {
+    let (an, desc, config, trail) = (c.an, c.desc, c.config, c.trail);
     let target_expr = c
         .field("target")
         .ok_or_else(|| err("Missing mandatory field target"))?;
