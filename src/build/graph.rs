@@ -22,32 +22,30 @@ use crate::digest::HashFunction;
 /// A tree built by the analysis: normalised path → artifact.
 pub type Tree = SourceTree;
 
-/// One action of the graph.
+/// One action of the graph: its description and the id derived from it.
+/// Derefs to the description, so `node.outputs` etc. read naturally.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActionNode {
     pub id: String,
+    pub spec: ActionSpec,
+}
+
+impl std::ops::Deref for ActionNode {
+    type Target = ActionSpec;
+    fn deref(&self) -> &ActionSpec {
+        &self.spec
+    }
+}
+
+/// Everything an action needs except its id, which is derived.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionSpec {
     /// Output files relative to the action root; normalised, sorted, unique.
     pub outputs: Vec<String>,
     /// Output directories, likewise.
     pub output_dirs: Vec<String>,
     pub command: Vec<String>,
     /// As written by the rule: `""` and `"."` are different actions.
-    pub cwd: String,
-    pub env: BTreeMap<String, String>,
-    pub may_fail: Option<String>,
-    pub no_cache: bool,
-    pub timeout_scale: f64,
-    pub execution_properties: BTreeMap<String, String>,
-    /// Input path → artifact.
-    pub inputs: BTreeMap<String, ArtifactDescription>,
-}
-
-/// Everything an action needs except its id, which is derived.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ActionSpec {
-    pub outputs: Vec<String>,
-    pub output_dirs: Vec<String>,
-    pub command: Vec<String>,
     pub cwd: String,
     pub env: BTreeMap<String, String>,
     pub may_fail: Option<String>,
@@ -152,19 +150,9 @@ impl ActionSpec {
     }
 
     pub fn into_node(self, scheme: IdScheme) -> ActionNode {
-        let id = self.id(scheme);
         ActionNode {
-            id,
-            outputs: self.outputs,
-            output_dirs: self.output_dirs,
-            command: self.command,
-            cwd: self.cwd,
-            env: self.env,
-            may_fail: self.may_fail,
-            no_cache: self.no_cache,
-            timeout_scale: self.timeout_scale,
-            execution_properties: self.execution_properties,
-            inputs: self.inputs,
+            id: self.id(scheme),
+            spec: self,
         }
     }
 }
@@ -324,16 +312,18 @@ impl ActionNode {
         };
         Ok(ActionNode {
             id: id.to_string(),
-            outputs,
-            output_dirs,
-            command,
-            cwd,
-            env: string_map("env")?,
-            may_fail,
-            no_cache,
-            timeout_scale,
-            execution_properties: string_map("execution properties")?,
-            inputs,
+            spec: ActionSpec {
+                outputs,
+                output_dirs,
+                command,
+                cwd,
+                env: string_map("env")?,
+                may_fail,
+                no_cache,
+                timeout_scale,
+                execution_properties: string_map("execution properties")?,
+                inputs,
+            },
         })
     }
 }

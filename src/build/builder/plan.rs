@@ -178,25 +178,27 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::graph::ActionNode;
+    use crate::build::graph::{ActionNode, ActionSpec};
     use std::sync::Arc;
 
     fn action(id: &str, inputs: &[(&str, ArtifactDescription)]) -> Arc<ActionNode> {
         Arc::new(ActionNode {
             id: id.into(),
-            outputs: vec!["out".into()],
-            output_dirs: vec![],
-            command: vec!["true".into()],
-            cwd: String::new(),
-            env: Default::default(),
-            may_fail: None,
-            no_cache: false,
-            timeout_scale: 1.0,
-            execution_properties: Default::default(),
-            inputs: inputs
-                .iter()
-                .map(|(p, a)| (p.to_string(), a.clone()))
-                .collect(),
+            spec: ActionSpec {
+                outputs: vec!["out".into()],
+                output_dirs: vec![],
+                command: vec!["true".into()],
+                cwd: String::new(),
+                env: Default::default(),
+                may_fail: None,
+                no_cache: false,
+                timeout_scale: 1.0,
+                execution_properties: Default::default(),
+                inputs: inputs
+                    .iter()
+                    .map(|(p, a)| (p.to_string(), a.clone()))
+                    .collect(),
+            },
         })
     }
 
