@@ -166,20 +166,7 @@ impl RuleFunctions<'_> {
     }
 
     fn tree_of(&self, context: &str, val: &Value) -> Result<Arc<Tree>, EvalError> {
-        let map = val.as_map().ok_or_else(|| {
-            EvalError::new(format!(
-                "{context} has to be a map of artifacts, but found {}",
-                val.to_json_string()
-            ))
-        })?;
-        for (path, a) in map {
-            if a.as_artifact().is_none() {
-                return Err(EvalError::new(format!(
-                    "{context} has to be a map of artifacts, but found {} for {path}",
-                    a.to_json_string()
-                )));
-            }
-        }
+        let map = artifact_map(context, val)?;
         if let Some(c) = tree_conflict(map.keys().map(String::as_str)) {
             return Err(EvalError::new(format!(
                 "Tree conflicts on subtree {c} of {context}"
@@ -224,20 +211,7 @@ impl RuleFunctions<'_> {
 
     fn action(&self, ev: &Evaluator<'_>, expr: &Value, env: &Env) -> Result<Value, EvalError> {
         let inputs = ev.eval_or(expr, "inputs", empty_map_expr(), env)?;
-        let inputs_map = inputs.as_map().ok_or_else(|| {
-            EvalError::new(format!(
-                "inputs has to be a map of artifacts, but found {}",
-                inputs.to_json_string()
-            ))
-        })?;
-        for (path, a) in inputs_map {
-            if a.as_artifact().is_none() {
-                return Err(EvalError::new(format!(
-                    "inputs has to be a map of Artifacts, but found {} for {path}",
-                    a.to_json_string()
-                )));
-            }
-        }
+        let inputs_map = artifact_map("inputs", &inputs)?;
         let inputs_map = normalise_keys(inputs_map)
             .map_err(|p| EvalError::new(format!("inputs conflict on path {p}")))?;
         if let Some(c) = tree_conflict(inputs_map.keys().map(String::as_str)) {
@@ -582,6 +556,17 @@ impl Functions for RuleFunctions<'_> {
 /// A RESULT's artifacts or runfiles: a map of artifacts, keys normalised
 /// without syntactic conflicts, no tree conflicts.
 fn checked_stage(what: &str, v: &Value) -> Result<Value, EvalError> {
+    let map = artifact_map(what, v)?;
+    let normal =
+        normalise_keys(map).map_err(|p| EvalError::new(format!("{what} conflict on path {p}")))?;
+    if let Some(c) = tree_conflict(normal.keys().map(String::as_str)) {
+        return Err(EvalError::new(format!("{what} conflicts on subtree {c}")));
+    }
+    Ok(Value::map(normal))
+}
+
+/// `v` as a map whose values are all artifacts; `what` names it in errors.
+fn artifact_map<'v>(what: &str, v: &'v Value) -> Result<&'v Map, EvalError> {
     let map = v.as_map().ok_or_else(|| {
         EvalError::new(format!(
             "{what} has to be a map of artifacts, but found {}",
@@ -596,12 +581,7 @@ fn checked_stage(what: &str, v: &Value) -> Result<Value, EvalError> {
             )));
         }
     }
-    let normal =
-        normalise_keys(map).map_err(|p| EvalError::new(format!("{what} conflict on path {p}")))?;
-    if let Some(c) = tree_conflict(normal.keys().map(String::as_str)) {
-        return Err(EvalError::new(format!("{what} conflicts on subtree {c}")));
-    }
-    Ok(Value::map(normal))
+    Ok(map)
 }
 
 /// A list of strings, if it is one.
