@@ -110,6 +110,21 @@ mod tests {
     }
 
     #[test]
+    fn empty_instance_with_leading_slash() {
+        // How jserve and justbuild 1.6 clients name blobs of the empty instance.
+        let r = parse("/blobs/ab/3", false).unwrap();
+        assert_eq!(
+            (r.instance.as_str(), r.hash.as_str(), r.size),
+            ("", "ab", 3)
+        );
+        let w = parse("/uploads/u/blobs/ab/3", true).unwrap();
+        assert_eq!(
+            (w.instance.as_str(), w.upload_id.as_deref()),
+            ("", Some("u"))
+        );
+    }
+
+    #[test]
     fn writes() {
         let r = parse("inst/uploads/1234-uuid/blobs/abc/7", true).unwrap();
         assert_eq!(r.upload_id.as_deref(), Some("1234-uuid"));

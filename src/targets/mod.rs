@@ -70,6 +70,9 @@ type Outcome = Result<TargetAnswer, TargetError>;
 /// all at once: a hit costs one file read more after that).
 const REMEMBERED_ENTRIES: usize = 16_384;
 
+/// Instance name of dispatch endpoints (fixed in justbuild, not configurable).
+const DISPATCH_INSTANCE: &str = "alternative remote execution";
+
 /// An endpoint-dispatch list: properties to match and the endpoint to use.
 pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
 
@@ -443,11 +446,9 @@ impl TargetServer {
     /// Clients for the endpoints of a dispatch list (kept per address).
     fn dispatch_targets(&self, list: &DispatchList) -> Result<Vec<DispatchTarget>, TargetError> {
         let config = &self.ctx.config;
-        let instance_name = config
-            .execution_endpoint
-            .as_ref()
-            .map(|e| e.instance_name.clone())
-            .unwrap_or_default();
+        // The name justbuild (1.5 and 1.6) gives every dispatch endpoint, so
+        // endpoints set up for the reference serve accept jserve's calls.
+        let instance_name = DISPATCH_INSTANCE.to_string();
         let mut out = Vec::with_capacity(list.len());
         for (properties, address) in list {
             let parsed = crate::config::Address::parse(address)

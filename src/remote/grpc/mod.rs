@@ -630,13 +630,12 @@ impl GrpcCas {
         }
     }
 
-    /// `{instance}/` or nothing, to start resource names with.
+    /// `{instance}/`, to start resource names with: also for the empty
+    /// instance (a leading `/`), because justbuild 1.5's ByteStream server
+    /// insists on exactly four (six) segments; 1.6 clients do the same and
+    /// standard servers (BuildGrid) take the empty first segment as "".
     fn resource_prefix(&self) -> String {
-        if self.instance_name.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.instance_name)
-        }
+        format!("{}/", self.instance_name)
     }
 
     /// The size to upload `digest` with, given the content's length: native
