@@ -5,6 +5,7 @@
 pub mod execution;
 pub mod grpc;
 pub mod local;
+pub mod upload;
 
 use std::path::Path;
 

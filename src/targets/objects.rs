@@ -9,6 +9,7 @@ use crate::build::builder::{LocalError, LocalFile, LocalObjects};
 use crate::build::cache_entry::ObjectInfo;
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::git::RepoSet;
+use crate::remote::upload::{upload_all, Content};
 use crate::remote::RemoteCas;
 use crate::storage::trees::{read_tree, Node};
 use crate::storage::Cas;
@@ -28,42 +29,53 @@ fn local_err(e: impl std::fmt::Display) -> ObjectsError {
     ObjectsError::Local(e.to_string())
 }
 
-/// Every object of `roots` (trees with everything below them).
+/// Every object of `roots` (trees with everything below them), each after
+/// everything it names: the order native endpoints accept uploads in.
 fn closure(cas: &Cas, roots: &[ObjectInfo]) -> Result<Vec<(Digest, ObjectKind)>, ObjectsError> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
-    let mut todo: Vec<(Digest, ObjectKind)> =
-        roots.iter().map(|o| (o.digest.clone(), o.kind)).collect();
-    while let Some((d, kind)) = todo.pop() {
+    // (object, whether its children have been pushed already)
+    let mut todo: Vec<(Digest, ObjectKind, bool)> = roots
+        .iter()
+        .rev()
+        .map(|o| (o.digest.clone(), o.kind, false))
+        .collect();
+    while let Some((d, kind, expanded)) = todo.pop() {
+        if expanded {
+            out.push((d, kind));
+            continue;
+        }
         if !seen.insert((d.hash.clone(), kind.is_tree())) {
             continue;
         }
-        if kind.is_tree() {
-            let nodes = read_tree(cas, &d)
-                .map_err(local_err)?
-                .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
-            for n in nodes {
-                match n {
-                    Node::File {
-                        digest, executable, ..
-                    } => todo.push((digest, ObjectKind::blob(executable))),
-                    Node::Dir { digest, .. } => todo.push((digest, ObjectKind::Tree)),
-                    // Native trees keep link targets as blobs.
-                    Node::Symlink { target, .. } if cas.hash_function().is_native() => {
-                        let digest = cas.hash_function().digest_bytes(ObjectKind::File, &target);
-                        todo.push((digest, ObjectKind::Symlink));
-                    }
-                    Node::Symlink { .. } => {}
+        if !kind.is_tree() {
+            out.push((d, kind));
+            continue;
+        }
+        let nodes = read_tree(cas, &d)
+            .map_err(local_err)?
+            .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+        todo.push((d, kind, true));
+        for n in nodes {
+            match n {
+                Node::File {
+                    digest, executable, ..
+                } => todo.push((digest, ObjectKind::blob(executable), false)),
+                Node::Dir { digest, .. } => todo.push((digest, ObjectKind::Tree, false)),
+                // Native trees keep link targets as blobs.
+                Node::Symlink { target, .. } if cas.hash_function().is_native() => {
+                    let digest = cas.hash_function().digest_bytes(ObjectKind::File, &target);
+                    todo.push((digest, ObjectKind::Symlink, false));
                 }
+                Node::Symlink { .. } => {}
             }
         }
-        out.push((d, kind));
     }
     Ok(out)
 }
 
 /// Makes sure the endpoint has `objects` (trees completely), uploading what
-/// it lacks from the local CAS.
+/// it lacks from the local CAS, children first and batched.
 pub async fn ensure_at_endpoint(
     cas: &Cas,
     remote: &dyn RemoteCas,
@@ -104,19 +116,23 @@ pub async fn ensure_at_endpoint(
     };
     let digests: Vec<Digest> = located.iter().map(|(d, _)| d.clone()).collect();
     let missing: HashSet<String> = remote
-        .find_missing(digests.clone())
+        .find_missing(digests)
         .await?
         .into_iter()
         .map(|d| d.hash)
         .collect();
-    for (d, path) in &located {
-        if !missing.contains(&d.hash) {
+    let mut sent = HashSet::new();
+    let mut todo = Vec::new();
+    for (d, path) in located {
+        if !missing.contains(&d.hash) || !sent.insert(d.hash.clone()) {
             continue;
         }
-        let path = path
-            .as_ref()
-            .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
-        remote.upload_file(d, path).await?;
+        let path = path.ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+        todo.push((d, Content::File(path)));
+    }
+    if !todo.is_empty() {
+        tracing::debug!(objects = todo.len(), "uploading artifacts to the endpoint");
+        upload_all(remote, todo).await?;
     }
     Ok(())
 }
@@ -247,4 +263,49 @@ impl LocalObjects for ServeObjects {
 /// Shared handle for the builder.
 pub fn serve_objects(cas: Cas, repos: RepoSet) -> Arc<dyn LocalObjects> {
     Arc::new(ServeObjects { cas, repos })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::execute::runner::RunnerConfig;
+    use crate::execute::{EndpointConfig, LocalEndpoint};
+    use crate::remote::local::LocalRemote;
+    use crate::storage::BuildRoot;
+
+    #[tokio::test]
+    async fn a_native_endpoint_gets_every_tree_after_what_it_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("a/b/c")).unwrap();
+        std::fs::write(src.join("a/b/c/deep"), "deep").unwrap();
+        std::fs::write(src.join("a/top"), "top").unwrap();
+        std::fs::write(src.join("x"), "x").unwrap();
+        let hash = HashFunction::GitSha1;
+        let serve = BuildRoot::open(&tmp.path().join("serve")).unwrap();
+        let cas = serve.cas(hash);
+        let root = crate::storage::trees::store_directory(&cas, &src)
+            .unwrap()
+            .root;
+        // The endpoint refuses a native tree whose entries it lacks.
+        let endpoint = LocalEndpoint::new(
+            &BuildRoot::open(&tmp.path().join("endpoint")).unwrap(),
+            EndpointConfig {
+                hash,
+                instance_name: None,
+                runner: RunnerConfig {
+                    launcher: vec![],
+                    default_timeout: std::time::Duration::from_secs(1),
+                    jobs: 1,
+                },
+            },
+        );
+        let remote = LocalRemote::new(endpoint.clone());
+        let objects = [ObjectInfo {
+            digest: root.clone(),
+            kind: ObjectKind::Tree,
+        }];
+        ensure_at_endpoint(&cas, &remote, &objects).await.unwrap();
+        assert!(endpoint.contains(&root));
+    }
 }

@@ -17,6 +17,7 @@ use prost::Message;
 
 use crate::build::expr::path::is_non_upwards;
 use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::remote::upload::{upload_missing, Content};
 use crate::remote::RemoteCas;
 
 use super::tree::Entry;
@@ -38,19 +39,15 @@ impl Uploads {
     }
 
     async fn send(self, cas: &dyn RemoteCas) -> Result<(), String> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let digests: Vec<Digest> = self.0.values().map(|(d, _)| d.clone()).collect();
-        let missing = cas.find_missing(digests).await.map_err(|e| e.to_string())?;
-        let missing: std::collections::HashSet<String> =
-            missing.into_iter().map(|d| d.hash).collect();
-        let blobs: Vec<(Digest, Vec<u8>)> = self
+        let blobs = self
             .0
             .into_values()
-            .filter(|(d, _)| missing.contains(&d.hash))
+            .map(|(d, data)| (d, Content::Bytes(data)))
             .collect();
-        cas.upload_blobs(blobs).await.map_err(|e| e.to_string())
+        upload_missing(cas, blobs)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

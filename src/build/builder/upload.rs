@@ -4,11 +4,10 @@
 //! it that is missing too, children first as native CAS invariants demand).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
 
 use crate::build::graph::ActionGraph;
 use crate::digest::{Digest, ObjectKind};
+use crate::remote::upload::{upload_all, Content};
 use crate::remote::RemoteCas;
 
 use super::plan::KnownObject;
@@ -20,24 +19,11 @@ pub async fn upload_missing(
     cas: &dyn RemoteCas,
     blobs: Vec<(Digest, Vec<u8>)>,
 ) -> Result<(), BuildError> {
-    if blobs.is_empty() {
-        return Ok(());
-    }
-    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| d.clone()).collect();
-    let missing: HashSet<String> = cas
-        .find_missing(digests)
-        .await?
+    let blobs = blobs
         .into_iter()
-        .map(|d| d.hash)
+        .map(|(d, data)| (d, Content::Bytes(data)))
         .collect();
-    let mut sent = HashSet::new();
-    let todo: Vec<(Digest, Vec<u8>)> = blobs
-        .into_iter()
-        .filter(|(d, _)| missing.contains(&d.hash) && sent.insert(d.hash.clone()))
-        .collect();
-    if !todo.is_empty() {
-        cas.upload_blobs(todo).await?;
-    }
+    crate::remote::upload::upload_missing(cas, blobs).await?;
     Ok(())
 }
 
@@ -104,89 +90,128 @@ pub async fn upload_locals(
     Ok(found)
 }
 
-type Boxed<'a> = Pin<Box<dyn Future<Output = Result<(), BuildError>> + Send + 'a>>;
-
-/// Uploads the missing object `known` from the local source, and for a tree
-/// first whatever below it is missing as well.
-fn provide<'a>(
-    cas: &'a dyn RemoteCas,
-    local: &'a dyn LocalObjects,
-    known: KnownObject,
-) -> Boxed<'a> {
-    Box::pin(async move {
-        let hash = cas.hash_function();
-        let missing = || BuildError::MissingKnown {
+/// Reads the object `known` from the local source, checking its id; the
+/// digest comes back with the content's size.
+async fn read_checked(
+    cas: &dyn RemoteCas,
+    local: &dyn LocalObjects,
+    known: &KnownObject,
+) -> Result<(Digest, Vec<u8>), BuildError> {
+    let hash = cas.hash_function();
+    let data = local
+        .read_known(&known.digest, known.kind, known.repository.as_deref())
+        .await
+        .map_err(|e| BuildError::LocalSource {
+            id: known.digest.hash.clone(),
+            message: e.to_string(),
+        })?
+        .ok_or_else(|| BuildError::MissingKnown {
             id: known.digest.hash.clone(),
             kind: known.kind,
-        };
-        let data = local
-            .read_known(&known.digest, known.kind, known.repository.as_deref())
-            .await
-            .map_err(|e| BuildError::LocalSource {
-                id: known.digest.hash.clone(),
-                message: e.to_string(),
-            })?
-            .ok_or_else(missing)?;
-        if hash.hash_bytes(known.digest.is_tree, &data) != known.digest.hash {
-            return Err(BuildError::LocalSource {
-                id: known.digest.hash.clone(),
-                message: "the local source gave content of another id".into(),
-            });
-        }
-        let digest = Digest {
-            size: data.len() as u64,
-            ..known.digest.clone()
-        };
-        if known.kind.is_tree() {
-            let entries =
-                parse(hash, &digest, &data).map_err(|message| BuildError::LocalSource {
-                    id: digest.hash.clone(),
-                    message,
-                })?;
-            // Symlinks of Directory messages are inline; git trees name blobs.
-            let children: BTreeMap<String, KnownObject> = entries
-                .into_values()
-                .filter(|e| hash.is_native() || e.kind != ObjectKind::Symlink)
-                .map(|e| {
-                    let child = KnownObject {
-                        digest: e.digest,
-                        kind: e.kind,
-                        repository: known.repository.clone(),
-                    };
-                    (child.digest.hash.clone(), child)
-                })
-                .collect();
-            ensure_present(cas, local, children.into_values().collect()).await?;
-        }
-        cas.upload_blobs(vec![(digest, data)]).await?;
-        Ok(())
-    })
+        })?;
+    if hash.hash_bytes(known.digest.is_tree, &data) != known.digest.hash {
+        return Err(BuildError::LocalSource {
+            id: known.digest.hash.clone(),
+            message: "the local source gave content of another id".into(),
+        });
+    }
+    let digest = Digest {
+        size: data.len() as u64,
+        ..known.digest.clone()
+    };
+    Ok((digest, data))
 }
 
-/// Makes sure every one of `knowns` is in the CAS.
+/// Bytes read ahead before they are sent.
+const GROUP_BYTES: usize = 32 << 20;
+
+/// Makes sure every one of `knowns` is in the CAS: what is missing, with
+/// whatever below a missing tree is missing too, goes up from the local
+/// source, every tree after what it names, in batches.
 pub async fn ensure_present(
     cas: &dyn RemoteCas,
     local: &dyn LocalObjects,
     knowns: Vec<KnownObject>,
 ) -> Result<(), BuildError> {
+    enum Step {
+        Visit(KnownObject),
+        /// A tree whose missing children are all sent before it.
+        Finish(Digest, Vec<u8>),
+    }
     if knowns.is_empty() {
         return Ok(());
     }
-    let digests = knowns.iter().map(|k| k.digest.clone()).collect();
-    let missing: HashSet<String> = cas
-        .find_missing(digests)
+    let hash = cas.hash_function();
+    let missing = |list: Vec<KnownObject>| async move {
+        let digests = list.iter().map(|k| k.digest.clone()).collect();
+        let absent: HashSet<String> = cas
+            .find_missing(digests)
+            .await?
+            .into_iter()
+            .map(|d| d.hash)
+            .collect();
+        Ok::<_, BuildError>(
+            list.into_iter()
+                .filter(|k| absent.contains(&k.digest.hash))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut steps: Vec<Step> = missing(knowns)
         .await?
         .into_iter()
-        .map(|d| d.hash)
+        .map(Step::Visit)
         .collect();
-    for known in knowns {
-        if missing.contains(&known.digest.hash) {
-            tracing::debug!(
-                "uploading KNOWN object {} from serve's repositories",
-                known.digest.hash
-            );
-            provide(cas, local, known).await?;
+    let mut seen = HashSet::new();
+    let mut ready: Vec<(Digest, Content)> = Vec::new();
+    let mut ready_bytes = 0usize;
+    while let Some(step) = steps.pop() {
+        let (digest, data) = match step {
+            Step::Finish(digest, data) => (digest, data),
+            Step::Visit(known) => {
+                if !seen.insert(known.digest.hash.clone()) {
+                    continue;
+                }
+                tracing::debug!(
+                    "uploading KNOWN object {} from serve's repositories",
+                    known.digest.hash
+                );
+                let (digest, data) = read_checked(cas, local, &known).await?;
+                if !known.kind.is_tree() {
+                    (digest, data)
+                } else {
+                    let entries =
+                        parse(hash, &digest, &data).map_err(|message| BuildError::LocalSource {
+                            id: digest.hash.clone(),
+                            message,
+                        })?;
+                    // Symlinks of Directory messages are inline; git trees name blobs.
+                    let children: BTreeMap<String, KnownObject> = entries
+                        .into_values()
+                        .filter(|e| hash.is_native() || e.kind != ObjectKind::Symlink)
+                        .filter(|e| !seen.contains(&e.digest.hash))
+                        .map(|e| {
+                            let child = KnownObject {
+                                digest: e.digest,
+                                kind: e.kind,
+                                repository: known.repository.clone(),
+                            };
+                            (child.digest.hash.clone(), child)
+                        })
+                        .collect();
+                    steps.push(Step::Finish(digest, data));
+                    let absent = missing(children.into_values().collect()).await?;
+                    steps.extend(absent.into_iter().map(Step::Visit));
+                    continue;
+                }
+            }
+        };
+        ready_bytes += data.len();
+        ready.push((digest, Content::Bytes(data)));
+        if ready_bytes >= GROUP_BYTES {
+            upload_all(cas, std::mem::take(&mut ready)).await?;
+            ready_bytes = 0;
         }
     }
+    upload_all(cas, ready).await?;
     Ok(())
 }
