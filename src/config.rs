@@ -182,7 +182,11 @@ impl Default for RetryConfig {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BuildConfig {
+    /// Actions one build keeps under way at once.
     pub build_jobs: usize,
+    /// As its own endpoint: actions running at once, over all builds and
+    /// Execute calls (jserve only: `just serve` has no limit).
+    pub local_jobs: usize,
     pub action_timeout: Duration,
     pub target_cache_write_strategy: TargetCacheWriteStrategy,
     pub local_launcher: Vec<String>,
@@ -423,6 +427,7 @@ impl ServeConfig {
 
         let mut build = BuildConfig {
             build_jobs: jobs,
+            local_jobs: crate::execute::runner::default_local_jobs(env.cores),
             action_timeout: Duration::from_secs(300),
             target_cache_write_strategy: TargetCacheWriteStrategy::Sync,
             local_launcher: vec!["env".to_string(), "--".to_string()],
@@ -431,6 +436,9 @@ impl ServeConfig {
             let mut o = Obj::new(v, k)?;
             if let Some((k, v)) = o.get("build jobs") {
                 build.build_jobs = integer(v, &k, 1, 1 << 20)? as usize;
+            }
+            if let Some((k, v)) = o.get("local jobs") {
+                build.local_jobs = integer(v, &k, 1, 1 << 20)? as usize;
             }
             if let Some((k, v)) = o.get("action timeout") {
                 build.action_timeout = seconds(v, &k, false)?;
@@ -724,7 +732,7 @@ mod tests {
                                    "client address": "[::1]:8981", "compatible": true},
             "max-attempts": 10, "initial-backoff-seconds": 2, "max-backoff-seconds": 30.5,
             "jobs": 8,
-            "build": {"build jobs": 64, "action timeout": 12.5,
+            "build": {"build jobs": 64, "local jobs": 100, "action timeout": 12.5,
                       "target-cache write strategy": "split", "local launcher": ["nice", "env", "--"]},
             "archive limits": {"max bytes": 1000000, "max entries": 50}
         }))
@@ -765,6 +773,7 @@ mod tests {
         assert_eq!(c.retry.max_backoff, Duration::from_secs_f64(30.5));
         assert_eq!(c.jobs, 8);
         assert_eq!(c.build.build_jobs, 64);
+        assert_eq!(c.build.local_jobs, 100);
         assert_eq!(c.build.action_timeout, Duration::from_secs_f64(12.5));
         assert_eq!(
             c.build.target_cache_write_strategy,

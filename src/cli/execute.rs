@@ -54,7 +54,7 @@ pub struct ExecuteArgs {
     /// Serve only this instance name and refuse requests for others [default: accept any].
     #[arg(long = "instance-name")]
     instance_name: Option<String>,
-    /// Actions running at once [default: number of cores].
+    /// Actions running at once [default: 8 per core, at least 64].
     #[arg(short = 'J', long = "jobs")]
     jobs: Option<usize>,
     /// JSON list prepended to every action's command line.
@@ -133,7 +133,10 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
         plain: args.plain_log,
         append: args.log_append,
     };
-    let jobs = args.jobs.unwrap_or(env.cores).max(1);
+    let jobs = args
+        .jobs
+        .unwrap_or(crate::execute::runner::default_local_jobs(env.cores))
+        .max(1);
     let listen = Listen {
         service: RemoteServiceConfig {
             interface: args.interface,
@@ -159,7 +162,7 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             jobs,
         },
     };
-    run_daemon(&logging, &[], jobs, move || async move {
+    run_daemon(&logging, &[], env.cores.max(1), move || async move {
         let build_root = BuildRoot::open(&root).map_err(|e| {
             anyhow::anyhow!("cannot prepare local build root {}: {e}", root.display())
         })?;

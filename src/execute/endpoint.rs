@@ -3,13 +3,14 @@
 //! operations. The gRPC services are thin wrappers around it, and the serve
 //! side uses it in-process when no external endpoint is configured.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 
 use super::operations::Operations;
-use super::runner::{Runner, RunnerConfig};
+use super::runner::{Demand, Runner, RunnerConfig};
 use crate::digest::{Digest, DigestError, HashFunction, ObjectKind};
 use crate::storage::trees::{check_git_tree_complete, TreeStoreError};
 use crate::storage::{ActionCache, ActionCacheError, BuildRoot, Cas, CasError};
@@ -92,6 +93,8 @@ pub struct LocalEndpoint {
     pub action_cache: ActionCache,
     pub runner: Runner,
     pub operations: Operations,
+    /// Who wants each running action (by action hash), to order the queue.
+    pub demands: Mutex<HashMap<String, Arc<Demand>>>,
 }
 
 impl LocalEndpoint {
@@ -103,6 +106,7 @@ impl LocalEndpoint {
             action_cache: build_root.action_cache(config.hash),
             runner: Runner::new(cas.clone(), build_root.exec_root(), config.runner),
             operations: Operations::new(),
+            demands: Mutex::default(),
             cas,
         })
     }

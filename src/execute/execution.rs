@@ -17,7 +17,7 @@ use tonic::Code;
 
 use super::endpoint::{EndpointError, LocalEndpoint};
 use super::operations::Started;
-use super::runner::{ActionSpec, Requested, RunError, StageError};
+use super::runner::{ActionSpec, Demand, Interest, Requested, RunError, StageError};
 use super::services::digest_function_of;
 use crate::digest::{Digest, ObjectKind};
 
@@ -148,10 +148,13 @@ impl LocalEndpoint {
     }
 
     /// Accepts an Execute request: answers from the action cache or starts (or joins) a run.
+    /// `interest`: the computation the run is for, if it comes from inside
+    /// serve (`None`: a client of the Execute service, taken as waiting).
     pub async fn execute(
         self: &Arc<Self>,
         action_digest: Digest,
         skip_cache_lookup: bool,
+        interest: Option<Interest>,
     ) -> Result<Execution, EndpointError> {
         let me = self.clone();
         let d = action_digest.clone();
@@ -189,14 +192,28 @@ impl LocalEndpoint {
         {
             Started::Joined(rx) => {
                 tracing::info!(action = %action_digest.hash, "joining a running execution of the same action");
+                let demands = self.demands.lock().expect("demands lock");
+                if let Some(demand) = demands.get(&action_digest.hash) {
+                    demand.add(interest.as_ref());
+                }
                 Ok(Execution::Running(rx))
             }
             Started::New(completer, rx) => {
+                let demand = Arc::new(Demand::default());
+                demand.add(interest.as_ref());
+                self.demands
+                    .lock()
+                    .expect("demands lock")
+                    .insert(action_digest.hash.clone(), demand.clone());
                 let me = self.clone();
                 // The run continues even if the client goes away, so its result is cached.
                 tokio::spawn(async move {
                     tracing::info!(action = %action_digest.hash, "executing");
-                    let response = me.run(&action_digest, loaded).await;
+                    let response = me.run(&action_digest, loaded, demand).await;
+                    me.demands
+                        .lock()
+                        .expect("demands lock")
+                        .remove(&action_digest.hash);
                     let op = me.finished(&action_digest, &response);
                     me.operations.finish(completer, op);
                 });
@@ -217,9 +234,14 @@ impl LocalEndpoint {
         Ok(missing.is_none().then_some(result))
     }
 
-    async fn run(&self, action_digest: &Digest, loaded: Loaded) -> reapi::ExecuteResponse {
+    async fn run(
+        &self,
+        action_digest: &Digest,
+        loaded: Loaded,
+        demand: Arc<Demand>,
+    ) -> reapi::ExecuteResponse {
         let do_not_cache = loaded.action.do_not_cache;
-        match self.runner.run(loaded.spec).await {
+        match self.runner.run(loaded.spec, demand).await {
             Ok(outcome) if outcome.timed_out => reapi::ExecuteResponse {
                 result: Some(outcome.result),
                 status: rpc_status(

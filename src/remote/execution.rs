@@ -24,6 +24,7 @@ use crate::config::RetryConfig;
 use crate::digest::{Digest, HashFunction};
 use crate::execute::execution::Execution;
 use crate::execute::operations::wait_done;
+use crate::execute::runner::Interest;
 use crate::execute::LocalEndpoint;
 
 /// The largest answer accepted from the endpoint (a result naming many outputs).
@@ -88,6 +89,11 @@ pub trait RemoteExecutor: Send + Sync {
         action: &Digest,
         skip_cache_lookup: bool,
     ) -> Result<Executed, ExecError>;
+
+    /// This executor for the actions of one computation, so an endpoint that
+    /// queues actions can put those nobody waits for last. Endpoints that
+    /// cannot tell (external ones) return themselves.
+    fn for_interest(self: Arc<Self>, _interest: &Interest) -> Arc<dyn RemoteExecutor>;
 }
 
 const RESPONSE_TYPE: &str = "build.bazel.remote.execution.v2.ExecuteResponse";
@@ -146,11 +152,16 @@ pub fn outcome_of(action: &Digest, op: Operation) -> Result<Executed, ExecError>
 /// jserve's own endpoint, called in-process.
 pub struct LocalExecutor {
     endpoint: Arc<LocalEndpoint>,
+    /// The computation whose actions these are (see [`RemoteExecutor::for_interest`]).
+    interest: Option<Interest>,
 }
 
 impl LocalExecutor {
     pub fn new(endpoint: Arc<LocalEndpoint>) -> LocalExecutor {
-        LocalExecutor { endpoint }
+        LocalExecutor {
+            endpoint,
+            interest: None,
+        }
     }
 }
 
@@ -163,7 +174,7 @@ impl RemoteExecutor for LocalExecutor {
     ) -> Result<Executed, ExecError> {
         let started = self
             .endpoint
-            .execute(action.clone(), skip_cache_lookup)
+            .execute(action.clone(), skip_cache_lookup, self.interest.clone())
             .await
             .map_err(|e| ExecError::Failed {
                 action: action.hash.clone(),
@@ -176,6 +187,13 @@ impl RemoteExecutor for LocalExecutor {
             Execution::Running(rx) => wait_done(rx).await,
         };
         outcome_of(action, op)
+    }
+
+    fn for_interest(self: Arc<Self>, interest: &Interest) -> Arc<dyn RemoteExecutor> {
+        Arc::new(LocalExecutor {
+            endpoint: self.endpoint.clone(),
+            interest: Some(interest.clone()),
+        })
     }
 }
 
@@ -325,6 +343,10 @@ impl GrpcExecutor {
 
 #[tonic::async_trait]
 impl RemoteExecutor for GrpcExecutor {
+    fn for_interest(self: Arc<Self>, _: &Interest) -> Arc<dyn RemoteExecutor> {
+        self
+    }
+
     async fn execute(
         &self,
         action: &Digest,

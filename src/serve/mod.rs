@@ -79,7 +79,7 @@ impl ServeContext {
                     runner: RunnerConfig {
                         launcher: config.build.local_launcher.clone(),
                         default_timeout: config.build.action_timeout,
-                        jobs: config.build.build_jobs,
+                        jobs: config.build.local_jobs,
                     },
                 },
             )

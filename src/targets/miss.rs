@@ -22,6 +22,7 @@ use crate::build::repo_config::{FileRoot, RepositoryConfig};
 use crate::build::value::Value;
 use crate::config::TargetCacheWriteStrategy;
 use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::execute::runner::Interest;
 use crate::storage::target_cache::{CachedEntry, TargetCache};
 use TargetError::{FailedPrecondition, Internal, NotFound};
 
@@ -110,6 +111,7 @@ pub(super) async fn build_and_store(
     cache: &TargetCache,
     request: &TargetRequest,
     dispatch: Vec<DispatchTarget>,
+    interest: &Interest,
 ) -> Result<MissOutcome, TargetError> {
     let hash = server.hash();
     let key_bytes = server.blob(&request.key).await?.ok_or_else(|| {
@@ -256,7 +258,7 @@ pub(super) async fn build_and_store(
         BuildContext {
             settings,
             cas: server.remote().clone(),
-            executor: server.executor.clone(),
+            executor: server.executor.clone().for_interest(interest),
             local: server.local_objects(),
             jobs: server.ctx.config.build.build_jobs.max(1),
             dispatch,

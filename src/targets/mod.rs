@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::build::builder::{DispatchTarget, LocalObjects};
 use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::execute::runner::Interest;
 use crate::remote::execution::RemoteExecutor;
 use crate::remote::execution::{GrpcExecutor, GrpcExecutorConfig};
 use crate::remote::grpc::{GrpcCas, GrpcCasConfig, GrpcTimeouts, GrpcTls};
@@ -77,7 +78,8 @@ const DISPATCH_INSTANCE: &str = "alternative remote execution";
 pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
 
 /// Where waiters of a computation under way get its outcome.
-type Waiters = watch::Receiver<Option<Outcome>>;
+/// A computation under way: its outcome once there, and who waits for it.
+type Waiters = (watch::Receiver<Option<Outcome>>, Interest);
 
 /// Counters of what ServeTarget did since start (for logs and tests).
 #[derive(Debug, Default)]
@@ -178,26 +180,33 @@ impl TargetServer {
             BackendDescription::describe(address.as_deref(), &request.properties, &dispatch);
         let shard = backend.shard(self.hash());
         let key = (shard, request.key.hash.clone());
-        let mut rx = {
+        // Counted as waiting until this call ends (or its client goes away);
+        // the computation goes on without waiters, but behind those with.
+        let (mut rx, _watching) = {
             let mut inflight = self.inflight.lock().expect("inflight lock");
             match inflight.get(&key) {
-                Some(rx) => {
+                Some((rx, interest)) => {
                     tracing::info!(
                         "ServeTarget {}: joining a computation under way",
                         request.key.hash
                     );
-                    rx.clone()
+                    (rx.clone(), interest.watch())
                 }
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    inflight.insert(key.clone(), rx.clone());
+                    let interest = Interest::default();
+                    let watching = interest.watch();
+                    inflight.insert(key.clone(), (rx.clone(), interest.clone()));
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let outcome = this.clone().compute(request, backend, dispatch).await;
+                        let outcome = this
+                            .clone()
+                            .compute(request, backend, dispatch, interest)
+                            .await;
                         let _ = tx.send(Some(outcome));
                         this.inflight.lock().expect("inflight lock").remove(&key);
                     });
-                    rx
+                    (rx, watching)
                 }
             }
         };
@@ -283,6 +292,7 @@ impl TargetServer {
         request: TargetRequest,
         backend: BackendDescription,
         dispatch: DispatchList,
+        interest: Interest,
     ) -> Outcome {
         let started = std::time::Instant::now();
         let stats = &self.ctx.target_stats;
@@ -300,7 +310,8 @@ impl TargetServer {
         // Only a miss needs the required digests (the repository description).
         let download_errors = self.fetch_required(&request.required).await;
         let targets = self.dispatch_targets(&dispatch)?;
-        let outcome = match miss::build_and_store(&self, &cache, &request, targets).await {
+        let outcome = match miss::build_and_store(&self, &cache, &request, targets, &interest).await
+        {
             Ok(o) => o,
             Err(e) if !download_errors.is_empty() => {
                 let message = format!("{download_errors}{e}");
@@ -553,6 +564,13 @@ pub struct NoExecutor;
 
 #[tonic::async_trait]
 impl RemoteExecutor for NoExecutor {
+    fn for_interest(
+        self: Arc<Self>,
+        _: &crate::execute::runner::Interest,
+    ) -> Arc<dyn RemoteExecutor> {
+        self
+    }
+
     async fn execute(
         &self,
         action: &Digest,

@@ -3,9 +3,11 @@
 //! stderr into the CAS. At most `jobs` actions run at once; the rest wait.
 
 mod outputs;
+mod slots;
 mod stage;
 
 pub use outputs::Requested;
+pub use slots::{Demand, Interest, Watching};
 pub use stage::StageError;
 
 use std::path::{Component, Path, PathBuf};
@@ -16,11 +18,17 @@ use std::time::{Duration, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Timestamp;
-use tokio::sync::Semaphore;
 
 use crate::digest::{Digest, ObjectKind};
 use crate::storage::Cas;
 use outputs::OutputError;
+
+/// Actions run at once by default. justbuild's endpoint starts every action
+/// it is sent; a bound still keeps a flood of Execute calls from forking
+/// without end, set high so that builds nobody waits for cannot fill it.
+pub fn default_local_jobs(cores: usize) -> usize {
+    cores.saturating_mul(8).max(64)
+}
 
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
@@ -80,7 +88,7 @@ pub struct Runner {
     cas: Cas,
     exec_root: PathBuf,
     config: RunnerConfig,
-    slots: Arc<Semaphore>,
+    slots: Arc<slots::Slots>,
 }
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
@@ -139,7 +147,7 @@ impl Runner {
             cas,
             exec_root,
             config,
-            slots: Arc::new(Semaphore::new(jobs)),
+            slots: slots::Slots::new(jobs),
         }
     }
 
@@ -155,14 +163,10 @@ impl Runner {
         Ok(())
     }
 
-    /// Runs the action once a slot is free.
-    pub async fn run(&self, spec: ActionSpec) -> Result<RunOutcome, RunError> {
+    /// Runs the action once a slot is free (earlier if it is `demand`ed urgently).
+    pub async fn run(&self, spec: ActionSpec, demand: Arc<Demand>) -> Result<RunOutcome, RunError> {
         self.check(&spec)?;
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("runner semaphore never closes");
+        let _slot = self.slots.acquire(demand).await;
         let dir = self.exec_root.join(format!(
             "{}-{}",
             std::process::id(),

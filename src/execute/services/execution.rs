@@ -75,7 +75,7 @@ impl ExecutionApi for ExecutionService {
             .parse_digest(&request.action_digest.unwrap_or_default())?;
         match self
             .endpoint
-            .execute(digest, request.skip_cache_lookup)
+            .execute(digest, request.skip_cache_lookup, None)
             .await?
         {
             Execution::Done(op) => Ok(Response::new(Box::pin(tokio_stream::once(Ok(op))))),
