@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -112,6 +113,27 @@ impl Services {
         }
     }
 
+    /// The names of all services served on the port, reflection and health
+    /// included: exactly what reflection lists.
+    fn names(&self) -> Vec<&'static str> {
+        let mut names = vec![
+            tonic_health::pb::health_server::SERVICE_NAME,
+            tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+            tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+        ];
+        if let Services::Serve(_) = self {
+            names.extend([
+                <SourceTreeServer<SourceTreeService> as NamedService>::NAME,
+                <TargetServer<TargetService> as NamedService>::NAME,
+                <ConfigurationServer<ConfigurationService> as NamedService>::NAME,
+            ]);
+        }
+        if self.endpoint().is_some() {
+            names.extend(crate::execute::SERVICE_NAMES);
+        }
+        names
+    }
+
     /// The start-up message, in the words `just serve` and `just execute` use.
     fn started_message(&self) -> String {
         let (compatible, what) = match self {
@@ -151,6 +173,21 @@ fn tls_config(listen: &Listen) -> Result<Option<ServerTlsConfig>, DaemonError> {
         tls = tls.client_ca_root(Certificate::from_pem(read_tls_file(ca)?));
     }
     Ok(Some(tls))
+}
+
+/// A reflection service listing the given services. All descriptors are
+/// registered whichever are listed: just_serve.proto imports the REAPI's.
+fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Each version lists both reflection services, so each describes both.
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    for name in served {
+        builder = builder.with_service_name(*name);
+    }
+    builder
 }
 
 fn write_state_file(what: &'static str, path: &Path, content: &str) -> Result<(), DaemonError> {
@@ -206,13 +243,18 @@ pub async fn start_services(
         builder = builder.tls_config(tls).map_err(DaemonError::Tls)?;
     }
 
+    let served = services.names();
+    let reflection_error =
+        |e: tonic_reflection::server::Error| DaemonError::Reflection(e.to_string());
+    let reflection_v1 = reflection(&served).build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection(&served)
+        .build_v1alpha()
+        .map_err(reflection_error)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| DaemonError::Reflection(e.to_string()))?;
-    let mut router = builder.add_service(health_service).add_service(reflection);
+    let mut router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     if let Services::Serve(ctx) = &services {
         health
             .set_serving::<SourceTreeServer<SourceTreeService>>()

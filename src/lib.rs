@@ -19,7 +19,8 @@ pub mod targets;
 pub mod proto {
     tonic::include_proto!("justbuild.just_serve");
 
-    /// Encoded descriptors of the serve protocol, for gRPC reflection.
+    /// Encoded descriptors of the serve protocol, the REAPI, ByteStream and
+    /// Operations, with their imports: what gRPC reflection describes.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("just_serve_descriptor");
+        tonic::include_file_descriptor_set!("services_descriptor");
 }

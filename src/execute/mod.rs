@@ -19,7 +19,18 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 };
 use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
 use bazel_remote_apis::google::longrunning::operations_server::OperationsServer;
+use tonic::server::NamedService;
 use tonic::transport::server::Router;
+
+/// The names of the services `add_services` adds, for reflection.
+pub const SERVICE_NAMES: [&str; 6] = [
+    <CapabilitiesServer<()> as NamedService>::NAME,
+    <ContentAddressableStorageServer<()> as NamedService>::NAME,
+    <ByteStreamServer<()> as NamedService>::NAME,
+    <ActionCacheServer<()> as NamedService>::NAME,
+    <ExecutionServer<()> as NamedService>::NAME,
+    <OperationsServer<()> as NamedService>::NAME,
+];
 
 /// Adds the six REAPI services over one endpoint to a server.
 pub fn add_services<L>(router: Router<L>, endpoint: Arc<LocalEndpoint>) -> Router<L> {
