@@ -516,3 +516,133 @@ async fn split_and_splice_blobs() {
         ep.server.shutdown().await.unwrap();
     }
 }
+
+/// Field 3 of SplitBlobRequest is justbuild 1.5.x's chunking algorithm or the
+/// upstream digest function; the values both can mean are taken, any other
+/// digest function is refused, and so is a SpliceBlob digest function that is
+/// not the endpoint's.
+#[tokio::test]
+async fn split_field3_of_either_generation() {
+    const SHA256: i32 = 1;
+    const SHA1: i32 = 2;
+    const BLAKE3: i32 = 9;
+    for hash in MODES {
+        let ep = start_execute(hash, 2).await;
+        let data = chunky(1 << 20);
+        let d = ep.blob_digest(&data);
+        let resource = format!("uploads/f/blobs/{}/{}", d.hash, d.size_bytes);
+        write_stream(&ep, &resource, &data, 0, true).await.unwrap();
+        let split = |field3: i32| {
+            let mut cas = ep.cas();
+            let d = d.clone();
+            async move {
+                cas.split_blob(reapi::SplitBlobRequest {
+                    blob_digest: Some(d),
+                    digest_function: field3,
+                    ..Default::default()
+                })
+                .await
+            }
+        };
+        // 0: 1.5.x IDENTITY (its probe) or upstream unset (1.6.x); 2: 1.5.x FASTCDC
+        // even in compatible mode, where upstream it would mean SHA1; 1 likewise.
+        let plain = split(0).await.unwrap().into_inner().chunk_digests;
+        assert!(plain.len() > 1);
+        for field3 in [SHA256, SHA1] {
+            let chunks = split(field3).await.unwrap().into_inner().chunk_digests;
+            assert_eq!(chunks, plain, "{hash:?}, field 3 = {field3}");
+        }
+        let err = split(BLAKE3).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{hash:?}");
+
+        let (own, other) = match hash {
+            HashFunction::GitSha1 => (SHA1, SHA256),
+            HashFunction::Sha256 => (SHA256, SHA1),
+        };
+        let splice = |function: i32| {
+            let mut cas = ep.cas();
+            let (d, chunks) = (d.clone(), plain.clone());
+            async move {
+                cas.splice_blob(reapi::SpliceBlobRequest {
+                    blob_digest: Some(d),
+                    chunk_digests: chunks,
+                    digest_function: function,
+                    ..Default::default()
+                })
+                .await
+            }
+        };
+        for function in [0, own] {
+            let spliced = splice(function).await.unwrap().into_inner();
+            assert_eq!(spliced.blob_digest.unwrap().hash, d.hash);
+        }
+        let err = splice(other).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{hash:?}");
+        ep.server.shutdown().await.unwrap();
+    }
+}
+
+/// Clients split native trees when they sync them between endpoints; the
+/// chunks are blobs and splicing them back yields the tree, invariant checked.
+#[tokio::test]
+async fn native_trees_split_and_splice() {
+    let ep = start_execute(HashFunction::GitSha1, 2).await;
+    // Long varied names make a large tree object; every entry is the same blob.
+    let leaf = ep.upload_blob(b"leaf").await;
+    let noise = hex::encode(chunky(1500 * 100));
+    let names: Vec<&str> = (0..1500).map(|i| &noise[i * 200..(i + 1) * 200]).collect();
+    let entries: Vec<(&str, ObjectKind, &str)> = names
+        .iter()
+        .map(|n| (*n, ObjectKind::File, &leaf.hash[2..]))
+        .collect();
+    let (tree, bytes) = git_tree(&entries);
+    ep.upload(&[(&tree, &bytes)]).await;
+
+    let chunks = ep
+        .cas()
+        .split_blob(reapi::SplitBlobRequest {
+            blob_digest: Some(tree.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chunk_digests;
+    assert!(chunks.len() > 1, "a {} byte tree", bytes.len());
+    let mut joined = Vec::new();
+    for c in &chunks {
+        assert!(
+            HashFunction::GitSha1
+                .digest_from_wire(c)
+                .is_ok_and(|c| !c.is_tree),
+            "chunks are blobs"
+        );
+        joined.extend(ep.read_blob(c).await);
+    }
+    assert_eq!(joined, bytes);
+
+    // Into another endpoint: the chunks alone are not enough, the entries must be there.
+    let other = start_execute(HashFunction::GitSha1, 2).await;
+    for c in &chunks {
+        other.upload_blob(&ep.read_blob(c).await).await;
+    }
+    let splice = || {
+        let mut cas = other.cas();
+        let (tree, chunks) = (tree.clone(), chunks.clone());
+        async move {
+            cas.splice_blob(reapi::SpliceBlobRequest {
+                blob_digest: Some(tree),
+                chunk_digests: chunks,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    assert_eq!(splice().await.unwrap_err().code(), Code::FailedPrecondition);
+    other.upload_blob(b"leaf").await;
+    let spliced = splice().await.unwrap().into_inner();
+    assert_eq!(spliced.blob_digest.unwrap(), tree);
+    assert_eq!(missing(&other, std::slice::from_ref(&tree)).await.len(), 0);
+    other.server.shutdown().await.unwrap();
+    ep.server.shutdown().await.unwrap();
+}

@@ -11,9 +11,30 @@ use serde_json::{json, Value};
 /// The reference `just`, if installed. Without it the caller's test should
 /// return early: outside CI that is a visible skip, under CI a failure.
 pub fn reference_just() -> Option<PathBuf> {
+    find_reference(
+        "JSERVE_REFERENCE_JUST",
+        ".cache/justbuild-ref/bin/just",
+        "reference `just` not found: run scripts/install-reference-just \
+         (or set JSERVE_REFERENCE_JUST to its `just`)",
+    )
+}
+
+/// The reference `just` of the 1.6 generation (upstream REAPI split/splice
+/// messages), if installed; missing, as for [`reference_just`].
+pub fn reference_just_16() -> Option<PathBuf> {
+    find_reference(
+        "JSERVE_REFERENCE_JUST_16",
+        ".cache/justbuild-ref-1.6/bin/just",
+        "reference `just` 1.6 not found: run scripts/install-reference-just \
+         ~/.cache/justbuild-ref-1.6 sid (or set JSERVE_REFERENCE_JUST_16 to its `just`)",
+    )
+}
+
+/// The first of `$env` and `$HOME/default` that runs `just version`.
+fn find_reference(env: &str, default: &str, missing: &str) -> Option<PathBuf> {
     let candidates = [
-        std::env::var_os("JSERVE_REFERENCE_JUST").map(PathBuf::from),
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/justbuild-ref/bin/just")),
+        std::env::var_os(env).map(PathBuf::from),
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(default)),
     ];
     let found = candidates.into_iter().flatten().find(|p| {
         Command::new(p)
@@ -23,14 +44,12 @@ pub fn reference_just() -> Option<PathBuf> {
             .unwrap_or(false)
     });
     if found.is_none() {
-        let msg = "reference `just` not found: run scripts/install-reference-just \
-                   (or set JSERVE_REFERENCE_JUST to its `just`)";
         if std::env::var_os("CI").is_some() {
-            panic!("{msg}; CI must have it");
+            panic!("{missing}; CI must have it");
         }
         // Straight to the stream, past the test harness's output capture, so it is seen.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {missing}");
     }
     found
 }

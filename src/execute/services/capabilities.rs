@@ -58,6 +58,8 @@ impl Capabilities for CapabilitiesService {
                 max_batch_total_size_bytes: MAX_BATCH_BYTES as i64,
                 symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed
                     as i32,
+                // Fields 9/10, read by 1.6.1+ (1.5.x probes instead). Fields 7/8
+                // stay unset: upstream they are compressors and a blob size limit.
                 split_blob_support: true,
                 splice_blob_support: true,
                 ..Default::default()
@@ -72,5 +74,62 @@ impl Capabilities for CapabilitiesService {
             high_api_version: version(2, 1),
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// CacheCapabilities as justbuild 1.5.x's patched proto declares fields 7-9.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct LegacyCacheCapabilities {
+        #[prost(int32, repeated, tag = "7")]
+        supported_chunking_algorithms: Vec<i32>,
+        #[prost(bool, tag = "8")]
+        blob_split_support: bool,
+        #[prost(bool, tag = "9")]
+        blob_splice_support: bool,
+    }
+
+    #[tokio::test]
+    async fn both_generations_read_the_announcement_consistently() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::storage::BuildRoot::open(dir.path()).unwrap();
+        for hash in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let endpoint = LocalEndpoint::new(
+                &root,
+                crate::execute::EndpointConfig {
+                    hash,
+                    instance_name: None,
+                    runner: crate::execute::runner::RunnerConfig {
+                        launcher: vec!["env".into(), "--".into()],
+                        default_timeout: std::time::Duration::from_secs(1),
+                        jobs: 1,
+                    },
+                },
+            );
+            let caps = CapabilitiesService::new(endpoint)
+                .get_capabilities(Request::new(reapi::GetCapabilitiesRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .cache_capabilities
+                .unwrap();
+            assert!(caps.split_blob_support && caps.splice_blob_support);
+            // Nothing an upstream reader would take as a compressor or a blob size limit.
+            assert!(caps.supported_batch_update_compressors.is_empty());
+            assert_eq!(caps.max_cas_blob_size_bytes, 0);
+            let legacy = LegacyCacheCapabilities::decode(caps.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(
+                legacy,
+                LegacyCacheCapabilities {
+                    supported_chunking_algorithms: vec![],
+                    blob_split_support: false,
+                    blob_splice_support: true,
+                }
+            );
+        }
     }
 }

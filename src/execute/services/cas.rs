@@ -1,6 +1,10 @@
 //! ContentAddressableStorage: presence checks, batch uploads and downloads
 //! (each upload verified against its digest; native trees only once their
 //! content is present), GetTree for Directory trees, and blob splitting.
+//!
+//! SplitBlob and SpliceBlob serve justbuild 1.5.x (pre-standard messages,
+//! support probed with the empty blob) and 1.6.1+ (upstream messages,
+//! Capabilities flags) alike; docs/execution.md has the protocol facts.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -9,14 +13,14 @@ use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
     self as reapi, batch_read_blobs_response, batch_update_blobs_response, compressor,
-    content_addressable_storage_server::ContentAddressableStorage,
+    content_addressable_storage_server::ContentAddressableStorage, digest_function,
 };
 use bazel_remote_apis::google::rpc::Status as RpcStatus;
 use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
 use super::super::endpoint::{EndpointError, LocalEndpoint};
-use super::{blocking, MAX_BATCH_BYTES};
+use super::{blocking, digest_function_of, MAX_BATCH_BYTES};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 
 /// Chunk sizes for SplitBlob (FastCDC 2020): small enough to share content
@@ -203,8 +207,17 @@ impl ContentAddressableStorage for CasService {
         let digest = self
             .endpoint
             .parse_digest(&request.blob_digest.unwrap_or_default())?;
+        check_split_field3(request.digest_function, self.endpoint.hash)?;
         let endpoint = self.endpoint.clone();
+        let hash = digest.hash.clone();
         let chunk_digests = blocking(move || split(&endpoint, &digest)).await?;
+        tracing::debug!(
+            field3 = request.digest_function,
+            "split blob {hash} into {} chunks",
+            chunk_digests.len()
+        );
+        // chunking_function stays UNKNOWN: jserve's FastCDC parameters are its
+        // own, not the ones a FAST_CDC_2020 answer would make a client assume.
         Ok(Response::new(reapi::SplitBlobResponse {
             chunk_digests,
             ..Default::default()
@@ -219,9 +232,12 @@ impl ContentAddressableStorage for CasService {
         self.endpoint.check_instance(&request.instance_name)?;
         let wire = request.blob_digest.unwrap_or_default();
         let digest = self.endpoint.parse_digest(&wire)?;
+        check_digest_function(request.digest_function, self.endpoint.hash)?;
         let endpoint = self.endpoint.clone();
         let chunks = request.chunk_digests;
+        let count = chunks.len();
         let spliced = blocking(move || splice(&endpoint, &digest, &chunks)).await?;
+        tracing::debug!("spliced blob {} from {count} chunks", spliced.hash);
         Ok(Response::new(reapi::SpliceBlobResponse {
             blob_digest: Some(spliced.to_wire(self.endpoint.hash)),
         }))
@@ -326,15 +342,58 @@ pub(crate) fn check_staged_tree(
         .map_err(|e| crate::storage::CasError::Rejected(format!("tree invariant violated: {e}")))
 }
 
-/// Cuts a stored blob into content-defined chunks, stores them, returns their digests.
-fn split(endpoint: &LocalEndpoint, digest: &Digest) -> Result<Vec<reapi::Digest>, EndpointError> {
-    if digest.is_tree {
-        return Err(EndpointError::Invalid("only blobs can be split".into()));
+/// justbuild 1.5.x ChunkingAlgorithm values, which share field 3 of
+/// SplitBlobRequest with the upstream digest function (docs/execution.md).
+const LEGACY_IDENTITY: i32 = 0;
+const LEGACY_RABINCDC_8KB: i32 = 1;
+const LEGACY_FASTCDC: i32 = 2;
+
+/// Field 3 is a 1.5.x chunking algorithm or an upstream digest function, and
+/// the request cannot say which. Both readings of 0-2 are safe: jserve picks
+/// its own chunking, and the parsed blob digest already fixes the hash.
+fn check_split_field3(value: i32, hash: HashFunction) -> Result<(), EndpointError> {
+    match value {
+        LEGACY_IDENTITY | LEGACY_RABINCDC_8KB | LEGACY_FASTCDC => Ok(()),
+        other => check_digest_function(other, hash),
     }
+}
+
+/// An upstream digest_function field: unset, or the endpoint's own.
+fn check_digest_function(value: i32, hash: HashFunction) -> Result<(), EndpointError> {
+    let own = digest_function_of(hash);
+    if value == digest_function::Value::Unknown as i32 || value == own {
+        return Ok(());
+    }
+    let name = |v: i32| {
+        digest_function::Value::try_from(v)
+            .map(|f| f.as_str_name().to_string())
+            .unwrap_or_else(|_| v.to_string())
+    };
+    Err(EndpointError::Invalid(format!(
+        "digest function {} is not served here; this endpoint uses {}",
+        name(value),
+        name(own)
+    )))
+}
+
+/// Cuts a stored object into content-defined chunks, stores them as blobs,
+/// returns their digests. Native trees too: clients split them when syncing
+/// a tree to another endpoint, and fall back noisily if refused.
+fn split(endpoint: &LocalEndpoint, digest: &Digest) -> Result<Vec<reapi::Digest>, EndpointError> {
+    let kind = if digest.is_tree {
+        ObjectKind::Tree
+    } else {
+        ObjectKind::File
+    };
     let file = endpoint
         .cas
-        .open(ObjectKind::File, &digest.hash)?
+        .open(kind, &digest.hash)?
         .ok_or_else(|| EndpointError::NotFound(digest.hash.clone()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| EndpointError::Internal(e.to_string()))?
+        .len();
+    endpoint.check_size(digest, len)?;
     let mut chunks = Vec::new();
     for chunk in fastcdc::v2020::StreamCDC::new(file, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
         let chunk = chunk.map_err(|e| EndpointError::Internal(format!("chunking failed: {e}")))?;
