@@ -488,7 +488,22 @@ fn failing_export(s: &Setup) {
     );
     assert!(text.contains("failing-output"), "{mode}: log:\n{text}");
     assert!(text.contains("exit code 42"), "{mode}: log:\n{text}");
-    assert!(text.contains(r#""","bad"]"#), "{mode}: log:\n{text}");
+    // Which export target was asked for, and which configured target
+    // defined the failing action, as justbuild's log says it (serve names
+    // the repositories of the key's description by number).
+    for part in [
+        r#"Requested target is [["@","0","","bad"],{}]"#,
+        "action returned non-zero exit code 42\nFailed to execute command [",
+        "in environment {",
+        "\nrequested by\n - [[\"@\",\"0\",\"\",\"bad-gen\"],{}]#0",
+        "Stdout of command [",
+        "\n  failing-output\n",
+    ] {
+        assert!(
+            text.contains(part),
+            "{mode}: {part:?} not in the log:\n{text}"
+        );
+    }
     // Nothing else ran for the failure.
     assert_eq!((s.runs("outer"), s.runs("inner")), (1, 1), "{mode}");
 }

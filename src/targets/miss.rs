@@ -163,6 +163,11 @@ pub(super) async fn build_and_store(
         .map_err(|e| FailedPrecondition(format!("target_name of the key: {e}")))?;
     let config = Arc::new(config);
     let mut log = Log::default();
+    // justbuild's first line names the export target and its configuration.
+    log.line(format!(
+        "Requested target is [{target},{}]",
+        crate::build::json::dump_compact(&key.effective_config)
+    ));
 
     // Analysis, on the analysis threads.
     let sources = Arc::new(crate::build::sources::Sources::new(config.clone(), hash));
@@ -267,7 +272,24 @@ pub(super) async fn build_and_store(
     let outcome = match builder.build(&wanted).await {
         Ok(o) => o,
         Err(e) => {
-            log.line(format!("Failed to build target {target}:\n{e}"));
+            match e.failed_action() {
+                // As justbuild reports it: which configured targets asked
+                // for the action, then that the build failed.
+                Some(action) => {
+                    let mut text = e.to_string();
+                    let origins = analyser.origins(action);
+                    if !origins.is_empty() {
+                        text.push_str("\nrequested by");
+                        for o in origins {
+                            text.push_str("\n - ");
+                            text.push_str(&o);
+                        }
+                    }
+                    log.line(text);
+                    log.line("Build failed.");
+                }
+                None => log.line(format!("Failed to build target {target}:\n{e}")),
+            }
             return Ok(MissOutcome {
                 log: Some(store_log(server, &log, "build").await?),
                 stats: BuildStats::default(),

@@ -543,6 +543,31 @@ impl Analyser {
         graph
     }
 
+    /// The configured targets that define action `id`, each with the
+    /// action's position in its list: `[<target>,<config>]#<index>`, the
+    /// config without null values and abbreviated, as justbuild reports the
+    /// origins of a failed action.
+    pub fn origins(&self, id: &str) -> Vec<String> {
+        /// justbuild's default limit for expressions in messages.
+        const CONFIG_LIMIT: usize = 320;
+        let results = self.results.lock().unwrap();
+        let mut out = Vec::new();
+        for ((name, config), t) in results.iter() {
+            for (index, _) in t.actions.iter().enumerate().filter(|(_, a)| a.id == id) {
+                let config = match serde_json::from_str::<serde_json::Value>(config) {
+                    Ok(serde_json::Value::Object(map)) => serde_json::Value::Object(
+                        map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+                    ),
+                    Ok(other) => other,
+                    Err(_) => serde_json::Value::String(config.clone()),
+                };
+                let config = Value::from_json(&config).to_abbrev_string(CONFIG_LIMIT);
+                out.push(format!("[{name},{config}]#{index}"));
+            }
+        }
+        out
+    }
+
     /// Number of configured targets in the result map.
     pub fn analysed_count(&self) -> usize {
         self.results.lock().unwrap().len()

@@ -119,12 +119,23 @@ pub enum BuildError {
     #[error("tree overlay {id} failed: {message}")]
     Overlay { id: String, message: String },
     /// An action failed; the message includes its command and output.
-    #[error("{0}")]
-    Action(String),
+    #[error("{message}")]
+    Action { action: String, message: String },
     #[error("{0}")]
     Shared(Arc<BuildError>),
     #[error("a build task failed: {0}")]
     Task(String),
+}
+
+impl BuildError {
+    /// The id of the action whose failure this is, if it is one.
+    pub fn failed_action(&self) -> Option<&str> {
+        match self {
+            BuildError::Action { action, .. } => Some(action),
+            BuildError::Shared(inner) => inner.failed_action(),
+            _ => None,
+        }
+    }
 }
 
 /// The counts of a build.

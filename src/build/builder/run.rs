@@ -57,6 +57,54 @@ async fn log_text(cas: &dyn RemoteCas, raw: &[u8], digest: &Option<reapi::Digest
     text
 }
 
+fn action_error(node: &ActionNode, message: String) -> BuildError {
+    BuildError::Action {
+        action: node.id.clone(),
+        message,
+    }
+}
+
+/// Every line of `text` indented by two spaces, each ending in a newline.
+fn indented(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// An action's output as justbuild reports it: `Output of command … in
+/// environment …` with `Stdout:`/`Stderr:` parts (or `Stdout of`/`Stderr
+/// of` when only one has text), the text indented; empty without output.
+async fn output_report(
+    cas: &dyn RemoteCas,
+    node: &ActionNode,
+    result: &reapi::ActionResult,
+) -> String {
+    let stdout = log_text(cas, &result.stdout_raw, &result.stdout_digest).await;
+    let stderr = log_text(cas, &result.stderr_raw, &result.stderr_digest).await;
+    let (out, err) = (!stdout.is_empty(), !stderr.is_empty());
+    if !out && !err {
+        return String::new();
+    }
+    let both = out && err;
+    let what = match (out, err) {
+        (true, true) => "Output",
+        (true, false) => "Stdout",
+        _ => "Stderr",
+    };
+    let mut text = format!("{what} of {}\n", describe(node));
+    if out {
+        if both {
+            text.push_str("Stdout:\n");
+        }
+        text.push_str(&indented(&stdout));
+    }
+    if err {
+        if both {
+            text.push_str("Stderr:\n");
+        }
+        text.push_str(&indented(&stderr));
+    }
+    text
+}
+
 /// Stdout and stderr of a result, for messages; empty when there were none.
 async fn logs(cas: &dyn RemoteCas, result: &reapi::ActionResult) -> String {
     let mut out = String::new();
@@ -116,11 +164,14 @@ impl Inner {
                         } => logs(cas, result).await,
                         _ => String::new(),
                     };
-                    return Err(BuildError::Action(format!(
-                        "action {} ran out of time: {}{logs}",
-                        node.id,
-                        describe(node)
-                    )));
+                    return Err(action_error(
+                        node,
+                        format!(
+                            "action {} ran out of time: {}{logs}",
+                            node.id,
+                            describe(node)
+                        ),
+                    ));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -128,15 +179,18 @@ impl Inner {
                 copy_result(t.cas.as_ref(), cas, &executed.result)
                     .await
                     .map_err(|message| {
-                        BuildError::Action(format!(
-                            "action {}: copying its outputs from {}: {message}",
-                            node.id, t.address
-                        ))
+                        action_error(
+                            node,
+                            format!(
+                                "action {}: copying its outputs from {}: {message}",
+                                node.id, t.address
+                            ),
+                        )
                     })?;
             }
             let outputs = produced(cas, &executed.result)
                 .await
-                .map_err(|message| BuildError::Action(format!("action {}: {message}", node.id)))?;
+                .map_err(|message| action_error(node, format!("action {}: {message}", node.id)))?;
             let complete = missing_outputs(
                 &outputs,
                 wanted
@@ -191,10 +245,13 @@ impl Inner {
             copy_closure(cas, t.cas.as_ref(), roots)
                 .await
                 .map_err(|message| {
-                    BuildError::Action(format!(
-                        "action {}: copying its inputs to {}: {message}",
-                        node.id, t.address
-                    ))
+                    action_error(
+                        node,
+                        format!(
+                            "action {}: copying its inputs to {}: {message}",
+                            node.id, t.address
+                        ),
+                    )
                 })?;
         }
         tracing::debug!(action = %node.id, digest = %remote.action_digest.hash, "executing");
@@ -211,12 +268,15 @@ impl Inner {
         let mut failed = failed_inputs;
         if exit_code != 0 {
             let Some(message) = &node.may_fail else {
-                return Err(BuildError::Action(format!(
-                    "action {} failed with exit code {exit_code}: {}{}",
-                    node.id,
-                    describe(node),
-                    logs(cas, result).await
-                )));
+                // The lines justbuild logs for it, in its order.
+                return Err(action_error(
+                    node,
+                    format!(
+                        "{}action returned non-zero exit code {exit_code}\nFailed to execute {}",
+                        output_report(cas, node, result).await,
+                        describe(node)
+                    ),
+                ));
             };
             failed = true;
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -242,12 +302,15 @@ impl Inner {
                 }
                 _ => String::new(),
             };
-            return Err(BuildError::Action(format!(
+            return Err(action_error(
+                node,
+                format!(
                 "{prefix}action {} did not produce the outputs {missing:?} of the right kind: {}{}",
                 node.id,
                 describe(node),
                 logs(cas, result).await
-            )));
+            ),
+            ));
         }
         let by_path: HashMap<String, _> = wanted
             .into_iter()
