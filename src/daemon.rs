@@ -106,6 +106,14 @@ pub enum Services {
 }
 
 impl Services {
+    /// The gc locks of the build root the services work on.
+    fn gc_locks(&self) -> Arc<crate::storage::gc::GcLocks> {
+        match self {
+            Services::Serve(ctx) => ctx.gc.clone(),
+            Services::Execute(endpoint) => endpoint.gc.clone(),
+        }
+    }
+
     fn endpoint(&self) -> Option<&Arc<LocalEndpoint>> {
         match self {
             Services::Serve(ctx) => ctx.endpoint.as_ref(),
@@ -236,7 +244,8 @@ pub async fn start_services(
         .trace_fn(|request| {
             let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
             tracing::info_span!("rpc", id, method = %request.uri().path())
-        });
+        })
+        .layer(crate::gc_layer::GcLayer(services.gc_locks()));
     let tls = tls_config(listen)?;
     let uses_tls = tls.is_some();
     if let Some(tls) = tls {

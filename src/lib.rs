@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod digest;
 pub mod execute;
+mod gc_layer;
 pub mod git;
 pub mod logging;
 pub mod remote;

@@ -508,6 +508,100 @@ fn failing_export(s: &Setup) {
     assert_eq!((s.runs("outer"), s.runs("inner")), (1, 1), "{mode}");
 }
 
+/// `just gc` (or `just-mr gc-repo`) on jserve's build root while it runs.
+fn collect(s: &Setup, repositories: bool) {
+    let root = s.dir.path().join("serve/serve-root");
+    let mut cmd = if repositories {
+        let mut c = Command::new(&s.just_mr);
+        c.args(["--norc", "--local-build-root"])
+            .arg(&root)
+            .arg("gc-repo");
+        c
+    } else {
+        let mut c = Command::new(&s.just);
+        c.args(["gc", "--local-build-root"]).arg(&root);
+        c
+    };
+    cmd.current_dir(s.dir.path());
+    let out = run_bounded(cmd, "gc");
+    assert!(
+        out.status.success(),
+        "{}: gc failed:\n{}",
+        s.mode(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// After one rotation of everything jserve stores, what it holds lives in
+/// generation 1: a client with an empty build root is still served from
+/// the target cache and the endpoint's action cache (nothing runs). After
+/// two more rotations without use it is gone and gets built anew.
+fn rotations(s: &Setup) {
+    let mode = s.mode();
+    let before = (s.runs("outer"), s.runs("inner"));
+    collect(s, false);
+    collect(s, true);
+    let mark = s.serve.log().len();
+    let run = s.just_mr(
+        "client-5",
+        None,
+        "install",
+        &["-o", s.out("out-5").to_str().unwrap(), "top"],
+    );
+    assert_served(&run, &format!("{mode}, after a rotation"));
+    assert_eq!(
+        std::fs::read_to_string(s.out("out-5/top.txt")).unwrap(),
+        "inner\nouter\ntop\n",
+        "{mode}"
+    );
+    let log = s.serve.log_since(mark);
+    assert!(
+        run.log.contains("Processed 1 actions, 1 cache hits"),
+        "{mode}: after a rotation:\n{}\njserve:\n{log}",
+        run.log
+    );
+    assert!(
+        log.contains(": cache hit ("),
+        "{mode}: no hit after a rotation:\n{log}"
+    );
+    assert_eq!((s.runs("outer"), s.runs("inner")), before, "{mode}");
+
+    // Used between two rotations, it survives the second one too.
+    collect(s, false);
+    collect(s, true);
+    let run = s.just_mr(
+        "client-6",
+        None,
+        "install",
+        &["-o", s.out("out-6").to_str().unwrap(), "top"],
+    );
+    assert_served(&run, &format!("{mode}, after a second rotation"));
+    assert_eq!((s.runs("outer"), s.runs("inner")), before, "{mode}");
+
+    // Unused for two rotations, it is gone: built anew.
+    for _ in 0..2 {
+        collect(s, false);
+        collect(s, true);
+    }
+    let run = s.just_mr(
+        "client-7",
+        None,
+        "install",
+        &["-o", s.out("out-7").to_str().unwrap(), "top"],
+    );
+    assert_served(&run, &format!("{mode}, after two unused rotations"));
+    assert_eq!(
+        std::fs::read_to_string(s.out("out-7/top.txt")).unwrap(),
+        "inner\nouter\ntop\n",
+        "{mode}"
+    );
+    assert_eq!(
+        (s.runs("outer"), s.runs("inner")),
+        (before.0 + 1, before.1 + 1),
+        "{mode}: not rebuilt after two unused rotations"
+    );
+}
+
 fn scenario(compatible: bool) {
     let Some(just) = reference_just() else { return };
     let s = setup(just, tempfile::tempdir().unwrap(), compatible, None);
@@ -515,6 +609,7 @@ fn scenario(compatible: bool) {
     second_client(&s);
     nested_export(&s);
     failing_export(&s);
+    rotations(&s);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use super::operations::Operations;
 use super::runner::{Demand, Runner, RunnerConfig};
 use crate::digest::{Digest, DigestError, HashFunction, ObjectKind};
+use crate::storage::gc::GcLocks;
 use crate::storage::trees::{check_git_tree_complete, TreeStoreError};
 use crate::storage::{ActionCache, ActionCacheError, BuildRoot, Cas, CasError};
 
@@ -95,6 +96,8 @@ pub struct LocalEndpoint {
     pub operations: Operations,
     /// Who wants each running action (by action hash), to order the queue.
     pub demands: Mutex<HashMap<String, Arc<Demand>>>,
+    /// Held by runs, which may outlive the request that started them.
+    pub gc: Arc<GcLocks>,
 }
 
 impl LocalEndpoint {
@@ -107,6 +110,7 @@ impl LocalEndpoint {
             runner: Runner::new(cas.clone(), build_root.exec_root(), config.runner),
             operations: Operations::new(),
             demands: Mutex::default(),
+            gc: GcLocks::for_root(build_root),
             cas,
         })
     }

@@ -88,7 +88,7 @@ fn nobody() -> Result<git2::Signature<'static>, GitError> {
 const KEEP_MESSAGE: &str = "Keep referenced tree alive";
 
 /// Creates the annotated tag `keep-<id>` on object `id` unless it exists.
-fn keep_tag(repo: &Repository, id: Oid, kind: git2::ObjectType) -> Result<(), GitError> {
+pub(crate) fn keep_tag(repo: &Repository, id: Oid, kind: git2::ObjectType) -> Result<(), GitError> {
     let name = format!("keep-{id}");
     if repo.find_reference(&format!("refs/tags/{name}")).is_ok() {
         return Ok(());

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use git2::{ObjectType, Repository};
+use git2::{ObjectType, Oid, Repository};
 
 use super::{parse_oid, GitError};
 use crate::digest::ObjectKind;
@@ -29,6 +29,9 @@ pub struct TreeItem {
 #[derive(Clone, Debug)]
 pub struct RepoSet {
     paths: Vec<PathBuf>,
+    /// Git caches of older generations (`just-mr gc-repo` rotates them):
+    /// searched last, and what is found there is copied into the git cache.
+    older: Vec<PathBuf>,
 }
 
 impl RepoSet {
@@ -36,7 +39,16 @@ impl RepoSet {
     pub fn new(git_cache: PathBuf, repositories: Vec<PathBuf>) -> RepoSet {
         let mut paths = vec![git_cache];
         paths.extend(repositories);
-        RepoSet { paths }
+        RepoSet {
+            paths,
+            older: Vec::new(),
+        }
+    }
+
+    /// This set, also searching the older git caches `older` (youngest first).
+    pub fn with_older(mut self, older: Vec<PathBuf>) -> RepoSet {
+        self.older = older;
+        self
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -66,10 +78,33 @@ impl RepoSet {
         Ok(None)
     }
 
+    /// Like `first`, then in the older git caches: an object found there is
+    /// copied into the git cache (`object` names it), which then answers.
+    fn first_or_uplink<T>(
+        &self,
+        object: Oid,
+        mut probe: impl FnMut(&Repository) -> Result<Option<T>, GitError>,
+    ) -> Result<Option<Found<T>>, GitError> {
+        if let Some(found) = self.first(&mut probe)? {
+            return Ok(Some(found));
+        }
+        for old in self.older.iter().filter(|p| p.exists()) {
+            if with_open_repo(old, &mut probe)?.is_none() {
+                continue;
+            }
+            let from = open_exact(old)?;
+            let to = crate::storage::BuildRoot::init_git_cache_at(&self.paths[0])?;
+            uplink_object(&from, &to, object)?;
+            drop_open_repo(&self.paths[0]);
+            return self.first(&mut probe);
+        }
+        Ok(None)
+    }
+
     /// The root tree of `commit`, if some repository has the commit.
     pub fn commit_tree(&self, commit: &str) -> Result<Option<Found<String>>, GitError> {
         let oid = parse_oid(commit)?;
-        self.first(|repo| match repo.find_commit(oid) {
+        self.first_or_uplink(oid, |repo| match repo.find_commit(oid) {
             Ok(c) => Ok(Some(c.tree_id().to_string())),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
@@ -84,7 +119,7 @@ impl RepoSet {
     ) -> Result<Option<Found<String>>, GitError> {
         let oid = parse_oid(commit)?;
         let rel = normalize_subdir(subdir)?;
-        self.first(|repo| {
+        self.first_or_uplink(oid, |repo| {
             let c = match repo.find_commit(oid) {
                 Ok(c) => c,
                 Err(e) if is_not_found(&e) => return Ok(None),
@@ -108,7 +143,7 @@ impl RepoSet {
     /// Whether some repository has object `id` of type `kind`.
     fn has(&self, id: &str, kind: ObjectType) -> Result<Option<Found<()>>, GitError> {
         let oid = parse_oid(id)?;
-        self.first(|repo| {
+        self.first_or_uplink(oid, |repo| {
             let odb = repo.odb()?;
             match odb.read_header(oid) {
                 Ok((_, t)) if t == kind => Ok(Some(())),
@@ -132,7 +167,7 @@ impl RepoSet {
     /// The content of blob `id`.
     pub fn read_blob(&self, id: &str) -> Result<Option<Found<Vec<u8>>>, GitError> {
         let oid = parse_oid(id)?;
-        self.first(|repo| match repo.find_blob(oid) {
+        self.first_or_uplink(oid, |repo| match repo.find_blob(oid) {
             Ok(b) => Ok(Some(b.content().to_vec())),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
@@ -142,7 +177,7 @@ impl RepoSet {
     /// Every entry below tree `id`, depth first, directories before their content.
     pub fn read_tree_recursive(&self, id: &str) -> Result<Option<Found<Vec<TreeItem>>>, GitError> {
         let oid = parse_oid(id)?;
-        self.first(|repo| {
+        self.first_or_uplink(oid, |repo| {
             let tree = match repo.find_tree(oid) {
                 Ok(t) => t,
                 Err(e) if is_not_found(&e) => return Ok(None),
@@ -152,6 +187,46 @@ impl RepoSet {
             collect_tree(repo, &tree, &mut Vec::new(), &mut items)?;
             Ok(Some(items))
         })
+    }
+}
+
+/// Copies object `root` from `from` into `to` with everything it reaches
+/// (a commit's tree and parents, a tree's entries), then keeps it with a
+/// `keep-` tag as just-mr does. Objects `to` has are taken as complete.
+fn uplink_object(from: &Repository, to: &Repository, root: Oid) -> Result<(), GitError> {
+    let (src, dst) = (from.odb()?, to.odb()?);
+    let mut todo = vec![root];
+    let mut kind_of_root = None;
+    while let Some(id) = todo.pop() {
+        if dst.exists(id) {
+            continue;
+        }
+        let object = src.read(id)?;
+        let kind = object.kind();
+        kind_of_root.get_or_insert(kind);
+        match kind {
+            ObjectType::Tree => {
+                let tree = from.find_tree(id)?;
+                // Submodule entries (commits) are not in the repository.
+                todo.extend(
+                    tree.iter()
+                        .filter(|e| e.kind() != Some(ObjectType::Commit))
+                        .map(|e| e.id()),
+                );
+            }
+            ObjectType::Commit => {
+                let commit = from.find_commit(id)?;
+                todo.push(commit.tree_id());
+                todo.extend(commit.parent_ids());
+            }
+            _ => {}
+        }
+        dst.write(kind, object.data())?;
+    }
+    match kind_of_root {
+        Some(ObjectType::Commit) => super::import::keep_tag(to, root, ObjectType::Commit),
+        Some(ObjectType::Tree) => super::import::keep_tree(to, root),
+        _ => Ok(()),
     }
 }
 
@@ -189,9 +264,19 @@ fn collect_tree(
 }
 
 thread_local! {
-    /// Repositories opened by this thread (blocking-pool threads are reused).
-    static OPEN_REPOS: std::cell::RefCell<std::collections::HashMap<PathBuf, Repository>> =
+    /// Repositories opened by this thread (blocking-pool threads are reused),
+    /// with the value of `REOPEN` they were opened under.
+    static OPEN_REPOS: std::cell::RefCell<(u64, std::collections::HashMap<PathBuf, Repository>)> =
         Default::default();
+}
+
+/// Bumped when repositories may have been moved (a `just-mr gc-repo`
+/// rotation): every thread then opens its repositories anew.
+static REOPEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes every thread open its repositories anew on their next use.
+pub fn reopen_repositories() {
+    REOPEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Runs `f` on the repository at `path`, opened once per thread. libgit2
@@ -202,18 +287,33 @@ fn with_open_repo<T>(
     f: &mut impl FnMut(&Repository) -> Result<Option<T>, GitError>,
 ) -> Result<Option<T>, GitError> {
     OPEN_REPOS.with(|cell| {
-        if !cell.borrow().contains_key(path) {
+        let epoch = REOPEN.load(std::sync::atomic::Ordering::SeqCst);
+        {
+            let mut open = cell.borrow_mut();
+            if open.0 != epoch {
+                *open = (epoch, Default::default());
+            }
+        }
+        if !cell.borrow().1.contains_key(path) {
             let repo = open_exact(path)?;
             let mut open = cell.borrow_mut();
             // A bound, in case a long-running process sees many repositories.
-            if open.len() >= 64 {
-                open.clear();
+            if open.1.len() >= 64 {
+                open.1.clear();
             }
-            open.insert(path.to_path_buf(), repo);
+            open.1.insert(path.to_path_buf(), repo);
         }
         let open = cell.borrow();
-        f(&open[path])
+        f(&open.1[path])
     })
+}
+
+/// Forgets this thread's open handle of `path` (after the repository there
+/// was replaced); other threads notice by the generation counter.
+fn drop_open_repo(path: &Path) {
+    OPEN_REPOS.with(|cell| {
+        cell.borrow_mut().1.remove(path);
+    });
 }
 
 /// Opens exactly the repository at `path` (bare, or a work tree with `.git`).

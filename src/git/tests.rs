@@ -212,3 +212,42 @@ fn import_keeps_empty_directories() {
         "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
     );
 }
+
+/// A git cache that `just-mr gc-repo` moved to generation 1: look-ups still
+/// find its objects, and copy them (with a keep tag) into the new cache.
+#[test]
+fn older_git_caches_are_read_and_copied_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(work.join("sub")).unwrap();
+    fs::write(work.join("sub/f"), "content\n").unwrap();
+    let old = tmp.path().join("generation-1/git");
+    let old_repo = git2::Repository::init_bare(&old).unwrap();
+    let tree = import_to_git(&old_repo, &work, "Content of archive 99").unwrap();
+    let commit = git(&old, &["tag", "-l", "keep-*"])
+        .strip_prefix("keep-")
+        .unwrap()
+        .to_string();
+    let cache = tmp.path().join("generation-0/git");
+    let set = RepoSet::new(cache.clone(), vec![]).with_older(vec![old.clone()]);
+    let plain = RepoSet::new(cache.clone(), vec![]);
+
+    let found = set
+        .commit_tree(&commit)
+        .unwrap()
+        .expect("found in the older cache");
+    assert_eq!((found.repo, found.value), (0, tree.to_string()));
+    // Now the new cache alone has the commit, its whole tree and a keep tag.
+    assert_eq!(plain.commit_tree(&commit).unwrap().unwrap().repo, 0);
+    let listed = plain
+        .read_tree_recursive(&tree.to_string())
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.value.len(), 2);
+    assert_eq!(
+        git(&cache, &["cat-file", "-t", &format!("keep-{commit}")]),
+        "tag"
+    );
+    // Objects no generation has stay unknown.
+    assert_eq!(set.find_blob(&"1".repeat(40)).unwrap(), None);
+}

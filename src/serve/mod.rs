@@ -51,6 +51,8 @@ pub struct ServeContext {
     pub executor: Arc<dyn RemoteExecutor>,
     /// What ServeTarget did so far.
     pub target_stats: crate::targets::TargetStats,
+    /// justbuild's gc locks on the build root, and the rotations seen.
+    pub gc: Arc<crate::storage::gc::GcLocks>,
 }
 
 impl ServeContext {
@@ -67,7 +69,8 @@ impl ServeContext {
                 path: build_root.git_cache_dir(),
                 source,
             })?;
-        let repos = RepoSet::new(build_root.git_cache_dir(), config.repositories.clone());
+        let repos = RepoSet::new(build_root.git_cache_dir(), config.repositories.clone())
+            .with_older(build_root.older_git_cache_dirs());
         let hash = config.hash_function();
         let endpoint = config.is_own_endpoint().then(|| {
             LocalEndpoint::new(
@@ -123,6 +126,7 @@ impl ServeContext {
                 ),
             };
         let sources = Sources::new(build_root.clone(), repos.clone(), remote);
+        let gc = crate::storage::gc::GcLocks::for_root(&build_root);
         Ok(Arc::new(ServeContext {
             hash,
             build_root,
@@ -131,6 +135,7 @@ impl ServeContext {
             sources,
             executor,
             target_stats: Default::default(),
+            gc,
             config,
         }))
     }

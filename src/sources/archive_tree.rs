@@ -90,13 +90,8 @@ impl Sources {
     }
 
     fn special_map(&self, mode: ResolveMode) -> IdMap {
-        IdMap::new(
-            self.build_root
-                .repositories_dir()
-                .join("special-tree-map")
-                .join(mode.pragma_name()),
-            self.build_root.tmp_dir(),
-        )
+        self.build_root
+            .repository_map(&format!("special-tree-map/{}", mode.pragma_name()))
     }
 
     /// ServeArchiveTree.

@@ -47,12 +47,7 @@ async fn blocking<T: Send + 'static>(
 
 impl Sources {
     pub fn new(build_root: BuildRoot, repos: RepoSet, remote: Arc<dyn RemoteCas>) -> Sources {
-        let rehash = crate::storage::IdMap::new(
-            build_root
-                .path()
-                .join("protocol-dependent/generation-0/to-plain-SHA256/from-git"),
-            build_root.tmp_dir(),
-        );
+        let rehash = build_root.protocol_map("to-plain-SHA256/from-git");
         Sources {
             native_cas: build_root.cas(HashFunction::GitSha1),
             syncer: Syncer::new(remote.clone(), rehash),

@@ -10,7 +10,6 @@ use super::copy::{native_cas_tree_to_git, remote_tree_to_git, CopyError};
 use super::{blocking, Sources};
 use crate::digest::{serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind};
 use crate::git::{commit_and_keep, parse_oid};
-use crate::storage::IdMap;
 
 /// How an operation ended; the gRPC layer maps it onto each RPC's status enum.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -333,10 +332,7 @@ impl Sources {
             Err(e) => return TreeAnswer::internal(e),
         };
         let repos = self.repos.clone();
-        let memo = IdMap::new(
-            self.build_root.repositories_dir().join("tree_structure"),
-            self.build_root.tmp_dir(),
-        );
+        let memo = self.build_root.repository_map("tree_structure");
         let id = tree.to_string();
         let result = blocking(move || {
             let source = repos.open(repo).map_err(|e| e.to_string())?;

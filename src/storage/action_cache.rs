@@ -6,7 +6,7 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult;
+use bazel_remote_apis::build::bazel::remote::execution::v2::{ActionResult, Digest, Tree};
 use prost::Message;
 
 use super::atomic::write_atomic;
@@ -27,16 +27,28 @@ pub struct ActionCache {
     cas: Cas,
     dir: PathBuf,
     tmp: PathBuf,
+    /// Entry directories of older generations, youngest first.
+    older: Vec<PathBuf>,
 }
 
 impl ActionCache {
     pub fn new(cas: Cas, dir: PathBuf, tmp: PathBuf) -> ActionCache {
-        ActionCache { cas, dir, tmp }
+        ActionCache {
+            cas,
+            dir,
+            tmp,
+            older: Vec::new(),
+        }
+    }
+
+    /// This cache, also reading entries of older generations at `older`.
+    pub fn with_older(mut self, older: Vec<PathBuf>) -> ActionCache {
+        self.older = older;
+        self
     }
 
     fn entry_path(&self, action_hash: &str) -> PathBuf {
-        let (shard, rest) = action_hash.split_at(2);
-        self.dir.join(shard).join(rest)
+        entry_under(&self.dir, action_hash)
     }
 
     /// Stores `result` for the action with hex id `action_hash` (last writer wins).
@@ -65,7 +77,9 @@ impl ActionCache {
         let path = self.entry_path(action_hash);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.get_older(action_hash);
+            }
             Err(source) => return Err(ActionCacheError::Io { path, source }),
         };
         // An entry that does not parse, or whose blob is gone, is a miss.
@@ -82,6 +96,96 @@ impl ActionCache {
     pub fn hash_function(&self) -> HashFunction {
         self.cas.hash_function()
     }
+
+    /// An entry of an older generation: what its result names is copied
+    /// forward first (reading through the CAS does that), then the entry.
+    fn get_older(&self, action_hash: &str) -> Result<Option<ActionResult>, ActionCacheError> {
+        let Some(old) = self
+            .older
+            .iter()
+            .map(|d| entry_under(d, action_hash))
+            .find(|p| p.is_file())
+        else {
+            return Ok(None);
+        };
+        let text = fs::read_to_string(&old).map_err(|source| ActionCacheError::Io {
+            path: old.clone(),
+            source,
+        })?;
+        let Ok((hash, _size)) = serde_json::from_str::<(String, u64)>(&text) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.cas.read(ObjectKind::File, &hash)? else {
+            return Ok(None);
+        };
+        let Ok(result) = ActionResult::decode(bytes.as_slice()) else {
+            return Ok(None);
+        };
+        if !self.uplink_outputs(&result)? {
+            tracing::debug!(action = action_hash, "older entry names objects now gone");
+            return Ok(None);
+        }
+        let path = self.entry_path(action_hash);
+        write_atomic(&self.tmp, &path, text.as_bytes(), 0o644)
+            .map_err(|source| ActionCacheError::Io { path, source })?;
+        Ok(Some(result))
+    }
+
+    /// Brings every object `result` names into the current generation;
+    /// false if one of them is gone.
+    fn uplink_outputs(&self, result: &ActionResult) -> Result<bool, ActionCacheError> {
+        // Wire digests (native ones carry a type prefix) to local ids.
+        let hash = self.cas.hash_function();
+        let present = |kind: ObjectKind, d: &Option<Digest>| match d {
+            Some(d) if !d.hash.is_empty() => hash
+                .digest_from_wire(d)
+                .is_ok_and(|d| self.cas.contains(kind, &d.hash)),
+            _ => true,
+        };
+        for f in &result.output_files {
+            if !present(ObjectKind::blob(f.is_executable), &f.digest) {
+                return Ok(false);
+            }
+        }
+        for d in &result.output_directories {
+            if self.cas.hash_function().is_native() {
+                if !present(ObjectKind::Tree, &d.tree_digest) {
+                    return Ok(false);
+                }
+                continue;
+            }
+            // Compatible: a Tree message, whose files are named inside.
+            let Some(digest) = &d.tree_digest else {
+                continue;
+            };
+            let Ok(digest) = hash.digest_from_wire(digest) else {
+                return Ok(false);
+            };
+            let Some(bytes) = self.cas.read(ObjectKind::File, &digest.hash)? else {
+                return Ok(false);
+            };
+            let Ok(tree) = Tree::decode(bytes.as_slice()) else {
+                return Ok(false);
+            };
+            for dir in tree.root.iter().chain(tree.children.iter()) {
+                for f in &dir.files {
+                    if !present(ObjectKind::blob(f.is_executable), &f.digest) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        // The logs too where they are (justbuild leaves them behind, and the
+        // empty one need not be stored): a client may still ask for them.
+        let _ = present(ObjectKind::File, &result.stdout_digest);
+        let _ = present(ObjectKind::File, &result.stderr_digest);
+        Ok(true)
+    }
+}
+
+fn entry_under(dir: &std::path::Path, action_hash: &str) -> PathBuf {
+    let (shard, rest) = action_hash.split_at(2.min(action_hash.len()));
+    dir.join(shard).join(rest)
 }
 
 #[cfg(test)]

@@ -63,12 +63,26 @@ pub struct Cas {
     hash: HashFunction,
     root: PathBuf,
     tmp: PathBuf,
+    /// The same mode's directories of older generations, youngest first:
+    /// read, and what is found there copied forward into `root`.
+    older: Vec<PathBuf>,
 }
 
 impl Cas {
     /// A CAS rooted at `root` (the mode's directory of a generation), staging writes in `tmp`.
     pub fn new(hash: HashFunction, root: PathBuf, tmp: PathBuf) -> Cas {
-        Cas { hash, root, tmp }
+        Cas {
+            hash,
+            root,
+            tmp,
+            older: Vec::new(),
+        }
+    }
+
+    /// This CAS, also reading the older generations at `older` (youngest first).
+    pub fn with_older(mut self, older: Vec<PathBuf>) -> Cas {
+        self.older = older;
+        self
     }
 
     pub fn hash_function(&self) -> HashFunction {
@@ -85,8 +99,7 @@ impl Cas {
     }
 
     fn path_in(&self, store: Store, hash: &str) -> PathBuf {
-        let (shard, rest) = hash.split_at(2.min(hash.len()));
-        self.root.join(store.dir_name()).join(shard).join(rest)
+        path_under(&self.root, store, hash)
     }
 
     /// Where an object of `kind` with `hash` is (or would be) stored.
@@ -106,10 +119,113 @@ impl Cas {
             Store::Executable => &[Store::Executable, Store::File],
             Store::Tree => &[Store::Tree],
         };
-        candidates
+        let found = candidates
             .iter()
             .map(|s| self.path_in(*s, hash))
+            .find(|p| p.is_file());
+        if found.is_some() || self.older.is_empty() {
+            return found;
+        }
+        // An older generation's object is used: it moves forward, so what
+        // is in use between two rotations survives both (trees with
+        // everything below them, so a present tree stays complete).
+        let store = candidates.iter().find(|s| {
+            self.older
+                .iter()
+                .any(|o| path_under(o, **s, hash).is_file())
+        })?;
+        if kind.is_tree() {
+            self.uplink_tree(hash)
+        } else {
+            self.uplink(*store, hash)
+        }
+    }
+
+    /// The object's file in the youngest older generation that has it.
+    fn find_older(&self, store: Store, hash: &str) -> Option<PathBuf> {
+        self.older
+            .iter()
+            .map(|o| path_under(o, store, hash))
             .find(|p| p.is_file())
+    }
+
+    /// Links (or copies) one object from an older generation into this one;
+    /// its path here, or the old one should that fail.
+    fn uplink(&self, store: Store, hash: &str) -> Option<PathBuf> {
+        let old = self.find_older(store, hash)?;
+        let new = self.path_in(store, hash);
+        match link_or_copy(&old, &new, &self.tmp, store.mode()) {
+            Ok(()) => Some(new),
+            Err(e) => {
+                tracing::warn!(
+                    object = hash,
+                    "cannot copy forward from an older generation: {e}"
+                );
+                Some(old)
+            }
+        }
+    }
+
+    /// Copies a tree forward with every entry it names, each entry before
+    /// the tree naming it; walks with a stack, so any depth works.
+    fn uplink_tree(&self, root: &str) -> Option<PathBuf> {
+        let tree_store = self.store(ObjectKind::Tree);
+        // (tree hash, whether its entries have been taken care of)
+        let mut todo = vec![(root.to_string(), false)];
+        while let Some((hash, entries_done)) = todo.pop() {
+            if self.path_in(tree_store, &hash).is_file() {
+                continue;
+            }
+            if entries_done {
+                self.uplink(tree_store, &hash)?;
+                continue;
+            }
+            let old = self.find_older(tree_store, &hash)?;
+            let data = fs::read(&old).ok()?;
+            todo.push((hash.clone(), true));
+            for (kind, entry) in self.tree_entries(&data)? {
+                if kind.is_tree() {
+                    todo.push((entry, false));
+                } else if self.find(kind, &entry).is_none() {
+                    tracing::debug!(tree = hash, entry, "older tree is incomplete");
+                }
+            }
+        }
+        Some(self.path_in(tree_store, root))
+    }
+
+    /// Entries of a tree object (git tree or `Directory`) by kind and hex id;
+    /// symlink targets of git trees are blobs, those of `Directory` inline.
+    fn tree_entries(&self, data: &[u8]) -> Option<Vec<(ObjectKind, String)>> {
+        if self.hash.is_native() {
+            let entries = crate::digest::parse_git_tree(data).ok()?;
+            Some(
+                entries
+                    .into_iter()
+                    .map(|e| {
+                        let kind = match e.kind {
+                            ObjectKind::Symlink => ObjectKind::File,
+                            k => k,
+                        };
+                        (kind, hex::encode(e.id))
+                    })
+                    .collect(),
+            )
+        } else {
+            use prost::Message;
+            let dir =
+                bazel_remote_apis::build::bazel::remote::execution::v2::Directory::decode(data)
+                    .ok()?;
+            let files = dir.files.into_iter().filter_map(|f| {
+                let kind = ObjectKind::blob(f.is_executable);
+                Some((kind, f.digest?.hash))
+            });
+            let dirs = dir
+                .directories
+                .into_iter()
+                .filter_map(|d| Some((ObjectKind::Tree, d.digest?.hash)));
+            Some(files.chain(dirs).collect())
+        }
     }
 
     pub fn contains(&self, kind: ObjectKind, hash: &str) -> bool {
@@ -233,6 +349,28 @@ impl Cas {
     }
 }
 
+fn path_under(root: &Path, store: Store, hash: &str) -> PathBuf {
+    let (shard, rest) = hash.split_at(2.min(hash.len()));
+    root.join(store.dir_name()).join(shard).join(rest)
+}
+
+/// Puts the file `old` at `new` as well: a hard link where possible (same
+/// filesystem), else an atomic copy. An existing `new` is fine.
+pub(crate) fn link_or_copy(old: &Path, new: &Path, tmp: &Path, mode: u32) -> io::Result<()> {
+    if let Some(parent) = new.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::hard_link(old, new) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) => {
+            let mut tmp = TempFile::new_in(tmp)?;
+            io::copy(&mut File::open(old)?, &mut tmp)?;
+            tmp.commit(new, mode)
+        }
+    }
+}
+
 /// An object being written piece by piece; it only enters the CAS on `commit`.
 pub struct Upload {
     cas: Cas,
@@ -328,6 +466,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Cas::new(hf, dir.path().join("store"), dir.path().join("tmp"));
         (dir, c)
+    }
+
+    /// A tree (a/b/deep, a/top, x, an executable) in an older generation
+    /// only; a CAS whose generation 0 is empty finds it and moves it up,
+    /// everything below it first.
+    #[test]
+    fn older_generations_are_read_and_copied_forward_deeply() {
+        for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let dir = tempfile::tempdir().unwrap();
+            let (old_root, new_root) = (dir.path().join("gen1"), dir.path().join("gen0"));
+            let tmp = dir.path().join("tmp");
+            let old = Cas::new(hf, old_root.clone(), tmp.clone());
+            let src = dir.path().join("src");
+            std::fs::create_dir_all(src.join("a/b")).unwrap();
+            std::fs::write(src.join("a/b/deep"), "deep").unwrap();
+            std::fs::write(src.join("a/top"), "top").unwrap();
+            std::fs::write(src.join("x"), "x").unwrap();
+            std::fs::write(src.join("run"), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(src.join("run"), fs::Permissions::from_mode(0o755)).unwrap();
+            let root = crate::storage::trees::store_directory(&old, &src)
+                .unwrap()
+                .root;
+            let blob = old.put_bytes(ObjectKind::File, b"loose").unwrap();
+
+            let new = Cas::new(hf, new_root.clone(), tmp).with_older(vec![old_root.clone()]);
+            let plain = Cas::new(hf, new_root.clone(), dir.path().join("tmp"));
+            assert!(!plain.contains(ObjectKind::Tree, &root.hash));
+            assert!(new.contains(ObjectKind::Tree, &root.hash), "{hf:?}");
+            // Now generation 0 alone has the tree and everything below it.
+            let nodes = crate::storage::trees::read_tree(&plain, &root)
+                .unwrap()
+                .unwrap();
+            assert_eq!(nodes.len(), 3, "{hf:?}");
+            let mut todo = vec![root.clone()];
+            let mut blobs = 0;
+            while let Some(t) = todo.pop() {
+                for n in crate::storage::trees::read_tree(&plain, &t)
+                    .unwrap()
+                    .unwrap()
+                {
+                    match n {
+                        crate::storage::trees::Node::Dir { digest, .. } => todo.push(digest),
+                        crate::storage::trees::Node::File {
+                            digest, executable, ..
+                        } => {
+                            assert!(plain.contains(ObjectKind::blob(executable), &digest.hash));
+                            blobs += 1;
+                        }
+                        crate::storage::trees::Node::Symlink { .. } => {}
+                    }
+                }
+            }
+            assert_eq!(blobs, 4, "{hf:?}");
+            // Blobs move up alone; what no generation has stays missing.
+            assert_eq!(
+                new.read(ObjectKind::File, &blob.hash).unwrap().unwrap(),
+                b"loose"
+            );
+            assert!(plain.contains(ObjectKind::File, &blob.hash));
+            let absent = hf.digest_bytes(ObjectKind::File, b"absent");
+            assert!(!new.contains(ObjectKind::File, &absent.hash));
+        }
     }
 
     fn tmp_is_empty(dir: &tempfile::TempDir) -> bool {

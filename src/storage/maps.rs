@@ -29,6 +29,8 @@ impl ArchiveKind {
 pub struct IdMap {
     dir: PathBuf,
     tmp: PathBuf,
+    /// The map's directories in older generations, youngest first.
+    older: Vec<PathBuf>,
 }
 
 fn valid_key(key: &str) -> bool {
@@ -37,7 +39,18 @@ fn valid_key(key: &str) -> bool {
 
 impl IdMap {
     pub fn new(dir: PathBuf, tmp: PathBuf) -> IdMap {
-        IdMap { dir, tmp }
+        IdMap {
+            dir,
+            tmp,
+            older: Vec::new(),
+        }
+    }
+
+    /// This map, also reading the older generations at `older`; what is
+    /// read there is written into the current one.
+    pub fn with_older(mut self, older: Vec<PathBuf>) -> IdMap {
+        self.older = older;
+        self
     }
 
     /// The value stored for `key`, if any. Keys must be hex ids.
@@ -47,7 +60,19 @@ impl IdMap {
         }
         match fs::read_to_string(self.dir.join(key)) {
             Ok(v) => Ok(Some(v)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                for dir in &self.older {
+                    match fs::read_to_string(dir.join(key)) {
+                        Ok(v) => {
+                            self.set(key, &v)?;
+                            return Ok(Some(v));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

@@ -6,6 +6,7 @@
 pub mod action_cache;
 pub mod atomic;
 pub mod cas;
+pub mod gc;
 pub mod maps;
 pub mod target_cache;
 pub mod trees;
@@ -43,10 +44,16 @@ pub fn remove_tree(dir: &Path) {
     }
 }
 
-/// Only generation 0 is written; older generations belong to garbage collection.
-const GENERATION: &str = "generation-0";
+/// Generations justbuild's garbage collection keeps (its default): `just
+/// gc` and `just-mr gc-repo` rename `generation-<i>` to `generation-<i+1>`
+/// and drop the oldest. Only generation 0 is written; the others are read,
+/// and what is used there is copied forward into generation 0.
+pub const GENERATIONS: usize = 2;
 
-/// The directory tree of a local build root.
+const PROTOCOL_DEPENDENT: &str = "protocol-dependent";
+const REPOSITORIES: &str = "repositories";
+
+/// The directory tree of a local build root: the one place that knows it.
 #[derive(Clone, Debug)]
 pub struct BuildRoot {
     root: PathBuf,
@@ -65,49 +72,78 @@ impl BuildRoot {
             root: root.to_path_buf(),
         };
         std::fs::create_dir_all(b.tmp_dir())?;
+        b.create_generation_dirs();
         std::fs::create_dir_all(b.repositories_dir())?;
         Ok(b)
+    }
+
+    /// Makes sure both generation-0 directories exist (a rotation leaves
+    /// none behind), so that they keep one identity until the next.
+    pub fn create_generation_dirs(&self) {
+        for area in [PROTOCOL_DEPENDENT, REPOSITORIES] {
+            let dir = self.generation(area, 0);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "cannot create: {e}");
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.root
     }
 
-    /// Staging directory for atomic writes; on the build root's filesystem.
+    /// Staging directory for atomic writes; on the build root's filesystem,
+    /// outside the generations so that a rotation never moves it.
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
+    fn generation(&self, area: &str, i: usize) -> PathBuf {
+        self.root.join(area).join(format!("generation-{i}"))
+    }
+
+    fn older(&self, area: &str, below: impl Fn(PathBuf) -> PathBuf) -> Vec<PathBuf> {
+        (1..GENERATIONS)
+            .map(|i| below(self.generation(area, i)))
+            .collect()
+    }
+
     /// Storage of one hash mode: `protocol-dependent/generation-0/<mode>`.
     pub fn storage_dir(&self, hash: HashFunction) -> PathBuf {
-        self.root
-            .join("protocol-dependent")
-            .join(GENERATION)
+        self.generation(PROTOCOL_DEPENDENT, 0)
             .join(hash.storage_dir_name())
     }
 
-    /// The CAS of one hash mode.
+    fn older_storage_dirs(&self, hash: HashFunction) -> Vec<PathBuf> {
+        self.older(PROTOCOL_DEPENDENT, |g| g.join(hash.storage_dir_name()))
+    }
+
+    /// The CAS of one hash mode (reading older generations too).
     pub fn cas(&self, hash: HashFunction) -> Cas {
         Cas::new(hash, self.storage_dir(hash), self.tmp_dir())
+            .with_older(self.older_storage_dirs(hash))
     }
 
     /// The action cache of one hash mode.
     pub fn action_cache(&self, hash: HashFunction) -> ActionCache {
+        let older = self
+            .older_storage_dirs(hash)
+            .into_iter()
+            .map(|d| d.join("ac"))
+            .collect();
         ActionCache::new(
             self.cas(hash),
             self.storage_dir(hash).join("ac"),
             self.tmp_dir(),
         )
+        .with_older(older)
     }
 
-    /// Working directories of locally run actions; on the build root's filesystem
-    /// so that inputs can be hard-linked from the CAS.
+    /// Working directories of locally run actions; on the build root's
+    /// filesystem so that inputs can be hard-linked from the CAS, and outside
+    /// the generations, whose `ephemeral` part `just gc` moves away.
     pub fn exec_root(&self) -> PathBuf {
-        self.root
-            .join("protocol-dependent")
-            .join(GENERATION)
-            .join("ephemeral")
-            .join("exec_root")
+        self.tmp_dir().join("exec_root")
     }
 
     /// Target-cache entries of one hash mode and backend shard.
@@ -115,9 +151,17 @@ impl BuildRoot {
         self.storage_dir(hash).join("tc").join(shard)
     }
 
+    /// The same shard in older generations, youngest first.
+    pub fn older_target_cache_dirs(&self, hash: HashFunction, shard: &str) -> Vec<PathBuf> {
+        self.older_storage_dirs(hash)
+            .into_iter()
+            .map(|d| d.join("tc").join(shard))
+            .collect()
+    }
+
     /// `repositories/generation-0`: the git cache and the source maps.
     pub fn repositories_dir(&self) -> PathBuf {
-        self.root.join("repositories").join(GENERATION)
+        self.generation(REPOSITORIES, 0)
     }
 
     /// The bare git repository jserve imports trees into.
@@ -125,23 +169,68 @@ impl BuildRoot {
         self.repositories_dir().join("git")
     }
 
-    /// Archive content id -> root tree of the unpacked archive.
-    pub fn archive_tree_map(&self, kind: ArchiveKind) -> IdMap {
-        IdMap::new(
-            self.repositories_dir()
-                .join("tree-map")
-                .join(kind.dir_name()),
-            self.tmp_dir(),
-        )
+    /// The git caches of older generations, youngest first.
+    pub fn older_git_cache_dirs(&self) -> Vec<PathBuf> {
+        self.older(REPOSITORIES, |g| g.join("git"))
     }
 
-    /// Opens the git cache, creating the bare repository on first use.
+    /// A map of `repositories/generation-0/<rel>` (reading older generations too).
+    pub fn repository_map(&self, rel: &str) -> IdMap {
+        IdMap::new(self.repositories_dir().join(rel), self.tmp_dir())
+            .with_older(self.older(REPOSITORIES, |g| g.join(rel)))
+    }
+
+    /// A map of `protocol-dependent/generation-0/<rel>` (reading older generations too).
+    pub fn protocol_map(&self, rel: &str) -> IdMap {
+        IdMap::new(
+            self.generation(PROTOCOL_DEPENDENT, 0).join(rel),
+            self.tmp_dir(),
+        )
+        .with_older(self.older(PROTOCOL_DEPENDENT, |g| g.join(rel)))
+    }
+
+    /// Archive content id -> root tree of the unpacked archive.
+    pub fn archive_tree_map(&self, kind: ArchiveKind) -> IdMap {
+        self.repository_map(&format!("tree-map/{}", kind.dir_name()))
+    }
+
+    /// The lock `just gc` takes exclusively to rotate the CAS and caches;
+    /// users of generation 0 hold it shared.
+    pub fn gc_lock_path(&self) -> PathBuf {
+        self.root.join(PROTOCOL_DEPENDENT).join("gc.lock")
+    }
+
+    /// The lock `just-mr gc-repo` takes exclusively to rotate `repositories/`.
+    pub fn repository_gc_lock_path(&self) -> PathBuf {
+        self.root.join(REPOSITORIES).join("gc.lock")
+    }
+
+    /// What tells one generation 0 from the next: the directory's identity
+    /// (a rotation renames it away), `None` while it does not exist.
+    pub fn generation_identity(&self, repositories: bool) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let area = if repositories {
+            REPOSITORIES
+        } else {
+            PROTOCOL_DEPENDENT
+        };
+        std::fs::metadata(self.generation(area, 0))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
+    /// Opens the git cache, creating the bare repository on first use (and
+    /// after `just-mr gc-repo` moved it to an older generation).
     pub fn init_git_cache(&self) -> Result<git2::Repository, git2::Error> {
-        let dir = self.git_cache_dir();
-        match git2::Repository::open_bare(&dir) {
+        Self::init_git_cache_at(&self.git_cache_dir())
+    }
+
+    /// Opens or creates the bare git cache at `dir`.
+    pub fn init_git_cache_at(dir: &Path) -> Result<git2::Repository, git2::Error> {
+        match git2::Repository::open_bare(dir) {
             Ok(repo) => Ok(repo),
             // Concurrent initialisation of the same path is harmless for libgit2.
-            Err(_) => git2::Repository::init_bare(&dir),
+            Err(_) => git2::Repository::init_bare(dir),
         }
     }
 }

@@ -128,6 +128,8 @@ pub struct TargetCache {
     cas: Cas,
     dir: PathBuf,
     tmp: PathBuf,
+    /// The shard's directories in older generations, youngest first.
+    older: Vec<PathBuf>,
     backend: BackendDescription,
 }
 
@@ -140,8 +142,10 @@ impl TargetCache {
         if let Err(e) = cas.put_bytes(ObjectKind::File, backend.text.as_bytes()) {
             tracing::debug!("cannot store backend description in the CAS: {e}");
         }
+        let shard = backend.shard(hash);
         TargetCache {
-            dir: root.target_cache_dir(hash, &backend.shard(hash)),
+            dir: root.target_cache_dir(hash, &shard),
+            older: root.older_target_cache_dirs(hash, &shard),
             cas,
             tmp: root.tmp_dir(),
             backend,
@@ -162,6 +166,10 @@ impl TargetCache {
     }
 
     fn index_path(&self, key_hash: &str) -> Result<PathBuf, TargetCacheError> {
+        self.index_path_in(&self.dir, key_hash)
+    }
+
+    fn index_path_in(&self, dir: &Path, key_hash: &str) -> Result<PathBuf, TargetCacheError> {
         self.hash_function()
             .check_hex(key_hash)
             .map_err(|e| TargetCacheError::BadKey {
@@ -169,7 +177,58 @@ impl TargetCache {
                 message: e.to_string(),
             })?;
         let (prefix, rest) = key_hash.split_at(2);
-        Ok(self.dir.join(prefix).join(rest))
+        Ok(dir.join(prefix).join(rest))
+    }
+
+    /// Copies the entry of `key_hash` forward from the youngest older
+    /// generation that has it, after everything it needs: the entries it
+    /// implies, the objects it names (through the CAS, which copies them
+    /// forward) and its blob. False if there is none, or it is incomplete.
+    fn uplink(&self, key_hash: &str, follow_implied: bool) -> Result<bool, TargetCacheError> {
+        let mut found = None;
+        for dir in &self.older {
+            let path = self.index_path_in(dir, key_hash)?;
+            match std::fs::read_to_string(&path) {
+                Ok(c) => {
+                    found = Some(c);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(TargetCacheError::Io { path, source }),
+            }
+        }
+        let Some(content) = found else {
+            return Ok(false);
+        };
+        let hash = self.hash_function();
+        let Some(blob) = parse_object_info(&content, hash) else {
+            return Ok(false);
+        };
+        let Some(bytes) = self.cas.read(ObjectKind::File, &blob.digest.hash)? else {
+            return Ok(false);
+        };
+        let Ok(json) = serde_json::from_slice::<Json>(&bytes) else {
+            return Ok(false);
+        };
+        let entry = CachedEntry { blob, json };
+        if follow_implied {
+            // The implied list is complete (transitive), so one level does.
+            if let Ok(parsed) = entry.parse(hash) {
+                for implied in parsed.implied.iter().filter(|k| *k != key_hash) {
+                    if !self.index_path(implied)?.is_file() {
+                        self.uplink(implied, false)?;
+                    }
+                }
+            }
+        }
+        let objects = entry.objects(hash).unwrap_or_default();
+        if !self.missing_objects(&objects).is_empty() {
+            return Ok(false);
+        }
+        let path = self.index_path(key_hash)?;
+        write_atomic(&self.tmp, &path, content.as_bytes(), 0o444)
+            .map_err(|source| TargetCacheError::Io { path, source })?;
+        Ok(true)
     }
 
     /// The entry stored for the key hash `key_hash`, if any. An error means a
@@ -179,7 +238,15 @@ impl TargetCache {
         let path = self.index_path(key_hash)?;
         let content = match std::fs::read_to_string(&path) {
             Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !self.uplink(key_hash, true)? {
+                    return Ok(None);
+                }
+                std::fs::read_to_string(&path).map_err(|source| TargetCacheError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+            }
             Err(source) => return Err(TargetCacheError::Io { path, source }),
         };
         let blob = parse_object_info(&content, self.hash_function()).ok_or_else(|| {

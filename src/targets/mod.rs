@@ -121,6 +121,9 @@ pub struct TargetServer {
     caches: Mutex<HashMap<String, TargetCache>>,
     /// Entries answered before, by shard and key.
     entries: Mutex<HashMap<(String, String), CachedEntry>>,
+    /// The gc rotations `entries` knows of: after one they are forgotten,
+    /// since their objects may be in an older generation (or gone).
+    entries_rotations: AtomicU64,
     /// Dispatch lists read so far, by blob hash (clients send the same few).
     dispatch_lists: Mutex<HashMap<String, DispatchList>>,
     /// Connections to the endpoints of dispatch lists, by address.
@@ -140,6 +143,7 @@ impl TargetServer {
             dispatch_lists: Mutex::new(HashMap::new()),
             caches: Mutex::new(HashMap::new()),
             entries: Mutex::new(HashMap::new()),
+            entries_rotations: AtomicU64::new(0),
         })
     }
 
@@ -164,7 +168,16 @@ impl TargetServer {
         self.serve_fetched(request).await
     }
 
+    /// Forgets remembered entries once a rotation was noticed.
+    fn forget_if_rotated(&self) {
+        let rotations = self.ctx.gc.rotations();
+        if self.entries_rotations.swap(rotations, Ordering::SeqCst) != rotations {
+            self.entries.lock().expect("entries lock").clear();
+        }
+    }
+
     async fn serve_fetched(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
+        self.forget_if_rotated();
         let dispatch = match &request.dispatch {
             Some(d) if d.size > 0 || !d.hash.is_empty() => self.dispatch_list(d).await?,
             _ => Vec::new(),
@@ -199,6 +212,8 @@ impl TargetServer {
                     inflight.insert(key.clone(), (rx.clone(), interest.clone()));
                     let this = self.clone();
                     tokio::spawn(async move {
+                        // Goes on after its clients left: no rotation meanwhile.
+                        let _hold = this.ctx.gc.hold().await;
                         let outcome = this
                             .clone()
                             .compute(request, backend, dispatch, interest)

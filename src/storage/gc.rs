@@ -1,0 +1,259 @@
+//! Living beside justbuild's garbage collection. `just gc` and `just-mr
+//! gc-repo` rotate generations under an exclusive `flock` on a `gc.lock`
+//! file; whoever uses generation 0 holds the same lock shared, so a
+//! rotation waits until no request is under way. jserve holds each lock once
+//! per process while any request needs it (a count of holders), and notices
+//! a rotation when it takes the lock anew and generation 0 is another
+//! directory: then what it remembers in memory is forgotten.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::BuildRoot;
+
+/// `flock(2)` on `file`, waiting (unless `LOCK_NB` is in `op`); retried on EINTR.
+pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor is open for as long as `file` lives.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Identity of a generation-0 directory (device, inode), if it exists.
+type Identity = Option<(u64, u64)>;
+
+/// One lock file, held shared while its count of holders is not zero.
+struct SharedFlock {
+    path: PathBuf,
+    state: Mutex<(usize, Option<File>)>,
+    /// Serialises taking the lock for the first holder (which may wait).
+    first: tokio::sync::Mutex<()>,
+}
+
+/// A holder of a [`SharedFlock`]; the lock is released with the last one.
+struct Held(Arc<SharedFlock>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("flock state");
+        state.0 -= 1;
+        if state.0 == 0 {
+            // Closing the file releases the lock.
+            state.1 = None;
+        }
+    }
+}
+
+impl SharedFlock {
+    fn new(path: PathBuf) -> Arc<SharedFlock> {
+        Arc::new(SharedFlock {
+            path,
+            state: Mutex::new((0, None)),
+            first: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Joins the holders if there are any (no wait).
+    fn join(self: &Arc<Self>) -> Option<Held> {
+        let mut state = self.state.lock().expect("flock state");
+        (state.0 > 0).then(|| {
+            state.0 += 1;
+            Held(self.clone())
+        })
+    }
+
+    /// A hold; true with it if the lock was taken anew (a rotation may have
+    /// happened since it was last held).
+    async fn hold(self: &Arc<Self>) -> io::Result<(Held, bool)> {
+        if let Some(held) = self.join() {
+            return Ok((held, false));
+        }
+        let _first = self.first.lock().await;
+        if let Some(held) = self.join() {
+            return Ok((held, false));
+        }
+        let path = self.path.clone();
+        // Blocks while a collection runs; off the async workers.
+        let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            flock(&file, libc::LOCK_SH)?;
+            Ok(file)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let mut state = self.state.lock().expect("flock state");
+        state.0 = 1;
+        state.1 = Some(file);
+        Ok((Held(self.clone()), true))
+    }
+}
+
+/// What a request holds so that no rotation happens under it; clone it
+/// into work that outlives the request.
+#[derive(Clone)]
+pub struct GcHold {
+    _held: Arc<(Held, Held)>,
+}
+
+/// The two locks of one build root, and the rotations seen.
+pub struct GcLocks {
+    root: BuildRoot,
+    storage: Arc<SharedFlock>,
+    repositories: Arc<SharedFlock>,
+    /// Identity of each generation 0 as last seen (storage, repositories).
+    seen: Mutex<(Identity, Identity)>,
+    rotations: AtomicU64,
+    held: Mutex<Option<std::sync::Weak<(Held, Held)>>>,
+}
+
+impl GcLocks {
+    /// The locks of `root`, one instance per build root and process, so
+    /// that all parts of a daemon count their holds together.
+    pub fn for_root(root: &BuildRoot) -> Arc<GcLocks> {
+        static KNOWN: Mutex<Vec<(PathBuf, std::sync::Weak<GcLocks>)>> = Mutex::new(Vec::new());
+        let mut known = KNOWN.lock().expect("gc locks registry");
+        known.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(locks) = known
+            .iter()
+            .find(|(p, _)| p == root.path())
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return locks;
+        }
+        let locks = GcLocks::new(root);
+        known.push((root.path().to_path_buf(), Arc::downgrade(&locks)));
+        locks
+    }
+
+    fn new(root: &BuildRoot) -> Arc<GcLocks> {
+        Arc::new(GcLocks {
+            storage: SharedFlock::new(root.gc_lock_path()),
+            repositories: SharedFlock::new(root.repository_gc_lock_path()),
+            seen: Mutex::new((
+                root.generation_identity(false),
+                root.generation_identity(true),
+            )),
+            rotations: AtomicU64::new(0),
+            held: Mutex::new(None),
+            root: root.clone(),
+        })
+    }
+
+    /// Holds both locks (repositories first, as justbuild's serve does).
+    pub async fn hold(&self) -> io::Result<GcHold> {
+        if let Some(held) = self
+            .held
+            .lock()
+            .expect("held")
+            .as_ref()
+            .and_then(|w| w.upgrade())
+        {
+            return Ok(GcHold { _held: held });
+        }
+        let (repos, repos_anew) = self.repositories.hold().await?;
+        let (storage, storage_anew) = self.storage.hold().await?;
+        if repos_anew || storage_anew {
+            self.check_rotation();
+        }
+        let held = Arc::new((repos, storage));
+        *self.held.lock().expect("held") = Some(Arc::downgrade(&held));
+        Ok(GcHold { _held: held })
+    }
+
+    /// How many rotations were noticed; memory keyed to generation 0 is
+    /// stale once this changes.
+    pub fn rotations(&self) -> u64 {
+        self.rotations.load(Ordering::SeqCst)
+    }
+
+    fn check_rotation(&self) {
+        let mut seen = self.seen.lock().expect("seen");
+        let storage = self.root.generation_identity(false);
+        let repositories = self.root.generation_identity(true);
+        let mut rotated = false;
+        if storage != seen.0 {
+            tracing::info!("the CAS and caches were rotated (just gc)");
+            rotated = true;
+        }
+        if repositories != seen.1 {
+            tracing::info!("the repositories were rotated (just-mr gc-repo)");
+            // The git cache is new (or missing); every thread reopens it.
+            if let Err(e) = self.root.init_git_cache() {
+                tracing::warn!("cannot create the git cache anew: {e}");
+            }
+            crate::git::reopen_repositories();
+            rotated = true;
+        }
+        if rotated {
+            self.root.create_generation_dirs();
+            *seen = (
+                self.root.generation_identity(false),
+                self.root.generation_identity(true),
+            );
+            self.rotations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a collector could take the lock at `path` now.
+    fn collector_could_lock(path: &std::path::Path) -> bool {
+        let file = File::open(path).unwrap();
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn holds_keep_collectors_out_and_rotations_are_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = BuildRoot::open(dir.path()).unwrap();
+        let locks = GcLocks::for_root(&root);
+        assert!(Arc::ptr_eq(&locks, &GcLocks::for_root(&root)));
+        let first = locks.hold().await.unwrap();
+        let second = locks.hold().await.unwrap();
+        for path in [root.gc_lock_path(), root.repository_gc_lock_path()] {
+            assert!(!collector_could_lock(&path));
+        }
+        drop(first);
+        assert!(
+            !collector_could_lock(&root.gc_lock_path()),
+            "one holder left"
+        );
+        drop(second);
+        for path in [root.gc_lock_path(), root.repository_gc_lock_path()] {
+            assert!(collector_could_lock(&path));
+        }
+        assert_eq!(locks.rotations(), 0);
+
+        // What `just gc` does while nobody holds the lock.
+        let gen = dir.path().join("protocol-dependent");
+        std::fs::rename(gen.join("generation-0"), gen.join("generation-1")).unwrap();
+        let _hold = locks.hold().await.unwrap();
+        assert_eq!(locks.rotations(), 1);
+        assert!(gen.join("generation-0").is_dir());
+    }
+}
