@@ -280,6 +280,11 @@ pub async fn start_services(
             )));
     }
     if let Some(endpoint) = services.endpoint() {
+        for name in crate::execute::SERVICE_NAMES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         router = crate::execute::add_services(router, endpoint.clone());
     }
 

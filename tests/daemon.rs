@@ -168,10 +168,14 @@ async fn health_and_reflection() {
     let server = start(&config_in(dir.path(), json!({}))).await;
     let ch = channel(server.addr.port()).await;
     let mut health = HealthClient::new(ch.clone());
+    // Serve as its own endpoint: the REAPI services are served too.
     for service in [
         "justbuild.just_serve.Configuration",
         "justbuild.just_serve.SourceTree",
         "justbuild.just_serve.Target",
+        "build.bazel.remote.execution.v2.ContentAddressableStorage",
+        "build.bazel.remote.execution.v2.Execution",
+        "google.bytestream.ByteStream",
     ] {
         let r = health
             .check(HealthCheckRequest {
