@@ -13,15 +13,6 @@ use jserve::proto::*;
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-async fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect_timeout(TIMEOUT)
-        .connect()
-        .await
-        .expect("connects")
-}
-
 #[tokio::test]
 async fn own_endpoint_info_file_and_configuration_rpcs() {
     let dir = tempfile::tempdir().unwrap();

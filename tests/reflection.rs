@@ -198,15 +198,6 @@ async fn both_versions(ch: &Channel, expected: &[&str]) {
     describes(&mut v1alpha(ch), "v1alpha", expected).await;
 }
 
-async fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect_timeout(TIMEOUT)
-        .connect()
-        .await
-        .expect("connects")
-}
-
 #[tokio::test]
 async fn serve_as_its_own_endpoint_describes_serve_and_reapi() {
     let dir = tempfile::tempdir().unwrap();

@@ -59,3 +59,13 @@ pub fn read_info(path: &Path) -> Value {
 }
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A plain-text channel to a daemon on this host.
+pub async fn channel(port: u16) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(TIMEOUT)
+        .connect()
+        .await
+        .expect("connects")
+}
