@@ -281,6 +281,14 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// Whether `size` is the content's real size. Only the empty object has
+    /// size 0, so 0 with any other hash means "unknown": git ids come without
+    /// sizes, and clients before justbuild 1.6.2 name a repository
+    /// description by its hash alone, in either mode.
+    pub fn size_known(&self, hf: HashFunction) -> bool {
+        self.size != 0 || self.hash == hf.hash_bytes(self.is_tree && hf.is_native(), b"")
+    }
+
     /// The Remote Execution API form: native ids get their blob/tree prefix.
     pub fn to_wire(&self, hf: HashFunction) -> reapi::Digest {
         let hash = match hf {
@@ -419,6 +427,24 @@ mod tests {
             HashFunction::Sha256.hash_bytes(false, b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn size_zero_is_unknown_except_for_the_empty_object() {
+        for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let empty = hf.empty_blob();
+            assert!(empty.size_known(hf), "{hf:?}");
+            let hello = hf.digest_bytes(ObjectKind::File, b"hello\n");
+            assert!(hello.size_known(hf), "{hf:?}");
+            let no_size = Digest { size: 0, ..hello };
+            assert!(!no_size.size_known(hf), "{hf:?}");
+        }
+        let empty_tree = Digest {
+            hash: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
+            size: 0,
+            is_tree: true,
+        };
+        assert!(empty_tree.size_known(HashFunction::GitSha1));
     }
 
     #[test]

@@ -155,11 +155,9 @@ impl LocalEndpoint {
         Ok(self.cas.read(Self::kind_of(digest), &digest.hash)?)
     }
 
-    /// Checks an announced size: compatible mode sizes must be exact; in native mode
-    /// 0 means "unknown" and any other value must be exact.
+    /// Checks an announced size: exact unless unknown ([`Digest::size_known`]).
     pub fn check_size(&self, digest: &Digest, actual: u64) -> Result<(), EndpointError> {
-        let unknown = self.hash.is_native() && digest.size == 0;
-        if unknown || digest.size == actual {
+        if !digest.size_known(self.hash) || digest.size == actual {
             Ok(())
         } else {
             Err(EndpointError::SizeMismatch {

@@ -333,7 +333,7 @@ struct Download {
 
 impl Download {
     fn new(hf: HashFunction, digest: &Digest, target: Target) -> Download {
-        let known = size_known(hf, digest);
+        let known = digest.size_known(hf);
         Download {
             hash: digest.hash.clone(),
             target,
@@ -364,18 +364,13 @@ impl Download {
     }
 }
 
-/// Whether the digest's size is real: native ids may come with size 0 for "unknown".
-fn size_known(hf: HashFunction, digest: &Digest) -> bool {
-    !(hf.is_native() && digest.size == 0)
-}
-
 fn is_git_tree(hf: HashFunction, digest: &Digest) -> bool {
     hf.is_native() && digest.is_tree
 }
 
 /// Checks downloaded bytes against their digest.
 fn verify(hf: HashFunction, digest: &Digest, data: &[u8]) -> Result<(), RemoteError> {
-    let size_ok = !size_known(hf, digest) || data.len() as u64 == digest.size;
+    let size_ok = !digest.size_known(hf) || data.len() as u64 == digest.size;
     if size_ok && hf.hash_bytes(is_git_tree(hf, digest), data) == digest.hash {
         Ok(())
     } else {
@@ -641,7 +636,7 @@ impl GrpcCas {
     /// The size to upload `digest` with, given the content's length: native
     /// ids may leave it unknown (0); otherwise they must agree.
     fn upload_size(&self, digest: &Digest, len: u64) -> Result<u64, RemoteError> {
-        if !size_known(self.hash, digest) || digest.size == len {
+        if !digest.size_known(self.hash) || digest.size == len {
             Ok(len)
         } else {
             Err(RemoteError::Other(format!(
@@ -1071,7 +1066,7 @@ impl RemoteCas for GrpcCas {
     }
 
     async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
-        let data = if size_known(self.hash, digest) && self.fits_batch(digest.size).await? {
+        let data = if digest.size_known(self.hash) && self.fits_batch(digest.size).await? {
             self.read_batched(digest).await?
         } else {
             let mut download = Download::new(self.hash, digest, Target::Memory(Vec::new()));
@@ -1155,7 +1150,7 @@ impl RemoteCas for GrpcCas {
             self.random.uuid()
         ));
         let mut guard = TempFile(Some(tmp.clone()));
-        if size_known(self.hash, digest) && self.fits_batch(digest.size).await? {
+        if digest.size_known(self.hash) && self.fits_batch(digest.size).await? {
             let Some(data) = self.read_blob(digest).await? else {
                 return Ok(false);
             };
@@ -1206,8 +1201,10 @@ mod tests {
                 ..d.clone()
             };
             assert!(verify(hf, &wrong_size, b"content").is_err());
+            // Size 0 for non-empty content means "unknown": the hash decides.
             let unknown = Digest { size: 0, ..d };
-            assert_eq!(verify(hf, &unknown, b"content").is_ok(), hf.is_native());
+            assert!(verify(hf, &unknown, b"content").is_ok());
+            assert!(verify(hf, &unknown, b"contenT").is_err());
         }
         // A native tree id is the hash of a git tree object, not of a blob.
         let hf = HashFunction::GitSha1;
