@@ -108,4 +108,26 @@ mod tests {
         assert!(m.set("../escape", "x").is_err());
         assert_eq!(m.get("../escape").unwrap(), None);
     }
+
+    #[test]
+    fn older_generations_are_read_and_copied_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gen0, gen1, gen2) = (
+            dir.path().join("g0"),
+            dir.path().join("g1"),
+            dir.path().join("g2"),
+        );
+        let tmp = dir.path().join("tmp");
+        let key = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
+        let value = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+        IdMap::new(gen2.clone(), tmp.clone())
+            .set(key, value)
+            .unwrap();
+        let m = IdMap::new(gen0.clone(), tmp.clone()).with_older(vec![gen1, gen2]);
+        assert_eq!(m.get(key).unwrap().as_deref(), Some(value));
+        // Now in the current generation itself.
+        let current = IdMap::new(gen0, tmp);
+        assert_eq!(current.get(key).unwrap().as_deref(), Some(value));
+        assert_eq!(m.get(&key.replace('e', "f")).unwrap(), None);
+    }
 }
