@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use git2::{FileMode, Oid, Repository};
 
@@ -90,17 +91,29 @@ const KEEP_MESSAGE: &str = "Keep referenced tree alive";
 /// Creates the annotated tag `keep-<id>` on object `id` unless it exists.
 pub(crate) fn keep_tag(repo: &Repository, id: Oid, kind: git2::ObjectType) -> Result<(), GitError> {
     let name = format!("keep-{id}");
-    if repo.find_reference(&format!("refs/tags/{name}")).is_ok() {
-        return Ok(());
-    }
+    let reference = format!("refs/tags/{name}");
     let object = repo.find_object(id, Some(kind))?;
-    match repo.tag(&name, &object, &nobody()?, KEEP_MESSAGE, true) {
-        Ok(_) => Ok(()),
-        // Another writer created it in the meantime.
-        Err(_) if repo.find_reference(&format!("refs/tags/{name}")).is_ok() => Ok(()),
-        Err(e) => Err(e.into()),
+    let deadline = Instant::now() + TAG_LOCK_WAIT;
+    loop {
+        if repo.find_reference(&reference).is_ok() {
+            return Ok(());
+        }
+        match repo.tag(&name, &object, &nobody()?, KEEP_MESSAGE, true) {
+            Ok(_) => return Ok(()),
+            // Another writer (a request for the same archive or distdir) holds
+            // the reference's lock while writing this very tag: wait for it.
+            Err(e) if e.code() == git2::ErrorCode::Locked && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) if repo.find_reference(&reference).is_ok() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
+
+/// How long a keep tag waits for another writer's lock on it; a lock older
+/// than that is left behind by a crash and reported.
+const TAG_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Makes `tree` (already in `repo`) permanent the way just-mr does: a
 /// parent-less commit of it with `message`, kept alive by the tag

@@ -251,3 +251,44 @@ fn older_git_caches_are_read_and_copied_forward() {
     // Objects no generation has stay unknown.
     assert_eq!(set.find_blob(&"1".repeat(40)).unwrap(), None);
 }
+
+/// Requests for the same archive or distdir at once write the same keep tag
+/// at once; every one of them must succeed, whoever holds the tag's lock.
+#[test]
+fn concurrent_writers_of_one_keep_tag_all_succeed() {
+    use std::sync::{Arc, Barrier};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cache");
+    git2::Repository::init_bare(&path).unwrap();
+    const WRITERS: usize = 8;
+    for round in 0..40 {
+        // A tree of its own per round, so that each round writes a new tag.
+        let tree = {
+            let repo = git2::Repository::open(&path).unwrap();
+            let blob = repo.blob(format!("round {round}\n").as_bytes()).unwrap();
+            let mut builder = repo.treebuilder(None).unwrap();
+            builder.insert("f", blob, 0o100644).unwrap();
+            builder.write().unwrap()
+        };
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let repo = git2::Repository::open(&path).unwrap();
+                    barrier.wait();
+                    commit_and_keep(&repo, tree, "Content of distdir x").map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let commits: Vec<_> = writers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"))
+            })
+            .collect();
+        assert!(commits.windows(2).all(|w| w[0] == w[1]), "round {round}");
+    }
+}
