@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::procs::{find_bgd, free_port, Group};
 
 use jserve::config::{Address, RetryConfig};
 use jserve::digest::{Digest, HashFunction, ObjectKind};
@@ -42,81 +43,13 @@ instances:
         cache: *ac
 "#;
 
-fn find_bgd() -> Option<PathBuf> {
-    let found = std::env::var_os("JSERVE_BGD")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|dir| dir.join("bgd"))
-                .find(|p| p.is_file())
-        })
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        let msg = "BuildGrid's `bgd` not found: `pip install buildgrid==0.4.4` \
-                   (or set JSERVE_BGD to its `bgd`)";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}; CI must have it");
-        }
-        let _ = writeln!(std::io::stderr(), "SKIPPED: {msg}");
-    }
-    found
-}
-
-/// The running `bgd`, stopped (with its whole process group) when dropped.
-struct BuildGrid {
-    child: Child,
-    log: PathBuf,
-}
-
-impl BuildGrid {
-    fn start(bgd: &Path, dir: &Path, port: u16) -> BuildGrid {
-        use std::os::unix::process::CommandExt;
-        let config = dir.join("buildgrid.yml");
-        std::fs::write(&config, CONFIG.replace("PORT", &port.to_string())).unwrap();
-        let log = dir.join("bgd.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bgd)
-            .args(["server", "start"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .process_group(0)
-            .spawn()
-            .expect("bgd starts");
-        BuildGrid { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for BuildGrid {
-    fn drop(&mut self) {
-        let group = self.child.id() as libc::pid_t;
-        // SAFETY: signals only the process group this test started.
-        unsafe {
-            libc::kill(-group, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: as above; whatever is left of the group.
-        unsafe {
-            libc::kill(-group, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// `bgd server start` on the in-memory configuration, in its own process group.
+fn start_buildgrid(bgd: &Path, dir: &Path, port: u16) -> Group {
+    let config = dir.join("buildgrid.yml");
+    std::fs::write(&config, CONFIG.replace("PORT", &port.to_string())).unwrap();
+    let mut cmd = Command::new(bgd);
+    cmd.args(["server", "start"]).arg(&config);
+    Group::spawn(cmd, dir.join("bgd.log"))
 }
 
 fn content(len: usize, seed: u8) -> Vec<u8> {
@@ -137,7 +70,7 @@ async fn round_trips_with_buildgrid() {
     let hf = HashFunction::Sha256;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = BuildGrid::start(&bgd, dir.path(), port);
+    let mut server = start_buildgrid(&bgd, dir.path(), port);
 
     let mut config = GrpcCasConfig::new(
         Address {

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod analysis;
+pub mod endpoints;
 pub mod git;
 pub mod pki;
+pub mod procs;
 pub mod reapi;
 pub mod reference;
 
