@@ -17,62 +17,36 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::endpoints::Execute;
 use common::reference::{reference_just, reference_just_16};
 use jserve::digest::{HashFunction, ObjectKind};
 
-/// A `jserve execute` subprocess logging at debug level, stopped on drop.
+/// A `jserve execute` subprocess logging at debug level to a file of its own.
 struct Daemon {
-    child: Child,
-    port: u16,
+    execute: Execute,
     log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
     fn start(dir: &Path, compatible: bool) -> Daemon {
-        std::fs::create_dir_all(dir).unwrap();
-        let info = dir.join("info.json");
         let log = dir.join("jserve.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
-        cmd.arg("execute")
-            .args(["--local-build-root", dir.join("root").to_str().unwrap()])
-            .args(["--info-file", info.to_str().unwrap()])
-            .args(["--log-file", log.to_str().unwrap()])
-            .args(["--log-limit", "5", "--plain-log", "-J", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if compatible {
-            cmd.arg("--compatible");
-        }
-        let child = cmd.spawn().expect("jserve starts");
-        let start = Instant::now();
-        let port = loop {
-            let parsed = std::fs::read_to_string(&info)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-            if let Some(port) = parsed.and_then(|v| v["port"].as_u64()) {
-                break port as u16;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "jserve execute did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Daemon { child, port, log }
+        let args = [
+            "--log-file",
+            log.to_str().unwrap(),
+            "--log-limit",
+            "5",
+            "-J",
+            "2",
+        ];
+        let jserve = Path::new(env!("CARGO_BIN_EXE_jserve"));
+        let execute = Execute::start_with(jserve, dir, compatible, &args);
+        Daemon { execute, log }
     }
 
     fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.execute.address()
     }
 
     fn log_text(&self) -> String {

@@ -58,6 +58,17 @@ pub struct Execute {
 
 impl Execute {
     pub fn start(program: &Path, dir: &Path, compatible: bool, launcher: Option<&str>) -> Execute {
+        let launcher = launcher.map(|l| ["-L", l]);
+        Execute::start_with(
+            program,
+            dir,
+            compatible,
+            launcher.as_ref().map_or(&[], |a| &a[..]),
+        )
+    }
+
+    /// As [`Execute::start`], with further options.
+    pub fn start_with(program: &Path, dir: &Path, compatible: bool, args: &[&str]) -> Execute {
         std::fs::create_dir_all(dir).unwrap();
         let info = dir.join("info.json");
         let mut cmd = Command::new(program);
@@ -70,9 +81,7 @@ impl Execute {
         if compatible {
             cmd.arg("--compatible");
         }
-        if let Some(launcher) = launcher {
-            cmd.args(["-L", launcher]);
-        }
+        cmd.args(args);
         let mut group = Group::spawn(cmd, dir.join("execute.log"));
         let port = group.wait_for_port(&info);
         Execute { group, port }
