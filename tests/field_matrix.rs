@@ -16,6 +16,9 @@
 //!   names the requested target and the action's configured target), an
 //!   export whose actions go to a dispatch endpoint, and `just describe` of
 //!   an absent export target;
+//! * with `just execute`: the endpoint's build root emptied by two
+//!   rotations; a hit at jserve uploads the artifacts again, trees after
+//!   their parts, and nothing is built again;
 //! * `just gc` and `just-mr gc-repo` rotating jserve's build root: what is
 //!   used between rotations is still served from the cache, what is unused
 //!   for two rotations is built anew;
@@ -58,8 +61,14 @@ const DEP_TARGETS: &str = r#"{
   "bad-gen": {"type": "generic", "outs": ["x"],
     "cmds": ["echo failing-output", "exit 42"]},
   "dispatched": {"type": "export", "target": "dispatched-gen"},
-  "dispatched-gen": {"type": "generic", "outs": ["where.txt"],
-    "cmds": ["echo run >> COUNTS/dispatched", "echo ${DISPATCHED:-main} > where.txt"]}
+  "dispatched-gen": {"type": "generic", "outs": ["where.txt"], "deps": ["data"],
+    "cmds": ["echo run >> COUNTS/dispatched", "echo ${DISPATCHED:-main} > where.txt",
+             "cat data/sub/b.txt >> where.txt"]},
+  "data": {"type": "tree", "name": "data", "deps": ["a.txt", "sub/b.txt"]},
+  "layout": {"type": "export", "target": "layout-gen"},
+  "layout-gen": {"type": "generic", "out_dirs": ["d"],
+    "cmds": ["echo run >> COUNTS/layout", "mkdir -p d/sub/deeper", "echo top > d/top.txt",
+             "echo deep > d/sub/deeper/deep.txt", "ln -s deeper/deep.txt d/sub/link"]}
   SLOW_TARGETS
 }"#;
 
@@ -233,6 +242,9 @@ fn make_dep(dir: &Path, counts: &Path) -> String {
         .replace("SLOW_TARGETS", &slow_targets())
         .replace("COUNTS", counts.to_str().unwrap());
     std::fs::write(dir.join("TARGETS"), targets).unwrap();
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+    std::fs::write(dir.join("sub/b.txt"), "b\n").unwrap();
     git(dir, &["init", "-q"]);
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", "dep"]);
@@ -814,7 +826,8 @@ fn failing_export(p: &Project) {
 
 /// An export target asked for with a property that the client's dispatch
 /// list sends to another endpoint: jserve builds it there (whose launcher
-/// sets DISPATCHED) and the client gets the artifact from its own endpoint.
+/// sets DISPATCHED), copying its input tree over, and the client gets the
+/// artifact from its own endpoint.
 fn dispatched_export(p: &Project) {
     let name = p.name();
     let list = p.dir.join("dispatch.json");
@@ -836,9 +849,11 @@ fn dispatched_export(p: &Project) {
     ];
     let run = p.just_mr("client-d", Some("dep"), "install", &args);
     assert_served(&run, &format!("{name}, dispatched export"));
+    // Built at the dispatch endpoint, with the source tree `data` copied
+    // there (children before parents: a native endpoint checks).
     assert_eq!(
         std::fs::read_to_string(out.join("where.txt")).unwrap(),
-        "dispatched\n",
+        "dispatched\nb\n",
         "{name}: not built at the dispatch endpoint"
     );
     assert_eq!(p.runs("dispatched"), 1, "{name}");
@@ -873,6 +888,65 @@ fn client_cases(p: &Project) {
     failing_export(p);
     dispatched_export(p);
     describe(p);
+}
+
+// ---------------------------------------------------------------------------
+// An endpoint that lost what jserve built there.
+
+/// `just-mr --main dep install layout` into `out`: a tree artifact.
+fn install_layout(p: &Project, client_root: &str, out: &str) {
+    let name = p.name();
+    let out = p.out(out);
+    let run = p.just_mr(
+        client_root,
+        Some("dep"),
+        "install",
+        &["-o", out.to_str().unwrap(), "layout"],
+    );
+    assert_served(&run, &format!("{name}, layout"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("d/sub/deeper/deep.txt")).unwrap(),
+        "deep\n",
+        "{name}"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("d/sub/link")).unwrap(),
+        Path::new("deeper/deep.txt"),
+        "{name}"
+    );
+}
+
+/// A `just execute` endpoint whose build root two rotations emptied: a hit
+/// at jserve makes the endpoint whole again, uploading the artifacts' trees
+/// after their parts (the native endpoint refuses a tree with missing
+/// parts), and nothing is built again.
+fn endpoint_lost_artifacts(w: &World, clients: &[Client], projects: &[Project]) {
+    let name = w.name();
+    for p in projects {
+        install_layout(p, "lost-1", "out-lost-1");
+    }
+    let endpoint_just = &clients[usize::from(w.kind == Kind::JustExecute16)].just;
+    for _ in 0..2 {
+        let mut cmd = Command::new(endpoint_just);
+        cmd.args(["gc", "--local-build-root"])
+            .arg(w.dir.join("endpoint/root"));
+        let out = run_bounded(cmd, "just gc (endpoint)", CLIENT_LIMIT);
+        assert!(
+            out.status.success(),
+            "{name}: gc of the endpoint:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mark = w.serve.log().len();
+    for p in projects {
+        install_layout(p, "lost-2", "out-lost-2");
+        assert_eq!(p.runs("layout"), 1, "{}: built again", p.name());
+    }
+    let log = w.serve.log_since(mark);
+    assert!(
+        log.contains(": cache hit (") && !log.contains(": built ("),
+        "{name}: not a hit:\n{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1009,7 +1083,11 @@ fn fairness(w: &World, projects: &[Project]) {
             std::thread::sleep(Duration::from_millis(20));
         };
         let took = c.started.elapsed();
-        assert!(status.success(), "{name}: slow-{k}:\n{}", c.group.log());
+        assert!(
+            status.success(),
+            "{name}: slow-{k} ({status}):\n{}",
+            c.group.log()
+        );
         assert!(
             took < Duration::from_secs(k as u64 + 5),
             "{name}: slow-{k} ({k} s of actions) took {took:?}"
@@ -1033,7 +1111,11 @@ fn fairness(w: &World, projects: &[Project]) {
         std::thread::sleep(Duration::from_millis(20));
     };
     let took = fresh.started.elapsed();
-    assert!(status.success(), "{name}: slow-new:\n{}", fresh.group.log());
+    assert!(
+        status.success(),
+        "{name}: slow-new ({status}):\n{}",
+        fresh.group.log()
+    );
     assert!(
         took < Duration::from_secs(6),
         "{name}: a new request (1 s of actions) took {took:?} beside abandoned builds"
@@ -1090,6 +1172,9 @@ fn world(kind: Kind, compatible: bool) {
             }
         }
     });
+    if matches!(kind, Kind::JustExecute15 | Kind::JustExecute16) {
+        endpoint_lost_artifacts(&w, &clients, &projects);
+    }
     rotations(&w, &clients, &projects);
     if kind != Kind::BuildGrid {
         fairness(&w, &projects);

@@ -197,35 +197,13 @@ impl Cas {
     /// Entries of a tree object (git tree or `Directory`) by kind and hex id;
     /// symlink targets of git trees are blobs, those of `Directory` inline.
     fn tree_entries(&self, data: &[u8]) -> Option<Vec<(ObjectKind, String)>> {
-        if self.hash.is_native() {
-            let entries = crate::digest::parse_git_tree(data).ok()?;
-            Some(
-                entries
-                    .into_iter()
-                    .map(|e| {
-                        let kind = match e.kind {
-                            ObjectKind::Symlink => ObjectKind::File,
-                            k => k,
-                        };
-                        (kind, hex::encode(e.id))
-                    })
-                    .collect(),
-            )
-        } else {
-            use prost::Message;
-            let dir =
-                bazel_remote_apis::build::bazel::remote::execution::v2::Directory::decode(data)
-                    .ok()?;
-            let files = dir.files.into_iter().filter_map(|f| {
-                let kind = ObjectKind::blob(f.is_executable);
-                Some((kind, f.digest?.hash))
-            });
-            let dirs = dir
-                .directories
+        let children = super::trees::tree_children(self.hash, "", data).ok()?;
+        Some(
+            children
                 .into_iter()
-                .filter_map(|d| Some((ObjectKind::Tree, d.digest?.hash)));
-            Some(files.chain(dirs).collect())
-        }
+                .map(|(d, kind)| (kind, d.hash))
+                .collect(),
+        )
     }
 
     pub fn contains(&self, kind: ObjectKind, hash: &str) -> bool {

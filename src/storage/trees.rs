@@ -171,6 +171,45 @@ pub fn directory_nodes(
     Ok(nodes)
 }
 
+/// The objects a tree object names, each with the kind it is stored as: git
+/// trees name their symlinks' targets as blobs (size unknown), `Directory`
+/// messages hold them inline; sizes are those the representation has.
+pub fn tree_children(
+    hash: HashFunction,
+    id: &str,
+    bytes: &[u8],
+) -> Result<Vec<(Digest, ObjectKind)>, TreeStoreError> {
+    if hash.is_native() {
+        return Ok(parse_git_tree(bytes)?
+            .into_iter()
+            .map(|e| {
+                let digest = Digest {
+                    hash: git_id_hex(&e.id),
+                    size: 0,
+                    is_tree: e.kind.is_tree(),
+                };
+                let stored = match e.kind {
+                    ObjectKind::Symlink => ObjectKind::File,
+                    k => k,
+                };
+                (digest, stored)
+            })
+            .collect());
+    }
+    let dir = reapi::Directory::decode(bytes)
+        .map_err(|e| TreeStoreError::BadDirectory(id.to_string(), e.to_string()))?;
+    Ok(directory_nodes(hash, id, &dir)?
+        .into_iter()
+        .filter_map(|n| match n {
+            Node::File {
+                digest, executable, ..
+            } => Some((digest, ObjectKind::blob(executable))),
+            Node::Dir { digest, .. } => Some((digest, ObjectKind::Tree)),
+            Node::Symlink { .. } => None,
+        })
+        .collect())
+}
+
 /// Native mode: checks that every object a git tree names is already in the CAS
 /// (the invariant that lets trees travel without their content).
 pub fn check_git_tree_complete(

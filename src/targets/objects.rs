@@ -11,7 +11,7 @@ use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::git::RepoSet;
 use crate::remote::upload::{upload_all, Content};
 use crate::remote::RemoteCas;
-use crate::storage::trees::{read_tree, Node};
+use crate::storage::trees::{read_tree, tree_children, Node};
 use crate::storage::Cas;
 
 /// Why objects could not be moved.
@@ -31,7 +31,9 @@ fn local_err(e: impl std::fmt::Display) -> ObjectsError {
 
 /// Every object of `roots` (trees with everything below them), each after
 /// everything it names: the order native endpoints accept uploads in.
-fn closure(cas: &Cas, roots: &[ObjectInfo]) -> Result<Vec<(Digest, ObjectKind)>, ObjectsError> {
+/// Symlink targets come along as blobs in both modes: git trees name them,
+/// and justbuild clients read them as blobs from compatible trees too.
+fn closure(cas: &Cas, roots: &[ObjectInfo]) -> Result<Vec<Object>, ObjectsError> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     // (object, whether its children have been pushed already)
@@ -42,14 +44,14 @@ fn closure(cas: &Cas, roots: &[ObjectInfo]) -> Result<Vec<(Digest, ObjectKind)>,
         .collect();
     while let Some((d, kind, expanded)) = todo.pop() {
         if expanded {
-            out.push((d, kind));
+            out.push(Object::Stored(d, kind));
             continue;
         }
         if !seen.insert((d.hash.clone(), kind.is_tree())) {
             continue;
         }
         if !kind.is_tree() {
-            out.push((d, kind));
+            out.push(Object::Stored(d, kind));
             continue;
         }
         let nodes = read_tree(cas, &d)
@@ -62,16 +64,22 @@ fn closure(cas: &Cas, roots: &[ObjectInfo]) -> Result<Vec<(Digest, ObjectKind)>,
                     digest, executable, ..
                 } => todo.push((digest, ObjectKind::blob(executable), false)),
                 Node::Dir { digest, .. } => todo.push((digest, ObjectKind::Tree, false)),
-                // Native trees keep link targets as blobs.
-                Node::Symlink { target, .. } if cas.hash_function().is_native() => {
+                Node::Symlink { target, .. } => {
                     let digest = cas.hash_function().digest_bytes(ObjectKind::File, &target);
-                    todo.push((digest, ObjectKind::Symlink, false));
+                    if seen.insert((digest.hash.clone(), false)) {
+                        out.push(Object::Inline(digest, target));
+                    }
                 }
-                Node::Symlink { .. } => {}
             }
         }
     }
     Ok(out)
+}
+
+/// An object to have at the endpoint: in the local CAS, or known by content.
+enum Object {
+    Stored(Digest, ObjectKind),
+    Inline(Digest, Vec<u8>),
 }
 
 /// Makes sure the endpoint has `objects` (trees completely), uploading what
@@ -93,21 +101,24 @@ pub async fn ensure_at_endpoint(
         let cas = cas.clone();
         tokio::task::spawn_blocking(move || {
             all.into_iter()
-                .map(|(mut d, kind)| {
-                    let stored = if kind.is_tree() {
-                        ObjectKind::Tree
-                    } else {
-                        kind
-                    };
-                    let path = cas
-                        .find(stored, &d.hash)
-                        .or_else(|| cas.find(ObjectKind::File, &d.hash));
-                    if d.size == 0 {
-                        if let Some(p) = &path {
-                            d.size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                .map(|object| match object {
+                    Object::Inline(d, bytes) => (d, Some(Content::Bytes(bytes))),
+                    Object::Stored(mut d, kind) => {
+                        let stored = if kind.is_tree() {
+                            ObjectKind::Tree
+                        } else {
+                            kind
+                        };
+                        let path = cas
+                            .find(stored, &d.hash)
+                            .or_else(|| cas.find(ObjectKind::File, &d.hash));
+                        if d.size == 0 {
+                            if let Some(p) = &path {
+                                d.size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                            }
                         }
+                        (d, path.map(Content::File))
                     }
-                    (d, path)
                 })
                 .collect::<Vec<_>>()
         })
@@ -123,12 +134,12 @@ pub async fn ensure_at_endpoint(
         .collect();
     let mut sent = HashSet::new();
     let mut todo = Vec::new();
-    for (d, path) in located {
+    for (d, content) in located {
         if !missing.contains(&d.hash) || !sent.insert(d.hash.clone()) {
             continue;
         }
-        let path = path.ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
-        todo.push((d, Content::File(path)));
+        let content = content.ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+        todo.push((d, content));
     }
     if !todo.is_empty() {
         tracing::debug!(objects = todo.len(), "uploading artifacts to the endpoint");
@@ -137,17 +148,44 @@ pub async fn ensure_at_endpoint(
     Ok(())
 }
 
-/// Copies `objects` (trees completely) from the endpoint into the local CAS,
-/// so that later hits can be answered even if the endpoint forgets them.
+/// Copies `objects` (trees with everything below them) from the endpoint
+/// into the local CAS where missing, each tree after everything it names,
+/// so that the local CAS never holds a tree without its parts.
 pub async fn fetch_to_local(
     cas: &Cas,
     remote: &dyn RemoteCas,
     objects: &[ObjectInfo],
 ) -> Result<(), ObjectsError> {
-    let mut todo: Vec<(Digest, ObjectKind)> =
-        objects.iter().map(|o| (o.digest.clone(), o.kind)).collect();
+    enum LocalObject {
+        Blob,
+        Tree(Vec<u8>),
+        Missing,
+    }
+    enum Step {
+        Visit(Digest, ObjectKind),
+        /// A fetched tree, written once its children are.
+        Store(Digest, Vec<u8>),
+    }
+    let hash = cas.hash_function();
+    let mut todo: Vec<Step> = objects
+        .iter()
+        .map(|o| Step::Visit(o.digest.clone(), o.kind))
+        .collect();
     let mut seen = HashSet::new();
-    while let Some((d, kind)) = todo.pop() {
+    while let Some(step) = todo.pop() {
+        let (d, kind) = match step {
+            Step::Visit(d, kind) => (d, kind),
+            Step::Store(d, bytes) => {
+                let c = cas.clone();
+                tokio::task::spawn_blocking(move || {
+                    c.put_bytes_checked(ObjectKind::Tree, &bytes, Some(&d.hash))
+                })
+                .await
+                .map_err(local_err)?
+                .map_err(local_err)?;
+                continue;
+            }
+        };
         if !seen.insert((d.hash.clone(), kind.is_tree())) {
             continue;
         }
@@ -156,40 +194,46 @@ pub async fn fetch_to_local(
         } else {
             kind
         };
-        let (c, hash) = (cas.clone(), d.hash.clone());
-        let present = tokio::task::spawn_blocking(move || c.contains(stored, &hash))
-            .await
-            .map_err(local_err)?;
-        if !present {
-            let bytes = remote
-                .read_blob(&d)
-                .await?
-                .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
-            let c = cas.clone();
-            let expected = d.clone();
-            tokio::task::spawn_blocking(move || {
-                c.put_bytes_checked(stored, &bytes, Some(&expected.hash))
+        let (c, id) = (cas.clone(), d.hash.clone());
+        let local = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::storage::CasError>(if stored.is_tree() {
+                c.read(stored, &id)?
+                    .map_or(LocalObject::Missing, LocalObject::Tree)
+            } else if c.contains(stored, &id) {
+                LocalObject::Blob
+            } else {
+                LocalObject::Missing
             })
-            .await
-            .map_err(local_err)?
-            .map_err(local_err)?;
-        }
-        if kind.is_tree() {
-            let (c, tree) = (cas.clone(), d.clone());
-            let nodes = tokio::task::spawn_blocking(move || read_tree(&c, &tree))
-                .await
-                .map_err(local_err)?
-                .map_err(local_err)?
-                .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
-            for n in nodes {
-                match n {
-                    Node::File {
-                        digest, executable, ..
-                    } => todo.push((digest, ObjectKind::blob(executable))),
-                    Node::Dir { digest, .. } => todo.push((digest, ObjectKind::Tree)),
-                    Node::Symlink { .. } => {}
+        })
+        .await
+        .map_err(local_err)?
+        .map_err(local_err)?;
+        let bytes = match local {
+            // A blob present is done; a tree present is still walked, since
+            // stores written before trees were checked may lack parts.
+            LocalObject::Blob => continue,
+            LocalObject::Tree(bytes) => bytes,
+            LocalObject::Missing => {
+                let bytes = remote
+                    .read_blob(&d)
+                    .await?
+                    .ok_or_else(|| ObjectsError::Missing(d.hash.clone()))?;
+                if !kind.is_tree() {
+                    let (c, expected) = (cas.clone(), d.hash.clone());
+                    tokio::task::spawn_blocking(move || {
+                        c.put_bytes_checked(stored, &bytes, Some(&expected))
+                    })
+                    .await
+                    .map_err(local_err)?
+                    .map_err(local_err)?;
+                    continue;
                 }
+                todo.push(Step::Store(d.clone(), bytes.clone()));
+                bytes
             }
+        };
+        for (child, child_kind) in tree_children(hash, &d.hash, &bytes).map_err(local_err)? {
+            todo.push(Step::Visit(child, child_kind));
         }
     }
     Ok(())
