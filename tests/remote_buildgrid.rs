@@ -91,7 +91,7 @@ async fn round_trips_with_buildgrid() {
         match GrpcCas::connect(config.clone()).await {
             Ok(cas) => break cas,
             Err(e) => {
-                if let Ok(Some(status)) = server.child.try_wait() {
+                if let Some(status) = server.try_wait() {
                     panic!("bgd exited ({status}):\n{}", server.log());
                 }
                 assert!(

@@ -407,7 +407,7 @@ impl BuildGrid {
         let mut bot = Group::spawn(cmd, dir.join("bot.log"));
         let start = Instant::now();
         while !bot.log().lines().any(|l| l.starts_with("ready ")) {
-            let exited = bot.child.try_wait().unwrap();
+            let exited = bot.try_wait();
             assert!(
                 exited.is_none() && start.elapsed() < Duration::from_secs(60),
                 "the bot did not start ({exited:?}):\n{}\nbgd:\n{}",

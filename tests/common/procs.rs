@@ -5,15 +5,21 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 /// A process group started for the test, its output in a log file; ended
 /// (TERM, then KILL, the whole group) on drop.
+///
+/// The group is signalled only while its leader is not reaped: until then
+/// the leader's pid, which is the group's id, cannot belong to anyone else
+/// (pids are reused quickly when tests start thousands of processes).
 pub struct Group {
-    pub child: Child,
+    child: Child,
+    /// The leader's status once it has been reaped.
+    status: Option<ExitStatus>,
     pub log: PathBuf,
 }
 
@@ -28,7 +34,36 @@ impl Group {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        Group { child, log }
+        Group {
+            child,
+            status: None,
+            log,
+        }
+    }
+
+    /// The leader's exit status, once it has exited (reaping it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status
+    }
+
+    /// Whether the leader has exited; a zombie is left unreaped.
+    fn leader_exited(&self) -> bool {
+        // SAFETY: an all-zero siginfo_t is valid; waitid fills it or leaves it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits (without blocking or reaping) only for our own child.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        // SAFETY: si_pid is set by a successful waitid; 0 means still running.
+        r == 0 && unsafe { info.si_pid() } != 0
     }
 
     pub fn log(&self) -> String {
@@ -46,7 +81,7 @@ impl Group {
             {
                 return port as u16;
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.try_wait() {
                 panic!("{:?} exited ({status}):\n{}", self.log, self.log());
             }
             assert!(
@@ -62,17 +97,19 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
+        if self.status.is_some() {
+            // Reaped: its id may be someone else's now.
+            return;
+        }
         let group = self.child.id() as libc::pid_t;
-        // SAFETY: signals only the process group this test started.
+        // SAFETY: signals only the process group this test started, whose
+        // leader is not reaped.
         unsafe {
             libc::kill(-group, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        while Instant::now() < deadline && !self.leader_exited() {
+            std::thread::sleep(Duration::from_millis(20));
         }
         // SAFETY: as above; whatever is left of the group.
         unsafe {
