@@ -198,6 +198,8 @@ pub struct BuildConfig {
 pub struct ArchiveLimits {
     pub max_bytes: u64,
     pub max_entries: u64,
+    /// Address space of the process that unpacks one archive.
+    pub max_memory: u64,
 }
 
 impl Default for ArchiveLimits {
@@ -205,6 +207,7 @@ impl Default for ArchiveLimits {
         ArchiveLimits {
             max_bytes: 16 << 30,
             max_entries: 1_000_000,
+            max_memory: 2 << 30,
         }
     }
 }
@@ -223,8 +226,32 @@ pub struct ServeConfig {
     pub jobs: usize,
     pub build: BuildConfig,
     pub archive_limits: ArchiveLimits,
+    /// The jserve binary that unpacks archives in a child process (not a
+    /// file key: the command line sets it to itself). None: in this process.
+    pub unpack_helper: Option<PathBuf>,
     /// Things worth a warning at start (unknown keys, missing repositories).
     pub warnings: Vec<String>,
+}
+
+impl ServeConfig {
+    /// How ServeArchiveTree unpacks: the archive limits, in a child process
+    /// when a helper binary is set.
+    pub fn unpacking(&self) -> crate::archive::Unpacking {
+        let limits = &self.archive_limits;
+        crate::archive::Unpacking {
+            limits: crate::archive::Limits {
+                max_total_bytes: limits.max_bytes,
+                max_entries: limits.max_entries,
+            },
+            isolation: self
+                .unpack_helper
+                .clone()
+                .map(|program| crate::archive::Isolation {
+                    program,
+                    max_memory: limits.max_memory,
+                }),
+        }
+    }
 }
 
 /// Where the environment-dependent defaults come from (testable without touching the process).
@@ -480,6 +507,9 @@ impl ServeConfig {
             if let Some((k, v)) = o.get("max entries") {
                 archive_limits.max_entries = integer(v, &k, 1, i64::MAX)? as u64;
             }
+            if let Some((k, v)) = o.get("max memory") {
+                archive_limits.max_memory = integer(v, &k, 64 << 20, i64::MAX)? as u64;
+            }
             o.finish(&mut warnings);
         }
         top.finish(&mut warnings);
@@ -495,6 +525,7 @@ impl ServeConfig {
             jobs,
             build,
             archive_limits,
+            unpack_helper: None,
             warnings,
         })
     }
@@ -734,7 +765,7 @@ mod tests {
             "jobs": 8,
             "build": {"build jobs": 64, "local jobs": 100, "action timeout": 12.5,
                       "target-cache write strategy": "split", "local launcher": ["nice", "env", "--"]},
-            "archive limits": {"max bytes": 1000000, "max entries": 50}
+            "archive limits": {"max bytes": 1000000, "max entries": 50, "max memory": 268435456}
         }))
         .unwrap();
         assert_eq!(c.local_build_root, PathBuf::from("/var/jserve-root"));
@@ -784,7 +815,8 @@ mod tests {
             c.archive_limits,
             ArchiveLimits {
                 max_bytes: 1_000_000,
-                max_entries: 50
+                max_entries: 50,
+                max_memory: 256 << 20,
             }
         );
         // The missing repository directories are warned about.

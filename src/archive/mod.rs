@@ -24,6 +24,7 @@
 //! destination directory on error.
 
 mod extract;
+mod isolated;
 mod path;
 mod sevenzip;
 mod tarball;
@@ -31,6 +32,8 @@ mod zipfile;
 
 #[cfg(test)]
 mod tests;
+
+pub use isolated::{helper_main, unpack_isolated, Isolation, HELPER_COMMAND};
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -70,6 +73,29 @@ impl Default for Limits {
         Limits {
             max_total_bytes: 16 << 30,
             max_entries: 1_000_000,
+        }
+    }
+}
+
+/// How archives are unpacked: the bounds, and whether in a child process
+/// (see [`Isolation`]; without it, in this process).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unpacking {
+    pub limits: Limits,
+    pub isolation: Option<Isolation>,
+}
+
+impl Unpacking {
+    /// Unpacks `archive` into `dest` as [`unpack`] does, isolated if configured.
+    pub fn unpack(
+        &self,
+        archive: &Path,
+        format: ArchiveFormat,
+        dest: &Path,
+    ) -> Result<UnpackStats, UnpackError> {
+        match &self.isolation {
+            Some(isolation) => unpack_isolated(isolation, archive, format, dest, &self.limits),
+            None => unpack(archive, format, dest, &self.limits),
         }
     }
 }
@@ -154,6 +180,12 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// What the isolated unpacker refused the archive for (its message).
+    #[error("{0}")]
+    Refused(String),
+    /// The isolated unpacker ran out of memory or crashed.
+    #[error("{0}")]
+    Stopped(String),
     /// A bug (a panic inside the unpacker or one of its libraries).
     #[error("internal error while unpacking: {0}")]
     Internal(String),

@@ -44,6 +44,12 @@ enum Command {
     Analyse(Box<analyse::AnalyseArgs>),
     #[command(flatten)]
     Client(client::ClientCommand),
+    /// Unpacks one archive for the daemon, in a process of its own.
+    #[command(name = crate::archive::HELPER_COMMAND, hide = true)]
+    Unpack {
+        #[arg(num_args = 5)]
+        args: Vec<String>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -53,6 +59,7 @@ pub fn main() -> ExitCode {
         Command::Execute(args) => execute::run(*args),
         Command::Analyse(args) => analyse::run(*args),
         Command::Client(command) => client::run(command),
+        Command::Unpack { args } => ExitCode::from(crate::archive::helper_main(&args) as u8),
     }
 }
 

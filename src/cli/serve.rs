@@ -13,13 +13,15 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
         Some(path) => ServeConfig::load(path, &env),
         None => ServeConfig::defaults(&env),
     };
-    let config = match loaded {
+    let mut config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("jserve: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Archives are unpacked by this very binary in a child process.
+    config.unpack_helper = std::env::current_exe().ok();
     let (logging, warnings, jobs) = (config.logging.clone(), config.warnings.clone(), config.jobs);
     run_daemon(&logging, &warnings, jobs, move || async move {
         let ctx = ServeContext::open(config)?;

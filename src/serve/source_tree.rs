@@ -71,7 +71,7 @@ impl SourceTree for SourceTreeService {
         &self,
         request: Request<ServeArchiveTreeRequest>,
     ) -> Result<Response<ServeArchiveTreeResponse>, Status> {
-        use crate::archive::{ArchiveFormat, Limits};
+        use crate::archive::ArchiveFormat;
         use crate::sources::resolve::ResolveMode;
         use serve_archive_tree_request::{ArchiveType, SymlinksResolve};
         use serve_archive_tree_response::ServeArchiveTreeStatus as S;
@@ -88,14 +88,16 @@ impl SourceTree for SourceTreeService {
                 SymlinksResolve::Partial => Some(ResolveMode::Partial),
                 SymlinksResolve::Complete => Some(ResolveMode::Complete),
             };
-        let config = &self.ctx.config.archive_limits;
-        let limits = Limits {
-            max_total_bytes: config.max_bytes,
-            max_entries: config.max_entries,
-        };
         let answer = self
             .sources()
-            .archive_tree(&r.content, format, &r.subdir, mode, r.sync_tree, &limits)
+            .archive_tree(
+                &r.content,
+                format,
+                &r.subdir,
+                mode,
+                r.sync_tree,
+                &self.ctx.config.unpacking(),
+            )
             .await;
         let status = match &answer.outcome {
             ArchiveOutcome::Common(Outcome::Ok) => S::Ok,

@@ -12,7 +12,7 @@ use git2::Oid;
 use super::operations::{Outcome, TreeAnswer};
 use super::resolve::{resolve_tree, ResolveMode};
 use super::{blocking, Sources};
-use crate::archive::{unpack, ArchiveFormat, Limits};
+use crate::archive::{ArchiveFormat, Unpacking};
 use crate::digest::{Digest, ObjectKind};
 use crate::git::{import_to_git, keep_tree, parse_oid};
 use crate::storage::{ArchiveKind, IdMap};
@@ -102,7 +102,7 @@ impl Sources {
         subdir: &str,
         mode: Option<ResolveMode>,
         sync: bool,
-        limits: &Limits,
+        unpacking: &Unpacking,
     ) -> ArchiveAnswer {
         if parse_oid(content).is_err() {
             return ArchiveAnswer::internal(format!("invalid archive id {content:?}"));
@@ -118,7 +118,7 @@ impl Sources {
                 .await;
             match self.unpacked_root(content, kind).await {
                 Ok(Some(root)) => root,
-                Ok(None) => match self.unpack_archive(content, format, kind, limits).await {
+                Ok(None) => match self.unpack_archive(content, format, kind, unpacking).await {
                     Ok(root) => root,
                     Err(answer) => return answer,
                 },
@@ -226,7 +226,7 @@ impl Sources {
         content: &str,
         format: ArchiveFormat,
         kind: ArchiveKind,
-        limits: &Limits,
+        unpacking: &Unpacking,
     ) -> Result<String, ArchiveAnswer> {
         let (repos, cas, id) = (
             self.repos.clone(),
@@ -334,7 +334,7 @@ impl Sources {
             }
         };
 
-        let limits = limits.clone();
+        let unpacking = unpacking.clone();
         let (tmp_root, repos, map) = (
             self.build_root.tmp_dir(),
             self.repos.clone(),
@@ -345,7 +345,7 @@ impl Sources {
             tokio::task::spawn_blocking(move || -> Result<Result<String, String>, String> {
                 let dir = tempdir_in(&tmp_root).map_err(|e| e.to_string())?;
                 tracing::info!(archive = %id, "unpacking");
-                if let Err(e) = unpack(&archive_path, format, dir.path(), &limits) {
+                if let Err(e) = unpacking.unpack(&archive_path, format, dir.path()) {
                     return Ok(Err(e.to_string()));
                 }
                 let cache = repos.open(0).map_err(|e| e.to_string())?;

@@ -49,7 +49,9 @@ pub async fn start(config: &Value) -> RunningServer {
         home: None,
         cores: 2,
     };
-    let config = ServeConfig::from_value(config, &env).expect("valid test config");
+    let mut config = ServeConfig::from_value(config, &env).expect("valid test config");
+    // Archives are unpacked by the jserve binary, as the daemon does.
+    config.unpack_helper = Some(env!("CARGO_BIN_EXE_jserve").into());
     let ctx = ServeContext::open(config).expect("build root opens");
     jserve::daemon::start(ctx).await.expect("daemon starts")
 }

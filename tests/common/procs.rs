@@ -70,6 +70,10 @@ impl Group {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the `port` of the info file the process writes.
     pub fn wait_for_port(&mut self, info: &Path) -> u16 {
         let start = Instant::now();

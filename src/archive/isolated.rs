@@ -1,0 +1,144 @@
+//! Unpacking in a child process with a memory bound.
+//!
+//! The unpackers are third-party parsers and decoders fed with untrusted
+//! bytes, and some size their allocations from header fields: a 41-byte 7z
+//! header asks for 800 GB, an xz block header for a 4 GiB dictionary. In Rust
+//! an allocation failure aborts the whole process, so catching panics cannot
+//! help. The daemon therefore unpacks through its own binary's hidden
+//! [`HELPER_COMMAND`], under an address-space limit: a hostile archive costs
+//! one child process and answers UNPACK_ERROR, the daemon is untouched.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{unpack, ArchiveFormat, Limits, UnpackError, UnpackStats};
+
+/// The hidden subcommand of the jserve binary that unpacks one archive:
+/// `jserve __unpack tar|zip ARCHIVE DEST MAX_BYTES MAX_ENTRIES`.
+pub const HELPER_COMMAND: &str = "__unpack";
+
+/// Exit code of the helper for an archive it refused (message on stdout).
+const EXIT_REFUSED: i32 = 3;
+
+/// At most this much of the helper's output is read.
+const MAX_OUTPUT: u64 = 64 << 10;
+
+/// How to run the helper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Isolation {
+    /// The jserve binary.
+    pub program: PathBuf,
+    /// The helper's address-space limit in bytes.
+    pub max_memory: u64,
+}
+
+/// [`unpack`] in a child process limited to `isolation.max_memory` bytes of
+/// address space. Blocking.
+pub fn unpack_isolated(
+    isolation: &Isolation,
+    archive: &Path,
+    format: ArchiveFormat,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<UnpackStats, UnpackError> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mut cmd = Command::new(&isolation.program);
+    cmd.arg(HELPER_COMMAND)
+        .arg(format.justbuild_name())
+        .arg(archive)
+        .arg(dest)
+        .arg(limits.max_total_bytes.to_string())
+        .arg(limits.max_entries.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let max_memory = isolation.max_memory;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let memory = libc::rlimit {
+                rlim_cur: max_memory,
+                rlim_max: max_memory,
+            };
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &memory) != 0
+                || libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        UnpackError::Internal(format!(
+            "cannot start the unpacker {}: {e}",
+            isolation.program.display()
+        ))
+    })?;
+    let mut output = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = stdout.take(MAX_OUTPUT).read_to_string(&mut output);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| UnpackError::Internal(format!("waiting for the unpacker: {e}")))?;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => parse_stats(&output),
+        (Some(EXIT_REFUSED), _) => Err(UnpackError::Refused(output.trim().to_string())),
+        (_, Some(signal)) => Err(UnpackError::Stopped(format!(
+            "the unpacker needed more than {} MiB of memory or crashed (signal {signal})",
+            max_memory >> 20
+        ))),
+        (code, _) => Err(UnpackError::Internal(format!(
+            "the unpacker exited with {code:?}: {}",
+            output.trim()
+        ))),
+    }
+}
+
+fn parse_stats(output: &str) -> Result<UnpackStats, UnpackError> {
+    let bad = || UnpackError::Internal(format!("unpacker output {output:?}"));
+    let mut words = output.split_whitespace();
+    let entries = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+    let bytes = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
+    Ok(UnpackStats { entries, bytes })
+}
+
+/// The helper's side: runs [`unpack`] on its arguments, prints `ENTRIES
+/// BYTES` or the refusal, and returns the process exit code.
+pub fn helper_main(args: &[String]) -> i32 {
+    let [format, archive, dest, max_bytes, max_entries] = args else {
+        println!("usage: {HELPER_COMMAND} tar|zip ARCHIVE DEST MAX_BYTES MAX_ENTRIES");
+        return 2;
+    };
+    let format = match format.as_str() {
+        "archive" | "tar" => ArchiveFormat::Tar,
+        "zip" => ArchiveFormat::Zip,
+        other => {
+            println!("unknown archive kind {other:?}");
+            return 2;
+        }
+    };
+    let (Ok(max_total_bytes), Ok(max_entries)) = (max_bytes.parse(), max_entries.parse()) else {
+        println!("limits must be numbers");
+        return 2;
+    };
+    let limits = Limits {
+        max_total_bytes,
+        max_entries,
+    };
+    match unpack(Path::new(archive), format, Path::new(dest), &limits) {
+        Ok(stats) => {
+            println!("{} {}", stats.entries, stats.bytes);
+            0
+        }
+        Err(e) => {
+            println!("{e}");
+            EXIT_REFUSED
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Hostile archives against the real daemon (`jserve serve`, native mode, its
+//! own endpoint): uploaded through the CAS on the serve port, then named in
+//! ServeArchiveTree. Each must answer UNPACK_ERROR while the daemon stays up
+//! and small: archives are unpacked in a child process with a memory bound
+//! (src/archive/isolated.rs), since some parsers size allocations from
+//! header fields and an allocation failure aborts a process.
+
+mod common;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, batch_update_blobs_request,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+};
+use common::endpoints::JserveServe;
+use common::loc;
+use jserve::digest::{HashFunction, ObjectKind};
+use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
+use jserve::proto::serve_archive_tree_response::ServeArchiveTreeStatus as S;
+use jserve::proto::source_tree_client::SourceTreeClient;
+use jserve::proto::ServeArchiveTreeRequest;
+use serde_json::json;
+
+/// A 7z whose plain header says NumFiles = 2^33 (sevenz-rust2 0.20 then
+/// asks for 800 GB at once).
+const SEVENZ_FILE_COUNT: &str =
+    "377abcaf271c0004ba48d628000000000000000009000000000000007925734a0105f2000000000000";
+
+/// The daemon's peak resident memory, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+/// A valid .tar.xz of one small file whose LZMA2 dictionary byte is then
+/// set to 40 (4 GiB), the block header's CRC32 fixed up.
+fn xz_with_huge_dictionary() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "hello.txt", &b"hello\n"[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut xz = Vec::new();
+    {
+        use std::io::Write;
+        let mut w = lzma_rust2::XzWriter::new(&mut xz, lzma_rust2::XzOptions::default()).unwrap();
+        w.write_all(&tar).unwrap();
+        w.finish().unwrap();
+    }
+    // Stream header (12 bytes), then the block header: size byte, flags,
+    // optional sizes, filter flags (id 0x21 LZMA2, props size 1, props).
+    let start = 12;
+    let header_len = (usize::from(xz[start]) + 1) * 4;
+    let flags = xz[start + 1];
+    let mut at = start + 2;
+    let skip_varint = |at: &mut usize, xz: &[u8]| {
+        while xz[*at] & 0x80 != 0 {
+            *at += 1;
+        }
+        *at += 1;
+    };
+    if flags & 0x40 != 0 {
+        skip_varint(&mut at, &xz);
+    }
+    if flags & 0x80 != 0 {
+        skip_varint(&mut at, &xz);
+    }
+    assert_eq!(xz[at], 0x21, "first filter is LZMA2");
+    assert_eq!(xz[at + 1], 1, "LZMA2 has one property byte");
+    xz[at + 2] = 40;
+    let crc_at = start + header_len - 4;
+    let mut crc = flate2::Crc::new();
+    crc.update(&xz[start..crc_at]);
+    xz[crc_at..crc_at + 4].copy_from_slice(&crc.sum().to_le_bytes());
+    xz
+}
+
+async fn upload(port: u16, data: &[u8]) -> String {
+    let hf = HashFunction::GitSha1;
+    let digest = hf.digest_bytes(ObjectKind::File, data);
+    let mut cas = ContentAddressableStorageClient::new(common::channel(port).await);
+    let r = cas
+        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests: vec![batch_update_blobs_request::Request {
+                digest: Some(digest.to_wire(hf)),
+                data: data.to_vec(),
+                compressor: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.responses[0].status.clone().unwrap_or_default().code, 0);
+    digest.hash
+}
+
+async fn serve_archive(port: u16, content: &str, kind: ArchiveType) -> (S, String) {
+    let mut c = SourceTreeClient::new(common::channel(port).await);
+    let r = c
+        .serve_archive_tree(ServeArchiveTreeRequest {
+            content: content.to_string(),
+            archive_type: kind as i32,
+            subdir: ".".to_string(),
+            resolve_symlinks: SymlinksResolve::None as i32,
+            sync_tree: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (S::try_from(r.status).unwrap(), r.tree)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_answer_unpack_error_and_the_daemon_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = JserveServe::start(
+        &dir.path().join("serve"),
+        json!({
+            "local build root": loc(&dir.path().join("root")),
+            "remote service": {"port": 0},
+        }),
+    );
+    let port = serve.port;
+    let sevenz = hex::decode(SEVENZ_FILE_COUNT).unwrap();
+    let cases: [(&str, Vec<u8>, ArchiveType); 2] = [
+        ("7z claiming 2^33 files", sevenz, ArchiveType::Zip),
+        (
+            "tar.xz with a 4 GiB dictionary",
+            xz_with_huge_dictionary(),
+            ArchiveType::Tar,
+        ),
+    ];
+    // Several at once, as an attacker would send them.
+    let mut asks = Vec::new();
+    for (name, bytes, kind) in cases {
+        let id = upload(port, &bytes).await;
+        for _ in 0..4 {
+            let id = id.clone();
+            asks.push(tokio::spawn(async move {
+                (name, serve_archive(port, &id, kind).await)
+            }));
+        }
+    }
+    for ask in asks {
+        let (name, (status, tree)) = ask.await.unwrap();
+        assert_eq!(status, S::UnpackError, "{name}: {tree:?}\n{}", serve.log());
+    }
+    // Still serving, and a good archive still unpacks.
+    let good = {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "ok.txt", &b"ok\n"[..])
+            .unwrap();
+        tar.into_inner().unwrap()
+    };
+    let id = upload(port, &good).await;
+    let (status, tree) = serve_archive(port, &id, ArchiveType::Tar).await;
+    assert_eq!(status, S::Ok, "{}", serve.log());
+    assert_eq!(tree.len(), 40);
+    let peak = peak_rss_kib(serve.group.pid());
+    assert!(peak < 200 << 10, "the daemon peaked at {peak} KiB");
+    assert!(
+        serve.log().contains("needed more than 2048 MiB of memory"),
+        "{}",
+        serve.log()
+    );
+}
