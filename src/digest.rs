@@ -309,6 +309,12 @@ impl fmt::Display for Digest {
     }
 }
 
+/// How deep a tree may nest before walks over it refuse it. Source trees are
+/// far shallower (git itself stops at 4,096 by default; justbuild's own tests
+/// use 900); every tree walk is bounded by this, so a hostile tree gets an
+/// error instead of exhausting a stack.
+pub const MAX_TREE_DEPTH: usize = 16_384;
+
 /// One entry of a git tree object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GitTreeEntry {

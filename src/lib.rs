@@ -15,6 +15,7 @@ pub mod serve;
 pub mod sources;
 pub mod storage;
 pub mod targets;
+pub mod tree_walk;
 
 /// Code generated from proto/just_serve.proto.
 pub mod proto {

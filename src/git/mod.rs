@@ -34,6 +34,8 @@ pub enum GitError {
     },
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
+    #[error(transparent)]
+    TooDeep(#[from] crate::tree_walk::TooDeep),
 }
 
 /// Parses a 40-character lowercase hex git id.

@@ -184,7 +184,7 @@ impl RepoSet {
                 Err(e) => return Err(e.into()),
             };
             let mut items = Vec::new();
-            collect_tree(repo, &tree, &mut Vec::new(), &mut items)?;
+            collect_tree(repo, tree, &mut items)?;
             Ok(Some(items))
         })
     }
@@ -230,35 +230,52 @@ fn uplink_object(from: &Repository, to: &Repository, root: Oid) -> Result<(), Gi
     }
 }
 
-fn collect_tree(
-    repo: &Repository,
-    tree: &git2::Tree<'_>,
-    prefix: &mut Vec<u8>,
+fn collect_tree<'r>(
+    repo: &'r Repository,
+    root: git2::Tree<'r>,
     out: &mut Vec<TreeItem>,
 ) -> Result<(), GitError> {
-    for entry in tree.iter() {
-        let mode = entry.filemode();
-        let kind =
-            ObjectKind::from_git_mode(mode as u32).ok_or_else(|| GitError::UnsupportedEntry {
-                tree: tree.id().to_string(),
-                name: String::from_utf8_lossy(entry.name_bytes()).into_owned(),
-                mode,
+    // Depth first on an explicit stack (trees may nest deeper than a
+    // thread's stack): (tree, next entry, the tree's path).
+    let mut stack: Vec<(git2::Tree<'r>, usize, Vec<u8>)> = vec![(root, 0, Vec::new())];
+    while let Some((tree, next, prefix)) = stack.last_mut() {
+        // The entry (which borrows its tree) is done with inside this block.
+        let (kind, path, id) = {
+            let Some(entry) = tree.get(*next) else {
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            let mode = entry.filemode();
+            let kind = ObjectKind::from_git_mode(mode as u32).ok_or_else(|| {
+                GitError::UnsupportedEntry {
+                    tree: tree.id().to_string(),
+                    name: String::from_utf8_lossy(entry.name_bytes()).into_owned(),
+                    mode,
+                }
             })?;
-        let len = prefix.len();
-        if len > 0 {
-            prefix.push(b'/');
-        }
-        prefix.extend_from_slice(entry.name_bytes());
+            let mut path = prefix.clone();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(entry.name_bytes());
+            (kind, path, entry.id())
+        };
         out.push(TreeItem {
-            path: prefix.clone(),
+            path: path.clone(),
             kind,
-            id: entry.id().to_string(),
+            id: id.to_string(),
         });
         if kind == ObjectKind::Tree {
-            let sub = repo.find_tree(entry.id())?;
-            collect_tree(repo, &sub, prefix, out)?;
+            if stack.len() >= crate::tree_walk::MAX_TREE_DEPTH {
+                return Err(crate::tree_walk::TooDeep {
+                    root: stack[0].0.id().to_string(),
+                    limit: crate::tree_walk::MAX_TREE_DEPTH,
+                }
+                .into());
+            }
+            stack.push((repo.find_tree(id)?, 0, path));
         }
-        prefix.truncate(len);
     }
     Ok(())
 }

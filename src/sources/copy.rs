@@ -31,6 +31,8 @@ pub enum CopyError {
     Remote(#[from] crate::remote::RemoteError),
     #[error(transparent)]
     Tree(#[from] crate::digest::TreeError),
+    #[error(transparent)]
+    TooDeep(#[from] crate::tree_walk::TooDeep),
 }
 
 fn has(repo: &Repository, id: Oid) -> bool {
@@ -243,53 +245,76 @@ async fn directories_to_git(
         contents.insert(hash, data);
     }
 
-    let mut built = HashMap::new();
-    build_git_tree(&root.hash, &dirs, &contents, &mut built, objects)
+    let mut walk = GitTrees {
+        dirs: &dirs,
+        contents: &contents,
+        objects,
+    };
+    crate::tree_walk::post_order(&mut walk, root.hash.clone())
 }
 
-/// Writes the git tree of Directory `hash` (children first) into `objects`.
-fn build_git_tree(
-    hash: &str,
-    dirs: &HashMap<String, reapi::Directory>,
-    contents: &HashMap<String, Vec<u8>>,
-    built: &mut HashMap<String, Oid>,
-    objects: &mut Vec<(ObjectType, Vec<u8>)>,
-) -> Result<Oid, CopyError> {
-    if let Some(oid) = built.get(hash) {
-        return Ok(*oid);
+/// The git tree of each Directory, written into `objects` after its parts.
+struct GitTrees<'a> {
+    dirs: &'a HashMap<String, reapi::Directory>,
+    contents: &'a HashMap<String, Vec<u8>>,
+    objects: &'a mut Vec<(ObjectType, Vec<u8>)>,
+}
+
+impl crate::tree_walk::PostOrder for GitTrees<'_> {
+    type Key = String;
+    type Data = Vec<Node>;
+    type Value = Oid;
+    type Error = CopyError;
+
+    fn visit(
+        &mut self,
+        hash: &String,
+    ) -> Result<crate::tree_walk::Visit<String, Vec<Node>, Oid>, CopyError> {
+        let nodes = directory_nodes(HashFunction::Sha256, hash, &self.dirs[hash])
+            .map_err(|e| CopyError::Invalid(e.to_string()))?;
+        let subdirs = nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Dir { digest, .. } => Some(digest.hash.clone()),
+                _ => None,
+            })
+            .collect();
+        Ok(crate::tree_walk::Visit::Expand(nodes, subdirs))
     }
-    let nodes = directory_nodes(HashFunction::Sha256, hash, &dirs[hash])
-        .map_err(|e| CopyError::Invalid(e.to_string()))?;
-    let mut entries = Vec::with_capacity(nodes.len());
-    for node in nodes {
-        let (name, kind, oid) = match node {
-            Node::Dir { name, digest } => {
-                let oid = build_git_tree(&digest.hash, dirs, contents, built, objects)?;
-                (name, ObjectKind::Tree, oid)
-            }
-            Node::Symlink { name, target } => {
-                let oid = git_id(ObjectType::Blob, &target)?;
-                objects.push((ObjectType::Blob, target));
-                (name, ObjectKind::Symlink, oid)
-            }
-            Node::File {
-                name,
-                digest,
-                executable,
-            } => {
-                let data = &contents[&digest.hash];
-                let oid = git_id(ObjectType::Blob, data)?;
-                objects.push((ObjectType::Blob, data.clone()));
-                (name, ObjectKind::blob(executable), oid)
-            }
-        };
-        let mut id = [0u8; 20];
-        id.copy_from_slice(oid.as_bytes());
-        entries.push(GitTreeEntry { name, kind, id });
+
+    fn finish(
+        &mut self,
+        _: &String,
+        nodes: Vec<Node>,
+        done: &HashMap<String, Oid>,
+    ) -> Result<Oid, CopyError> {
+        let mut entries = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let (name, kind, oid) = match node {
+                Node::Dir { name, digest } => (name, ObjectKind::Tree, done[&digest.hash]),
+                Node::Symlink { name, target } => {
+                    let oid = git_id(ObjectType::Blob, &target)?;
+                    self.objects.push((ObjectType::Blob, target));
+                    (name, ObjectKind::Symlink, oid)
+                }
+                Node::File {
+                    name,
+                    digest,
+                    executable,
+                } => {
+                    let data = &self.contents[&digest.hash];
+                    let oid = git_id(ObjectType::Blob, data)?;
+                    self.objects.push((ObjectType::Blob, data.clone()));
+                    (name, ObjectKind::blob(executable), oid)
+                }
+            };
+            let mut id = [0u8; 20];
+            id.copy_from_slice(oid.as_bytes());
+            entries.push(GitTreeEntry { name, kind, id });
+        }
+        let tree = serialize_git_tree(entries)?;
+        let oid = git_id(ObjectType::Tree, &tree)?;
+        self.objects.push((ObjectType::Tree, tree));
+        Ok(oid)
     }
-    let tree = serialize_git_tree(entries)?;
-    let oid = git_id(ObjectType::Tree, &tree)?;
-    objects.push((ObjectType::Tree, tree));
-    built.insert(hash.to_string(), oid);
-    Ok(oid)
 }

@@ -34,6 +34,8 @@ pub enum SyncError {
     },
     #[error("worker task failed: {0}")]
     Join(String),
+    #[error(transparent)]
+    TooDeep(#[from] crate::tree_walk::TooDeep),
 }
 
 /// Upload groups stay below this many bytes of content in memory.
@@ -264,15 +266,42 @@ impl Planner<'_> {
         Ok(digest)
     }
 
+    /// Every object of tree `id`, subtrees first, without recursion.
     fn tree(&mut self, id: Oid) -> Result<Digest, SyncError> {
+        crate::tree_walk::post_order(self, id)
+    }
+}
+
+impl crate::tree_walk::PostOrder for Planner<'_> {
+    type Key = Oid;
+    type Data = ();
+    type Value = Digest;
+    type Error = SyncError;
+
+    fn visit(&mut self, id: &Oid) -> Result<crate::tree_walk::Visit<Oid, (), Digest>, SyncError> {
+        let tree = self.repo.find_tree(*id)?;
+        let subtrees = tree
+            .iter()
+            .filter(|e| e.kind() == Some(ObjectType::Tree))
+            .map(|e| e.id())
+            .collect();
+        Ok(crate::tree_walk::Visit::Expand((), subtrees))
+    }
+
+    fn finish(
+        &mut self,
+        id: &Oid,
+        _: (),
+        done: &std::collections::HashMap<Oid, Digest>,
+    ) -> Result<Digest, SyncError> {
+        let id = *id;
         let tree = self.repo.find_tree(id)?;
         match self.hash {
             HashFunction::GitSha1 => {
                 for entry in tree.iter() {
                     match entry.kind() {
-                        Some(ObjectType::Tree) => {
-                            self.tree(entry.id())?;
-                        }
+                        // Finished before this tree.
+                        Some(ObjectType::Tree) => {}
                         Some(ObjectType::Blob) => {
                             self.blob(entry.id(), ObjectKind::File)?;
                         }
@@ -294,7 +323,7 @@ impl Planner<'_> {
                         .map_err(|_| unsupported(&tree, &entry))?;
                     match ObjectKind::from_git_mode(entry.filemode() as u32) {
                         Some(ObjectKind::Tree) => {
-                            let d = self.tree(entry.id())?;
+                            let d = done[&entry.id()].clone();
                             dir.directories.push(reapi::DirectoryNode {
                                 name,
                                 digest: Some(d.to_wire(self.hash)),

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use git2::{ObjectType, Oid, Repository};
 
 use crate::digest::{parse_git_tree, serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
+use crate::git::GitError;
 use crate::storage::IdMap;
+use crate::tree_walk::{PostOrder, Visit};
 
 /// Computes the structure of `tree` (read from `source`), writing every new
 /// object into `target`; returns the structure's tree id.
@@ -16,68 +18,87 @@ pub fn compute(
     target: &Repository,
     tree: Oid,
     memo: &IdMap,
-) -> Result<Oid, crate::git::GitError> {
+) -> Result<Oid, GitError> {
     let empty_blob = target.odb()?.write(ObjectType::Blob, b"")?;
-    let mut done = HashMap::new();
-    compute_rec(source, target, tree, memo, empty_blob, &mut done)
+    let mut walk = Structures {
+        source,
+        target,
+        memo,
+        empty_blob,
+    };
+    crate::tree_walk::post_order(&mut walk, tree)
 }
 
-fn compute_rec(
-    source: &Repository,
-    target: &Repository,
-    tree: Oid,
-    memo: &IdMap,
-    empty_blob: Oid,
-    done: &mut HashMap<Oid, Oid>,
-) -> Result<Oid, crate::git::GitError> {
-    if let Some(s) = done.get(&tree) {
-        return Ok(*s);
+fn format_error(e: impl std::fmt::Display) -> GitError {
+    GitError::Import {
+        path: Default::default(),
+        message: e.to_string(),
     }
-    // A remembered structure counts only while the git cache still has it.
-    if let Some(known) = memo.get(&tree.to_string()).ok().flatten() {
-        if let Ok(oid) = Oid::from_str(known.trim()) {
-            if target.odb()?.exists(oid) {
-                done.insert(tree, oid);
-                return Ok(oid);
+}
+
+/// The structure of each tree, from those of its subtrees.
+struct Structures<'a> {
+    source: &'a Repository,
+    target: &'a Repository,
+    memo: &'a IdMap,
+    empty_blob: Oid,
+}
+
+impl PostOrder for Structures<'_> {
+    type Key = Oid;
+    /// The tree's entries.
+    type Data = Vec<GitTreeEntry>;
+    type Value = Oid;
+    type Error = GitError;
+
+    fn visit(&mut self, tree: &Oid) -> Result<Visit<Oid, Vec<GitTreeEntry>, Oid>, GitError> {
+        // A remembered structure counts only while the git cache still has it.
+        if let Some(known) = self.memo.get(&tree.to_string()).ok().flatten() {
+            if let Ok(oid) = Oid::from_str(known.trim()) {
+                if self.target.odb()?.exists(oid) {
+                    return Ok(Visit::Known(oid));
+                }
             }
         }
+        let data = self.source.odb()?.read(*tree)?.data().to_vec();
+        let entries = parse_git_tree(&data).map_err(format_error)?;
+        let mut subtrees = Vec::new();
+        for e in &entries {
+            if e.kind == ObjectKind::Tree {
+                subtrees.push(Oid::from_bytes(&e.id)?);
+            }
+        }
+        Ok(Visit::Expand(entries, subtrees))
     }
-    let data = source.odb()?.read(tree)?.data().to_vec();
-    let mut entries = Vec::new();
-    for e in parse_git_tree(&data).map_err(|e| crate::git::GitError::Import {
-        path: Default::default(),
-        message: e.to_string(),
-    })? {
-        let id = if e.kind == ObjectKind::Tree {
-            compute_rec(
-                source,
-                target,
-                Oid::from_bytes(&e.id)?,
-                memo,
-                empty_blob,
-                done,
-            )?
-        } else {
-            empty_blob
-        };
-        let mut raw = [0u8; 20];
-        raw.copy_from_slice(id.as_bytes());
-        entries.push(GitTreeEntry {
-            name: e.name,
-            kind: e.kind,
-            id: raw,
-        });
+
+    fn finish(
+        &mut self,
+        tree: &Oid,
+        entries: Vec<GitTreeEntry>,
+        done: &HashMap<Oid, Oid>,
+    ) -> Result<Oid, GitError> {
+        let mut shaped = Vec::with_capacity(entries.len());
+        for e in entries {
+            let id = if e.kind == ObjectKind::Tree {
+                done[&Oid::from_bytes(&e.id)?]
+            } else {
+                self.empty_blob
+            };
+            let mut raw = [0u8; 20];
+            raw.copy_from_slice(id.as_bytes());
+            shaped.push(GitTreeEntry {
+                name: e.name,
+                kind: e.kind,
+                id: raw,
+            });
+        }
+        let bytes = serialize_git_tree(shaped).map_err(format_error)?;
+        let structure = self.target.odb()?.write(ObjectType::Tree, &bytes)?;
+        debug_assert_eq!(
+            structure.to_string(),
+            HashFunction::GitSha1.hash_bytes(true, &bytes)
+        );
+        let _ = self.memo.set(&tree.to_string(), &structure.to_string());
+        Ok(structure)
     }
-    let bytes = serialize_git_tree(entries).map_err(|e| crate::git::GitError::Import {
-        path: Default::default(),
-        message: e.to_string(),
-    })?;
-    let structure = target.odb()?.write(ObjectType::Tree, &bytes)?;
-    debug_assert_eq!(
-        structure.to_string(),
-        HashFunction::GitSha1.hash_bytes(true, &bytes)
-    );
-    let _ = memo.set(&tree.to_string(), &structure.to_string());
-    done.insert(tree, structure);
-    Ok(structure)
 }

@@ -1,0 +1,195 @@
+//! Deep trees against the real daemon (`jserve serve`, native mode, its own
+//! endpoint): a chain of nested git trees uploaded through the CAS on the
+//! serve port, then named in every RPC that walks trees. Trees as deep as
+//! [`SUPPORTED`] levels are served; deeper ones get a clear error; the daemon
+//! never falls over.
+
+mod common;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, batch_update_blobs_request,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+};
+use common::endpoints::JserveServe;
+use common::loc;
+use jserve::digest::{serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
+use jserve::proto::check_root_tree_response::CheckRootTreeStatus;
+use jserve::proto::compute_tree_structure_response::ComputeTreeStructureStatus;
+use jserve::proto::get_remote_tree_response::GetRemoteTreeStatus;
+use jserve::proto::serve_tree_response::ServeTreeStatus;
+use jserve::proto::source_tree_client::SourceTreeClient;
+use jserve::proto::*;
+use serde_json::json;
+use tonic::transport::Channel;
+
+/// Levels the daemon must serve (the reference's own tests use 900).
+const SUPPORTED: usize = 10_500;
+
+/// A chain of `depth` trees, each holding the next as `d`, the innermost a
+/// blob (`salt` its content, so chains share nothing): (root id, objects
+/// innermost first as (id, is_tree, bytes)).
+fn chain(depth: usize, salt: &str) -> (String, Vec<(String, bool, Vec<u8>)>) {
+    let hf = HashFunction::GitSha1;
+    let blob = salt.as_bytes().to_vec();
+    let blob_id = hf.hash_bytes(false, &blob);
+    let mut objects = vec![(blob_id.clone(), false, blob)];
+    let mut inner = (blob_id, ObjectKind::File, "f");
+    for _ in 0..depth {
+        let mut id = [0u8; 20];
+        hex::decode_to_slice(&inner.0, &mut id).unwrap();
+        let bytes = serialize_git_tree(vec![GitTreeEntry {
+            name: inner.2.as_bytes().to_vec(),
+            kind: inner.1,
+            id,
+        }])
+        .unwrap();
+        let tree_id = hf.hash_bytes(true, &bytes);
+        objects.push((tree_id.clone(), true, bytes));
+        inner = (tree_id, ObjectKind::Tree, "d");
+    }
+    (inner.0, objects)
+}
+
+/// Uploads `objects` in order, in batches (each tree after its entry).
+async fn upload(channel: Channel, objects: &[(String, bool, Vec<u8>)]) {
+    let hf = HashFunction::GitSha1;
+    let mut cas = ContentAddressableStorageClient::new(channel);
+    for batch in objects.chunks(2_000) {
+        let requests = batch
+            .iter()
+            .map(|(id, is_tree, bytes)| batch_update_blobs_request::Request {
+                digest: Some(
+                    jserve::digest::Digest {
+                        hash: id.clone(),
+                        size: bytes.len() as u64,
+                        is_tree: *is_tree,
+                    }
+                    .to_wire(hf),
+                ),
+                data: bytes.clone(),
+                compressor: 0,
+            })
+            .collect();
+        let r = cas
+            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+                requests,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for resp in r.responses {
+            let status = resp.status.unwrap_or_default();
+            assert_eq!(status.code, 0, "upload refused: {}", status.message);
+        }
+    }
+}
+
+/// The statuses of the tree-walking RPCs for `root`, in the order asked:
+/// GetRemoteTree (imports it from the CAS into the git cache), CheckRootTree,
+/// ServeTree, ComputeTreeStructure.
+async fn walk_all(c: &mut SourceTreeClient<Channel>, root: &str, size: u64) -> [i32; 4] {
+    let digest = jserve::digest::Digest {
+        hash: root.to_string(),
+        size,
+        is_tree: true,
+    }
+    .to_wire(HashFunction::GitSha1);
+    let remote = c
+        .get_remote_tree(GetRemoteTreeRequest {
+            digest: Some(digest),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    let check = c
+        .check_root_tree(CheckRootTreeRequest {
+            tree: root.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    let serve = c
+        .serve_tree(ServeTreeRequest {
+            tree: root.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    let structure = c
+        .compute_tree_structure(ComputeTreeStructureRequest {
+            tree: root.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    [remote, check, serve, structure]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_trees_are_served_and_deeper_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // JSERVE_KEEP_TEST_DIRS=1 keeps the daemon's log and build root.
+    let dir = if std::env::var_os("JSERVE_KEEP_TEST_DIRS").is_some() {
+        dir.keep()
+    } else {
+        dir.path().to_path_buf()
+    };
+    let serve = JserveServe::start(
+        &dir.join("serve"),
+        json!({
+            "local build root": loc(&dir.join("root")),
+            "remote service": {"port": 0},
+        }),
+    );
+    let channel = common::channel(serve.port).await;
+    let mut c = SourceTreeClient::new(channel.clone());
+
+    let (root, objects) = chain(SUPPORTED, "supported");
+    upload(channel.clone(), &objects).await;
+    let size = objects.last().unwrap().2.len() as u64;
+    assert_eq!(
+        walk_all(&mut c, &root, size).await,
+        [
+            GetRemoteTreeStatus::Ok as i32,
+            CheckRootTreeStatus::Ok as i32,
+            ServeTreeStatus::Ok as i32,
+            ComputeTreeStructureStatus::Ok as i32,
+        ],
+        "{SUPPORTED} levels\n{}",
+        serve.log()
+    );
+
+    // Far deeper than any source tree: refused, and the daemon stays up.
+    let (root, objects) = chain(jserve::digest::MAX_TREE_DEPTH + 1, "too deep");
+    upload(channel.clone(), &objects).await;
+    let size = objects.last().unwrap().2.len() as u64;
+    // Importing from the CAS into the git cache and looking the tree up walk
+    // nothing recursively; syncing it and computing its structure refuse.
+    let statuses = walk_all(&mut c, &root, size).await;
+    assert_eq!(
+        statuses,
+        [
+            GetRemoteTreeStatus::Ok as i32,
+            CheckRootTreeStatus::Ok as i32,
+            ServeTreeStatus::SyncError as i32,
+            ComputeTreeStructureStatus::InternalError as i32,
+        ],
+        "{}",
+        serve.log()
+    );
+    assert!(
+        serve.log().contains("deeper than"),
+        "no clear error:\n{}",
+        serve.log()
+    );
+    // Still serving.
+    let (root, objects) = chain(3, "shallow");
+    upload(channel.clone(), &objects).await;
+    let size = objects.last().unwrap().2.len() as u64;
+    assert_eq!(walk_all(&mut c, &root, size).await, [0, 0, 0, 0]);
+}
