@@ -49,6 +49,8 @@ pub enum RootError {
     },
     #[error("Failed to read directory {dir}: {message}")]
     InvalidDirectory { dir: String, message: String },
+    #[error(transparent)]
+    TooDeep(#[from] crate::tree_walk::TooDeep),
 }
 
 /// One entry of a directory: its kind, and for git roots its object id.
@@ -658,26 +660,9 @@ impl GitRoot {
     }
 
     /// All symlinks below tree `oid` are non-upwards and there are no
-    /// special entries.
+    /// special entries (walked without recursion: trees may nest deeply).
     fn tree_valid(&self, oid: Oid) -> Result<bool, RootError> {
-        if let Some(v) = self.valid.lock().unwrap().get(&oid) {
-            return Ok(*v);
-        }
-        let dir = self.dir(oid)?;
-        let mut ok = true;
-        for entry in dir.values() {
-            ok = match entry.kind {
-                None => false,
-                Some(ObjectKind::Tree) => self.tree_valid(entry.oid)?,
-                Some(ObjectKind::Symlink) => is_non_upwards(&self.read_blob(entry.oid)?),
-                _ => true,
-            };
-            if !ok {
-                break;
-            }
-        }
-        self.valid.lock().unwrap().insert(oid, ok);
-        Ok(ok)
+        crate::tree_walk::post_order(&mut ValidTrees { root: self }, oid)
     }
 
     fn read_directory(&self, dir: &str) -> Result<DirectoryEntries, RootError> {
@@ -726,6 +711,58 @@ impl GitRoot {
     }
 }
 
+/// Whether each tree is valid, from its own entries and its subtrees.
+struct ValidTrees<'a> {
+    root: &'a GitRoot,
+}
+
+impl crate::tree_walk::PostOrder for ValidTrees<'_> {
+    type Key = Oid;
+    type Data = ();
+    type Value = bool;
+    type Error = RootError;
+
+    fn visit(&mut self, oid: &Oid) -> crate::tree_walk::VisitResult<Self> {
+        use crate::tree_walk::Visit;
+        if let Some(v) = self.root.valid.lock().unwrap().get(oid) {
+            return Ok(Visit::Known(*v));
+        }
+        let dir = self.root.dir(*oid)?;
+        let mut subtrees = Vec::new();
+        for entry in dir.values() {
+            let ok = match entry.kind {
+                None => false,
+                Some(ObjectKind::Tree) => {
+                    subtrees.push(entry.oid);
+                    true
+                }
+                Some(ObjectKind::Symlink) => is_non_upwards(&self.root.read_blob(entry.oid)?),
+                _ => true,
+            };
+            if !ok {
+                self.root.valid.lock().unwrap().insert(*oid, false);
+                return Ok(Visit::Known(false));
+            }
+        }
+        Ok(Visit::Expand((), subtrees))
+    }
+
+    fn finish(
+        &mut self,
+        oid: &Oid,
+        _: (),
+        done: &std::collections::HashMap<Oid, bool>,
+    ) -> Result<bool, RootError> {
+        let dir = self.root.dir(*oid)?;
+        let ok = dir
+            .values()
+            .filter(|e| e.kind == Some(ObjectKind::Tree))
+            .all(|e| done[&e.oid]);
+        self.root.valid.lock().unwrap().insert(*oid, ok);
+        Ok(ok)
+    }
+}
+
 /// Roots opened once, by description.
 #[derive(Default)]
 pub struct RootCache {
@@ -752,6 +789,7 @@ impl RootCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree_walk::MAX_TREE_DEPTH;
 
     #[test]
     fn fnmatch_is_posix_without_flags() {
@@ -775,5 +813,35 @@ mod tests {
         assert_eq!(normal_path("a/./b/../c/"), "a/c");
         assert_eq!(normal_path(""), ".");
         assert_eq!(normal_path("../a"), "../a");
+    }
+
+    /// A git root whose tree nests `depth` levels (`d/d/…/f`).
+    fn deep_root(dir: &std::path::Path, depth: usize) -> SourceRoot {
+        let repo = git2::Repository::init_bare(dir).unwrap();
+        let blob = repo.blob(b"x\n").unwrap();
+        let mut builder = repo.treebuilder(None).unwrap();
+        builder.insert("f", blob, 0o100644).unwrap();
+        let mut tree = builder.write().unwrap();
+        for _ in 1..depth {
+            let mut builder = repo.treebuilder(None).unwrap();
+            builder.insert("d", tree, 0o040000).unwrap();
+            tree = builder.write().unwrap();
+        }
+        SourceRoot::open(&FileRoot::GitTree {
+            tree: tree.to_string(),
+            repository: Some(dir.to_path_buf()),
+            ignore_special: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn deep_git_roots_are_checked_without_recursion() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = deep_root(&tmp.path().join("deep"), 12_000);
+        assert_eq!(deep.read_directory(".").unwrap().entries.len(), 1);
+        let too_deep = deep_root(&tmp.path().join("too-deep"), MAX_TREE_DEPTH + 1);
+        let err = too_deep.read_directory(".").unwrap_err();
+        assert!(matches!(err, RootError::TooDeep(_)), "{err}");
     }
 }
