@@ -2,7 +2,10 @@
 //! justbuild's numeric levels. `RUST_LOG` overrides the level when set.
 
 use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::sync::Arc;
+
+use tracing_subscriber::fmt::MakeWriter;
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -47,7 +50,7 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
         None => level,
     };
     let mut layers: Vec<Box<dyn Layer<_> + Send + Sync>> = vec![tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(Capped(std::io::stderr))
         .with_ansi(!config.plain)
         .with_filter(filter(stderr_level))
         .boxed()];
@@ -67,7 +70,7 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
             })?;
         layers.push(
             tracing_subscriber::fmt::layer()
-                .with_writer(Arc::new(file))
+                .with_writer(Capped(Arc::new(file)))
                 .with_ansi(false)
                 .with_thread_ids(true)
                 .with_filter(filter(level))
@@ -76,4 +79,65 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
     }
     tracing_subscriber::registry().with(layers).init();
     Ok(())
+}
+
+/// Log lines are cut after this many bytes. Messages quote client input
+/// (entry names, paths, target names, digests); a 512 MiB entry name must
+/// not become 512 MiB of log on every sink.
+pub const MAX_LINE: usize = 8 << 10;
+
+/// A [`MakeWriter`] whose writers cut each event at [`MAX_LINE`] bytes.
+struct Capped<M>(M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Capped<M> {
+    type Writer = CappedWriter<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        CappedWriter(self.0.make_writer())
+    }
+}
+
+/// Writes one formatted event (the fmt layer hands each over in one write),
+/// cut at a character boundary below [`MAX_LINE`] with a note of the rest.
+struct CappedWriter<W>(W);
+
+impl<W: Write> Write for CappedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() <= MAX_LINE {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut cut = MAX_LINE;
+        while cut > 0 && buf[cut] & 0xc0 == 0x80 {
+            cut -= 1;
+        }
+        self.0.write_all(&buf[..cut])?;
+        writeln!(self.0, " [{} more bytes cut]", buf.len() - cut)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_at_a_character_boundary() {
+        let mut out = Vec::new();
+        let short = b"short line\n";
+        CappedWriter(&mut out).write_all(short).unwrap();
+        assert_eq!(out, short);
+        let mut out = Vec::new();
+        // One byte, then two-byte characters: the limit falls inside one.
+        let long = format!("x{}\n", "\u{e9}".repeat(MAX_LINE));
+        CappedWriter(&mut out).write_all(long.as_bytes()).unwrap();
+        let text = String::from_utf8(out).expect("still UTF-8");
+        assert!(text.len() < MAX_LINE + 64, "{}", text.len());
+        let kept = MAX_LINE - 1;
+        assert!(text.ends_with(&format!(" [{} more bytes cut]\n", long.len() - kept)));
+    }
 }
