@@ -212,6 +212,9 @@ impl Default for ArchiveLimits {
     }
 }
 
+/// How long a graceful stop waits for running calls by default.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The whole serve configuration, defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeConfig {
@@ -226,6 +229,9 @@ pub struct ServeConfig {
     pub jobs: usize,
     pub build: BuildConfig,
     pub archive_limits: ArchiveLimits,
+    /// How long a graceful stop waits for running calls (jserve's own key
+    /// `"stop timeout"`, seconds).
+    pub stop_timeout: Duration,
     /// The jserve binary that unpacks archives in a child process (not a
     /// file key: the command line sets it to itself). None: in this process.
     pub unpack_helper: Option<PathBuf>,
@@ -451,6 +457,10 @@ impl ServeConfig {
             Some((k, v)) => integer(v, &k, 1, 1 << 20)? as usize,
             None => env.cores.max(1),
         };
+        let stop_timeout = match top.get("stop timeout") {
+            Some((k, v)) => seconds(v, &k, true)?,
+            None => DEFAULT_STOP_TIMEOUT,
+        };
 
         let mut build = BuildConfig {
             build_jobs: jobs,
@@ -525,6 +535,7 @@ impl ServeConfig {
             jobs,
             build,
             archive_limits,
+            stop_timeout,
             unpack_helper: None,
             warnings,
         })

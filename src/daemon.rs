@@ -75,7 +75,40 @@ pub struct RunningServer {
     state_files: Vec<PathBuf>,
 }
 
+/// How a bounded stop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Every running call finished.
+    Graceful,
+    /// Calls were still running at the deadline and were cut off.
+    Deadline,
+    /// Asked to stop at once (a second signal) while calls were running.
+    Forced,
+}
+
 impl RunningServer {
+    /// Stops accepting connections and lets running calls finish, for at most
+    /// `deadline` or until `force` resolves; then cuts off what still runs.
+    /// Pid and info files are removed in every case.
+    pub async fn shutdown_within(
+        self,
+        deadline: std::time::Duration,
+        force: impl std::future::Future<Output = ()>,
+    ) -> Result<Stop, DaemonError> {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        let outcome = tokio::select! {
+            served = &mut task => served.map_err(DaemonError::from).map(|r| r.map(|()| Stop::Graceful)),
+            _ = tokio::time::sleep(deadline) => Ok(Ok(Stop::Deadline)),
+            _ = force => Ok(Ok(Stop::Forced)),
+        };
+        task.abort();
+        for path in &self.state_files {
+            let _ = std::fs::remove_file(path);
+        }
+        outcome?.map_err(DaemonError::Serve)
+    }
+
     /// Stops accepting connections, lets running calls finish, removes pid and info files.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
         let _ = self.shutdown.send(());

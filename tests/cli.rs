@@ -168,3 +168,129 @@ fn execute_rejects_bad_options() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "cert without key");
 }
+
+/// A call that never ends: a ByteStream write that sent one chunk and keeps
+/// its stream open. Returns the sender that keeps it open.
+async fn hold_a_call(
+    port: u16,
+) -> tokio::sync::mpsc::Sender<bazel_remote_apis::google::bytestream::WriteRequest> {
+    use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+    use bazel_remote_apis::google::bytestream::WriteRequest;
+    use jserve::digest::{HashFunction, ObjectKind};
+    let hf = HashFunction::GitSha1;
+    let data = vec![7u8; 1 << 20];
+    let digest = hf.digest_bytes(ObjectKind::File, &data).to_wire(hf);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WriteRequest {
+        resource_name: format!(
+            "uploads/1f6a2c0e-0000-4000-8000-000000000001/blobs/{}/{}",
+            digest.hash, digest.size_bytes
+        ),
+        write_offset: 0,
+        finish_write: false,
+        data: data[..1024].to_vec(),
+    })
+    .await
+    .unwrap();
+    let mut client = ByteStreamClient::new(channel(port).await);
+    tokio::spawn(async move {
+        let _ = client
+            .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+    });
+    tx
+}
+
+/// SIGTERM to `pid`.
+fn term(pid: u32) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+/// Waits for `child` to exit; the time it took from `since`.
+fn exit_time(child: &mut std::process::Child, since: Instant) -> Duration {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit: {status:?}");
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(60), "still running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A graceful stop waits for running calls only up to "stop timeout", and a
+/// second signal stops at once; pid and info files go in both cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_is_bounded_and_a_second_signal_forces_it() {
+    for (timeout, second_signal) in [(Some(2.0), false), (None, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path(), json!({"logging": {"plain": true}}));
+        if let Some(seconds) = timeout {
+            config["stop timeout"] = json!(seconds);
+        }
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut child = jserve()
+            .arg("serve")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let info_path = dir.path().join("info.json");
+        let start = Instant::now();
+        while !info_path.exists() {
+            assert!(start.elapsed() < TIMEOUT, "no info file written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let port = read_info(&info_path)["port"].as_u64().unwrap() as u16;
+        let _held = hold_a_call(port).await;
+        // The write has reached the daemon once its partial upload exists.
+        let uploads = dir.path().join("build-root");
+        let started = Instant::now();
+        while !String::from_utf8_lossy(
+            &Command::new("find")
+                .arg(&uploads)
+                .args(["-type", "f", "-size", "+0"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .contains("tmp")
+        {
+            assert!(started.elapsed() < TIMEOUT, "the upload never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent = Instant::now();
+        term(child.id());
+        if second_signal {
+            while !std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("another signal stops at once")
+            {
+                assert!(sent.elapsed() < TIMEOUT, "first signal not taken");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            term(child.id());
+        }
+        let took = exit_time(&mut child, sent);
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        // Without the bound the held call keeps the daemon up for good.
+        assert!(took < Duration::from_secs(10), "took {took:?}:\n{stderr}");
+        if second_signal {
+            assert!(
+                stderr.contains("received again: stopping at once"),
+                "{stderr}"
+            );
+        } else {
+            assert!(took >= Duration::from_secs(2), "took {took:?}");
+            assert!(stderr.contains("were cut off"), "{stderr}");
+        }
+        assert!(!info_path.exists(), "info file removed");
+    }
+}

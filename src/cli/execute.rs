@@ -68,6 +68,9 @@ pub struct ExecuteArgs {
     /// Time limit in seconds for actions that set none.
     #[arg(long = "action-timeout", default_value_t = 300.0)]
     action_timeout: f64,
+    /// Seconds a graceful stop waits for running calls (a second signal stops at once).
+    #[arg(long = "stop-timeout", default_value_t = 30.0)]
+    stop_timeout: f64,
     /// Also log to this file (repeatable).
     #[arg(short = 'f', long = "log-file", value_name = "PATH")]
     log_files: Vec<PathBuf>,
@@ -114,6 +117,10 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if !(args.stop_timeout >= 0.0 && args.stop_timeout <= 1e9) {
+        eprintln!("jserve: --stop-timeout must be zero or more seconds");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if !(args.action_timeout > 0.0 && args.action_timeout.is_finite()) {
         eprintln!("jserve: --action-timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_CONFIG);
@@ -162,15 +169,22 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             jobs,
         },
     };
-    run_daemon(&logging, &[], env.cores.max(1), move || async move {
-        let build_root = BuildRoot::open(&root).map_err(|e| {
-            anyhow::anyhow!("cannot prepare local build root {}: {e}", root.display())
-        })?;
-        let endpoint = LocalEndpoint::new(&build_root, config);
-        // As `just execute` does: the empty blob is always there.
-        if let Err(e) = endpoint.cas.put_bytes(ObjectKind::File, b"") {
-            tracing::warn!("cannot store the empty blob: {e}");
-        }
-        Ok(crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?)
-    })
+    let stop_timeout = Duration::from_secs_f64(args.stop_timeout);
+    run_daemon(
+        &logging,
+        &[],
+        env.cores.max(1),
+        stop_timeout,
+        move || async move {
+            let build_root = BuildRoot::open(&root).map_err(|e| {
+                anyhow::anyhow!("cannot prepare local build root {}: {e}", root.display())
+            })?;
+            let endpoint = LocalEndpoint::new(&build_root, config);
+            // As `just execute` does: the empty blob is always there.
+            if let Err(e) = endpoint.cas.put_bytes(ObjectKind::File, b"") {
+                tracing::warn!("cannot store the empty blob: {e}");
+            }
+            Ok(crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?)
+        },
+    )
 }

@@ -69,6 +69,7 @@ fn run_daemon<F, Fut>(
     logging: &LoggingConfig,
     warnings: &[String],
     jobs: usize,
+    stop_timeout: std::time::Duration,
     start: F,
 ) -> ExitCode
 where
@@ -88,17 +89,35 @@ where
         .build()
         .context("cannot start the async runtime")
         .and_then(|runtime| {
-            runtime.block_on(async {
+            let served = runtime.block_on(async {
                 // Listen before the info file announces the server, so that an
                 // early SIGTERM still means a graceful stop.
-                let stop = stop_signals()?;
+                let mut signals = StopSignals::new()?;
                 let server = start().await?;
-                let signal = stop.await;
-                tracing::info!("{signal} received: finishing running calls, then stopping");
-                server.shutdown().await?;
-                tracing::info!("stopped");
+                let signal = signals.next().await;
+                tracing::info!(
+                    "{signal} received: finishing running calls (at most {} s; \
+                     another signal stops at once), then stopping",
+                    stop_timeout.as_secs_f64()
+                );
+                let again = async {
+                    let signal = signals.next().await;
+                    tracing::warn!("{signal} received again: stopping at once");
+                };
+                match server.shutdown_within(stop_timeout, again).await? {
+                    crate::daemon::Stop::Graceful => tracing::info!("stopped"),
+                    crate::daemon::Stop::Deadline => tracing::warn!(
+                        "calls still running after {} s were cut off; stopped",
+                        stop_timeout.as_secs_f64()
+                    ),
+                    crate::daemon::Stop::Forced => tracing::warn!("stopped"),
+                }
                 Ok(())
-            })
+            });
+            // Whatever still runs (cut-off calls, their blocking work) ends
+            // with the process.
+            runtime.shutdown_background();
+            served
         });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,15 +128,26 @@ where
     }
 }
 
-/// Installs the SIGTERM and SIGINT handlers; the future resolves on the first signal.
-fn stop_signals() -> anyhow::Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
+/// SIGTERM and SIGINT, installed once and awaited as often as needed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
         tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-    })
+    }
 }

@@ -23,8 +23,15 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
     // Archives are unpacked by this very binary in a child process.
     config.unpack_helper = std::env::current_exe().ok();
     let (logging, warnings, jobs) = (config.logging.clone(), config.warnings.clone(), config.jobs);
-    run_daemon(&logging, &warnings, jobs, move || async move {
-        let ctx = ServeContext::open(config)?;
-        Ok(crate::daemon::start(ctx).await?)
-    })
+    let stop_timeout = config.stop_timeout;
+    run_daemon(
+        &logging,
+        &warnings,
+        jobs,
+        stop_timeout,
+        move || async move {
+            let ctx = ServeContext::open(config)?;
+            Ok(crate::daemon::start(ctx).await?)
+        },
+    )
 }
