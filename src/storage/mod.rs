@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod cas;
 pub mod gc;
 pub mod maps;
+pub mod staging;
 pub mod target_cache;
 pub mod trees;
 
@@ -57,6 +58,8 @@ const REPOSITORIES: &str = "repositories";
 #[derive(Clone, Debug)]
 pub struct BuildRoot {
     root: PathBuf,
+    /// This process's staging directory below `ROOT/tmp`.
+    staging: std::sync::Arc<staging::Lease>,
 }
 
 impl BuildRoot {
@@ -70,8 +73,8 @@ impl BuildRoot {
         }
         let b = BuildRoot {
             root: root.to_path_buf(),
+            staging: staging::lease(&root.join("tmp"))?,
         };
-        std::fs::create_dir_all(b.tmp_dir())?;
         b.create_generation_dirs();
         std::fs::create_dir_all(b.repositories_dir())?;
         Ok(b)
@@ -92,10 +95,11 @@ impl BuildRoot {
         &self.root
     }
 
-    /// Staging directory for atomic writes; on the build root's filesystem,
-    /// outside the generations so that a rotation never moves it.
+    /// Staging directory for atomic writes, unpacking and partial uploads:
+    /// this process's own below `ROOT/tmp` (see [`staging`]), on the build
+    /// root's filesystem and outside the generations, which rotations move.
     pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.staging.dir().to_path_buf()
     }
 
     fn generation(&self, area: &str, i: usize) -> PathBuf {
