@@ -280,8 +280,14 @@ async fn broken_archives_leave_nothing_behind() {
         .join("build-root/repositories/generation-0/tree-map");
     assert!(!map.join("archive").join(text).exists());
     assert!(!map.join("zip").join(&f.archives["a.tar.gz"]).exists());
+    // Staging is one directory per process (holding its lock file).
     let tmp = f.dir.path().join("build-root/tmp");
-    let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .flat_map(|process| std::fs::read_dir(process.path()).unwrap().flatten())
+        .filter(|e| e.file_name() != ".lock")
+        .collect();
     assert!(leftovers.is_empty(), "nothing left in tmp: {leftovers:?}");
     server.shutdown().await.unwrap();
 

@@ -41,15 +41,24 @@ impl TempFile {
         &self.path
     }
 
-    pub fn file(&mut self) -> &mut File {
-        self.file
-            .as_mut()
-            .expect("temp file is open until committed")
+    /// The open file, reopened for appending after [`TempFile::close`].
+    pub fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            self.file = Some(OpenOptions::new().append(true).open(&self.path)?);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+
+    /// Closes the descriptor (the content stays): a file written piece by
+    /// piece over a long time holds no descriptor between the pieces.
+    pub fn close(&mut self) {
+        self.file = None;
     }
 
     /// Flushes the content to disk, sets `mode`, and renames the file to `dest`.
     /// An existing `dest` is replaced.
     pub fn commit(mut self, dest: &Path, mode: u32) -> io::Result<()> {
+        self.file()?;
         let file = self.file.take().expect("temp file committed once");
         file.sync_data()?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -65,10 +74,13 @@ impl TempFile {
 
 impl Write for TempFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file().write(buf)
+        self.file()?.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.file().flush()
+        match self.file.as_mut() {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
     }
 }
 

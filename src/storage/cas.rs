@@ -383,6 +383,12 @@ impl Upload {
         Ok(())
     }
 
+    /// Closes the staged file's descriptor until the next write: an upload
+    /// that pauses (or is abandoned) holds none.
+    pub fn pause(&mut self) {
+        self.tmp.close();
+    }
+
     /// Checks length and hash, runs `accept` on the staged file (e.g. the tree
     /// invariant), and only then gives the object its final name.
     pub fn commit(

@@ -25,7 +25,12 @@ use crate::storage::cas::Upload;
 /// Bytes per read response: well below the gRPC message limit.
 const READ_CHUNK: usize = 1024 * 1024;
 /// Unfinished uploads untouched for this long are dropped.
-const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(3600);
+const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(600);
+/// Unfinished uploads kept for resumption, in all and per client address;
+/// past these the least recently touched are forgotten. Each holds a staged
+/// file, but no descriptor: it is closed between chunks.
+const MAX_PENDING_UPLOADS: usize = 1024;
+const MAX_PENDING_UPLOADS_PER_CLIENT: usize = 64;
 
 struct PendingUpload {
     upload: Upload,
@@ -33,10 +38,17 @@ struct PendingUpload {
     touched: Instant,
 }
 
+/// An unfinished upload kept for resumption, with the client's address for
+/// the per-client bound.
+struct Kept {
+    peer: Option<std::net::IpAddr>,
+    upload: Arc<Mutex<PendingUpload>>,
+}
+
 pub struct ByteStreamService {
     endpoint: Arc<LocalEndpoint>,
     /// Unfinished writes by resource name, for resumption and QueryWriteStatus.
-    uploads: Arc<Mutex<HashMap<String, Arc<Mutex<PendingUpload>>>>>,
+    uploads: Arc<Mutex<HashMap<String, Kept>>>,
 }
 
 impl ByteStreamService {
@@ -143,6 +155,7 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let mut stream = request.into_inner();
         let first = stream
             .next()
@@ -165,7 +178,7 @@ impl ByteStream for ByteStreamService {
             }));
         }
 
-        let pending = self.pending_upload(&name, &digest).await?;
+        let pending = self.pending_upload(&name, &digest, peer).await?;
         let mut message = Some(first);
         loop {
             let Some(req) = message.take() else {
@@ -204,6 +217,8 @@ impl ByteStream for ByteStreamService {
                     .upload
                     .write(&req.data)
                     .map_err(|e| EndpointError::from(e).to_status())?;
+                // No descriptor is held while waiting for the next chunk.
+                guard.upload.pause();
                 guard.touched = Instant::now();
                 Ok(finish.then_some(guard.upload.written()))
             })
@@ -239,7 +254,7 @@ impl ByteStream for ByteStreamService {
             .lock()
             .expect("uploads lock")
             .get(&name)
-            .cloned();
+            .map(|k| k.upload.clone());
         if let Some(p) = pending {
             let written = p.lock().expect("upload lock").upload.written();
             return Ok(Response::new(QueryWriteStatusResponse {
@@ -272,16 +287,18 @@ impl ByteStreamService {
         &self,
         name: &str,
         digest: &Digest,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Arc<Mutex<PendingUpload>>, Status> {
         {
             let mut uploads = self.uploads.lock().expect("uploads lock");
-            uploads.retain(|_, p| {
-                p.try_lock()
+            uploads.retain(|_, k| {
+                k.upload
+                    .try_lock()
                     .map(|p| p.touched.elapsed() < UPLOAD_IDLE_LIMIT)
                     .unwrap_or(true)
             });
-            if let Some(p) = uploads.get(name) {
-                return Ok(p.clone());
+            if let Some(k) = uploads.get(name) {
+                return Ok(k.upload.clone());
             }
         }
         let endpoint = self.endpoint.clone();
@@ -292,8 +309,8 @@ impl ByteStreamService {
             } else {
                 ObjectKind::File
             };
-            // Native ids may come with size 0: "unknown", hashed when complete.
-            let len = (d.size > 0 || !endpoint.hash.is_native()).then_some(d.size);
+            // An unknown size (Digest::size_known) is checked when complete.
+            let len = d.size_known(endpoint.hash).then_some(d.size);
             endpoint.cas.begin_upload(kind, len)
         })
         .await
@@ -304,11 +321,48 @@ impl ByteStreamService {
             digest: digest.clone(),
             touched: Instant::now(),
         }));
-        self.uploads
-            .lock()
-            .expect("uploads lock")
-            .insert(name.to_string(), pending.clone());
+        let mut uploads = self.uploads.lock().expect("uploads lock");
+        uploads.insert(
+            name.to_string(),
+            Kept {
+                peer,
+                upload: pending.clone(),
+            },
+        );
+        forget_over_bounds(&mut uploads, name, peer);
         Ok(pending)
+    }
+}
+
+/// Past the bounds on unfinished uploads, forgets the least recently
+/// touched ones (of `peer`, when it has too many), never `newest`. A write
+/// still streaming keeps its own upload; only resumption is lost.
+fn forget_over_bounds(
+    uploads: &mut HashMap<String, Kept>,
+    newest: &str,
+    peer: Option<std::net::IpAddr>,
+) {
+    // An upload busy with a chunk right now counts as touched now.
+    let touched = |k: &Kept| {
+        k.upload
+            .try_lock()
+            .map(|p| p.touched)
+            .unwrap_or_else(|_| Instant::now())
+    };
+    loop {
+        let from_peer = uploads.values().filter(|k| k.peer == peer).count();
+        let over_peer = from_peer > MAX_PENDING_UPLOADS_PER_CLIENT;
+        if !over_peer && uploads.len() <= MAX_PENDING_UPLOADS {
+            return;
+        }
+        let oldest = uploads
+            .iter()
+            .filter(|(name, k)| *name != newest && (!over_peer || k.peer == peer))
+            .min_by_key(|(_, k)| touched(k))
+            .map(|(name, _)| name.clone());
+        let Some(name) = oldest else { return };
+        tracing::debug!(name, "forgetting an unfinished upload");
+        uploads.remove(&name);
     }
 }
 
