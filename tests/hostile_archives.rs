@@ -7,10 +7,6 @@
 
 mod common;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::{
-    self as reapi, batch_update_blobs_request,
-    content_addressable_storage_client::ContentAddressableStorageClient,
-};
 use common::endpoints::JserveServe;
 use common::loc;
 use jserve::digest::{HashFunction, ObjectKind};
@@ -84,20 +80,7 @@ fn xz_with_huge_dictionary() -> Vec<u8> {
 async fn upload(port: u16, data: &[u8]) -> String {
     let hf = HashFunction::GitSha1;
     let digest = hf.digest_bytes(ObjectKind::File, data);
-    let mut cas = ContentAddressableStorageClient::new(common::channel(port).await);
-    let r = cas
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests: vec![batch_update_blobs_request::Request {
-                digest: Some(digest.to_wire(hf)),
-                data: data.to_vec(),
-                compressor: 0,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.responses[0].status.clone().unwrap_or_default().code, 0);
+    common::reapi::batch_upload(common::channel(port).await, &[(&digest.to_wire(hf), data)]).await;
     digest.hash
 }
 

@@ -6,10 +6,6 @@
 
 mod common;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::{
-    self as reapi, batch_update_blobs_request,
-    content_addressable_storage_client::ContentAddressableStorageClient,
-};
 use common::endpoints::JserveServe;
 use common::loc;
 use jserve::digest::{serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
@@ -53,35 +49,24 @@ fn chain(depth: usize, salt: &str) -> (String, Vec<(String, bool, Vec<u8>)>) {
 /// Uploads `objects` in order, in batches (each tree after its entry).
 async fn upload(channel: Channel, objects: &[(String, bool, Vec<u8>)]) {
     let hf = HashFunction::GitSha1;
-    let mut cas = ContentAddressableStorageClient::new(channel);
     for batch in objects.chunks(2_000) {
-        let requests = batch
+        let digests: Vec<_> = batch
             .iter()
-            .map(|(id, is_tree, bytes)| batch_update_blobs_request::Request {
-                digest: Some(
-                    jserve::digest::Digest {
-                        hash: id.clone(),
-                        size: bytes.len() as u64,
-                        is_tree: *is_tree,
-                    }
-                    .to_wire(hf),
-                ),
-                data: bytes.clone(),
-                compressor: 0,
+            .map(|(id, is_tree, bytes)| {
+                jserve::digest::Digest {
+                    hash: id.clone(),
+                    size: bytes.len() as u64,
+                    is_tree: *is_tree,
+                }
+                .to_wire(hf)
             })
             .collect();
-        let r = cas
-            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                requests,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for resp in r.responses {
-            let status = resp.status.unwrap_or_default();
-            assert_eq!(status.code, 0, "upload refused: {}", status.message);
-        }
+        let blobs: Vec<_> = digests
+            .iter()
+            .zip(batch)
+            .map(|(d, (_, _, bytes))| (d, bytes.as_slice()))
+            .collect();
+        common::reapi::batch_upload(channel.clone(), &blobs).await;
     }
 }
 

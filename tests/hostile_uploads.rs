@@ -9,10 +9,6 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::{
-    self as reapi, batch_update_blobs_request,
-    content_addressable_storage_client::ContentAddressableStorageClient,
-};
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, WriteRequest};
 use common::loc;
@@ -162,19 +158,8 @@ async fn unfinished_uploads_hold_no_descriptors_and_are_bounded() {
     );
     let hf = HashFunction::GitSha1;
     let small = blob(HELD + 2, 1000);
-    let r = ContentAddressableStorageClient::new(fresh)
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests: vec![batch_update_blobs_request::Request {
-                digest: Some(hf.digest_bytes(ObjectKind::File, &small).to_wire(hf)),
-                data: small,
-                compressor: 0,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.responses[0].status.clone().unwrap_or_default().code, 0);
+    let digest = hf.digest_bytes(ObjectKind::File, &small).to_wire(hf);
+    common::reapi::batch_upload(fresh, &[(&digest, &small)]).await;
     drop(senders);
     assert!(serve.try_wait().is_none(), "{}", serve.log());
 }

@@ -99,31 +99,7 @@ impl Endpoint {
 
     /// Uploads blobs in one batch; panics unless every one is accepted.
     pub async fn upload(&self, blobs: &[(&reapi::Digest, &[u8])]) {
-        let requests = blobs
-            .iter()
-            .map(|(d, data)| batch_update_blobs_request::Request {
-                digest: Some((*d).clone()),
-                data: data.to_vec(),
-                compressor: 0,
-            })
-            .collect();
-        let r = self
-            .cas()
-            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                requests,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for resp in r.responses {
-            let status = resp.status.unwrap_or_default();
-            assert_eq!(
-                status.code, 0,
-                "upload of {:?} refused: {}",
-                resp.digest, status.message
-            );
-        }
+        batch_upload(self.channel.clone(), blobs).await;
     }
 
     pub async fn upload_blob(&self, data: &[u8]) -> reapi::Digest {
@@ -325,6 +301,35 @@ impl Endpoint {
 }
 
 /// The ExecuteResponse inside a finished operation.
+/// Uploads blobs in one BatchUpdateBlobs call to the daemon behind
+/// `channel`; panics unless every one is accepted.
+pub async fn batch_upload(channel: Channel, blobs: &[(&reapi::Digest, &[u8])]) {
+    let requests = blobs
+        .iter()
+        .map(|(d, data)| batch_update_blobs_request::Request {
+            digest: Some((*d).clone()),
+            data: data.to_vec(),
+            compressor: 0,
+        })
+        .collect();
+    let r = ContentAddressableStorageClient::new(channel)
+        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for resp in r.responses {
+        let status = resp.status.unwrap_or_default();
+        assert_eq!(
+            status.code, 0,
+            "upload of {:?} refused: {}",
+            resp.digest, status.message
+        );
+    }
+}
+
 pub fn response_of(op: &Operation) -> reapi::ExecuteResponse {
     match &op.result {
         Some(operation::Result::Response(any)) => {
