@@ -137,7 +137,13 @@ pub struct RemoteServiceConfig {
     pub info_file: Option<PathBuf>,
     pub server_cert: Option<PathBuf>,
     pub server_key: Option<PathBuf>,
+    /// The largest request message accepted, in bytes (jserve's own key
+    /// `"max message size"`); larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_size: usize,
 }
+
+/// gRPC's customary limit on a received message.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
 
 impl Default for RemoteServiceConfig {
     fn default() -> Self {
@@ -148,6 +154,7 @@ impl Default for RemoteServiceConfig {
             info_file: None,
             server_cert: None,
             server_key: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -404,6 +411,9 @@ impl ServeConfig {
             remote_service.info_file = o.location("info file", env)?;
             remote_service.server_cert = o.location("server cert", env)?;
             remote_service.server_key = o.location("server key", env)?;
+            if let Some((k, v)) = o.get("max message size") {
+                remote_service.max_message_size = integer(v, &k, 1 << 16, 1 << 31)? as usize;
+            }
             if remote_service.server_cert.is_some() != remote_service.server_key.is_some() {
                 return Err(invalid(
                     &o.path,

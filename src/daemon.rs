@@ -278,13 +278,15 @@ pub async fn start_services(
             let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
             tracing::info_span!("rpc", id, method = %request.uri().path())
         })
-        .layer(crate::gc_layer::GcLayer(services.gc_locks()));
+        .layer(crate::gc_layer::GcLayer(services.gc_locks()))
+        .layer(crate::status_layer::OversizeLayer);
     let tls = tls_config(listen)?;
     let uses_tls = tls.is_some();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(DaemonError::Tls)?;
     }
 
+    let limit = service.max_message_size;
     let served = services.names();
     let reflection_error =
         |e: tonic_reflection::server::Error| DaemonError::Reflection(e.to_string());
@@ -306,11 +308,17 @@ pub async fn start_services(
             .set_serving::<ConfigurationServer<ConfigurationService>>()
             .await;
         router = router
-            .add_service(SourceTreeServer::new(SourceTreeService::new(ctx.clone())))
-            .add_service(TargetServer::new(TargetService::new(ctx.clone())))
-            .add_service(ConfigurationServer::new(ConfigurationService::new(
-                ctx.clone(),
-            )));
+            .add_service(
+                SourceTreeServer::new(SourceTreeService::new(ctx.clone()))
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                TargetServer::new(TargetService::new(ctx.clone())).max_decoding_message_size(limit),
+            )
+            .add_service(
+                ConfigurationServer::new(ConfigurationService::new(ctx.clone()))
+                    .max_decoding_message_size(limit),
+            );
     }
     if let Some(endpoint) = services.endpoint() {
         for name in crate::execute::SERVICE_NAMES {
@@ -318,7 +326,7 @@ pub async fn start_services(
                 .set_service_status(name, tonic_health::ServingStatus::Serving)
                 .await;
         }
-        router = crate::execute::add_services(router, endpoint.clone());
+        router = crate::execute::add_services(router, endpoint.clone(), limit);
     }
 
     let info = ServerInfo {

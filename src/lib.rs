@@ -13,6 +13,7 @@ pub mod logging;
 pub mod remote;
 pub mod serve;
 pub mod sources;
+mod status_layer;
 pub mod storage;
 pub mod targets;
 pub mod tree_walk;

@@ -306,3 +306,58 @@ async fn tls_without_ca_serves_any_client() {
     assert_eq!(r.into_inner().address, "");
     server.shutdown().await.unwrap();
 }
+
+/// A request over the message limit is RESOURCE_EXHAUSTED, as gRPC servers
+/// answer it (tonic alone says OUT_OF_RANGE); "max message size" raises it.
+#[tokio::test]
+async fn oversized_messages_are_resource_exhausted_and_the_limit_is_configurable() {
+    use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
+    use bazel_remote_apis::google::bytestream::WriteRequest;
+    use jserve::digest::{HashFunction, ObjectKind};
+    use jserve::proto::source_tree_client::SourceTreeClient;
+    let hf = HashFunction::GitSha1;
+    let data = vec![42u8; 5 << 20];
+    let digest = hf.digest_bytes(ObjectKind::File, &data).to_wire(hf);
+    for (limit, accepted) in [(None, false), (Some(8 << 20), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut extra = json!({});
+        if let Some(limit) = limit {
+            extra = json!({"remote service": {"max message size": limit}});
+        }
+        let server = start(&config_in(dir.path(), extra)).await;
+        let ch = channel(server.addr.port()).await;
+        let batch = common::reapi::batch_upload_status(ch.clone(), &[(&digest, &data)]).await;
+        let write = ByteStreamClient::new(ch.clone())
+            .write(tokio_stream::iter([WriteRequest {
+                resource_name: format!(
+                    "uploads/00000000-0000-4000-8000-000000000001/blobs/{}/{}",
+                    digest.hash, digest.size_bytes
+                ),
+                write_offset: 0,
+                finish_write: true,
+                data: data.clone(),
+            }]))
+            .await
+            .map(|_| ());
+        let serve = SourceTreeClient::new(ch)
+            .check_root_tree(CheckRootTreeRequest {
+                tree: "x".repeat(5 << 20),
+            })
+            .await
+            .map(|_| ());
+        for (what, result) in [("batch", batch), ("ByteStream", write), ("serve", serve)] {
+            match (accepted, result) {
+                (true, Ok(())) => {}
+                (false, Err(status)) => {
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::ResourceExhausted,
+                        "{what}: {status:?}"
+                    )
+                }
+                (_, other) => panic!("{what} with limit {limit:?}: {other:?}"),
+            }
+        }
+        server.shutdown().await.unwrap();
+    }
+}

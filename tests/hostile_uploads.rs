@@ -93,6 +93,9 @@ async fn unfinished_uploads_hold_no_descriptors_and_are_bounded() {
     for _ in 0..4 {
         channels.push(common::channel(port).await);
     }
+    // One after the other, each staged before the next starts (so the
+    // newest is known to be the one just sent).
+    let mut bs = ByteStreamClient::new(channels[0].clone());
     let mut senders = Vec::new();
     let mut calls = Vec::new();
     for n in 0..HELD {
@@ -112,22 +115,19 @@ async fn unfinished_uploads_hold_no_descriptors_and_are_bounded() {
                 .write(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
         }));
-    }
-    // Every write has arrived once the last one's chunk is staged.
-    let mut bs = ByteStreamClient::new(channels[0].clone());
-    let last = held(HELD - 1);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = bs
-            .query_write_status(QueryWriteStatusRequest {
-                resource_name: last.clone(),
-            })
-            .await;
-        if status.is_ok_and(|s| s.into_inner().committed_size == 1024) {
-            break;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = bs
+                .query_write_status(QueryWriteStatusRequest {
+                    resource_name: held(n),
+                })
+                .await;
+            if status.is_ok_and(|s| s.into_inner().committed_size == 1024) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "write {n}:\n{}", serve.log());
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert!(Instant::now() < deadline, "{}", serve.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // All still streaming; only the most recent few are kept for resumption.
     assert!(calls.iter().all(|c| !c.is_finished()), "{}", serve.log());

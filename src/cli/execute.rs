@@ -68,6 +68,9 @@ pub struct ExecuteArgs {
     /// Time limit in seconds for actions that set none.
     #[arg(long = "action-timeout", default_value_t = 300.0)]
     action_timeout: f64,
+    /// The largest request message accepted, in bytes.
+    #[arg(long = "max-message-size", default_value_t = crate::config::DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: usize,
     /// Seconds a graceful stop waits for running calls (a second signal stops at once).
     #[arg(long = "stop-timeout", default_value_t = 30.0)]
     stop_timeout: f64,
@@ -152,6 +155,7 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             info_file: args.info_file.map(absolute),
             server_cert: args.tls_server_cert,
             server_key: args.tls_server_key,
+            max_message_size: args.max_message_size,
         },
         client_ca: args.tls_ca_cert,
     };

@@ -33,23 +33,36 @@ pub const SERVICE_NAMES: [&str; 6] = [
 ];
 
 /// Adds the six REAPI services over one endpoint to a server.
-pub fn add_services<L>(router: Router<L>, endpoint: Arc<LocalEndpoint>) -> Router<L> {
+pub fn add_services<L>(
+    router: Router<L>,
+    endpoint: Arc<LocalEndpoint>,
+    max_message_size: usize,
+) -> Router<L> {
     use services::*;
+    let limit = max_message_size;
     router
-        .add_service(CapabilitiesServer::new(CapabilitiesService::new(
-            endpoint.clone(),
-        )))
-        .add_service(ContentAddressableStorageServer::new(CasService::new(
-            endpoint.clone(),
-        )))
-        .add_service(ByteStreamServer::new(ByteStreamService::new(
-            endpoint.clone(),
-        )))
-        .add_service(ActionCacheServer::new(ActionCacheService::new(
-            endpoint.clone(),
-        )))
-        .add_service(ExecutionServer::new(ExecutionService::new(
-            endpoint.clone(),
-        )))
-        .add_service(OperationsServer::new(OperationsService::new(endpoint)))
+        .add_service(
+            CapabilitiesServer::new(CapabilitiesService::new(endpoint.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ContentAddressableStorageServer::new(CasService::new(endpoint.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ByteStreamServer::new(ByteStreamService::new(endpoint.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ActionCacheServer::new(ActionCacheService::new(endpoint.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ExecutionServer::new(ExecutionService::new(endpoint.clone()))
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            OperationsServer::new(OperationsService::new(endpoint))
+                .max_decoding_message_size(limit),
+        )
 }

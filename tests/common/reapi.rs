@@ -301,22 +301,36 @@ impl Endpoint {
 }
 
 /// The ExecuteResponse inside a finished operation.
+fn batch_request(blobs: &[(&reapi::Digest, &[u8])]) -> reapi::BatchUpdateBlobsRequest {
+    reapi::BatchUpdateBlobsRequest {
+        requests: blobs
+            .iter()
+            .map(|(d, data)| batch_update_blobs_request::Request {
+                digest: Some((*d).clone()),
+                data: data.to_vec(),
+                compressor: 0,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The status of one BatchUpdateBlobs call with `blobs` (not of its parts).
+pub async fn batch_upload_status(
+    channel: Channel,
+    blobs: &[(&reapi::Digest, &[u8])],
+) -> Result<(), tonic::Status> {
+    ContentAddressableStorageClient::new(channel)
+        .batch_update_blobs(batch_request(blobs))
+        .await
+        .map(|_| ())
+}
+
 /// Uploads blobs in one BatchUpdateBlobs call to the daemon behind
 /// `channel`; panics unless every one is accepted.
 pub async fn batch_upload(channel: Channel, blobs: &[(&reapi::Digest, &[u8])]) {
-    let requests = blobs
-        .iter()
-        .map(|(d, data)| batch_update_blobs_request::Request {
-            digest: Some((*d).clone()),
-            data: data.to_vec(),
-            compressor: 0,
-        })
-        .collect();
     let r = ContentAddressableStorageClient::new(channel)
-        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-            requests,
-            ..Default::default()
-        })
+        .batch_update_blobs(batch_request(blobs))
         .await
         .unwrap()
         .into_inner();

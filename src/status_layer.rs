@@ -1,0 +1,97 @@
+//! A request message over the size limit is answered RESOURCE_EXHAUSTED,
+//! as gRPC servers (and `just serve`) answer it; tonic's decoder says
+//! OUT_OF_RANGE. The decoder fails before the handler produces anything, so
+//! the status travels in the response headers (a trailers-only response),
+//! where this layer rewrites it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tonic::body::Body;
+
+/// The start of tonic's message for a decoded message over the limit.
+const TOO_LARGE: &str = "Error, decoded message length too large";
+
+#[derive(Clone, Copy, Default)]
+pub struct OversizeLayer;
+
+impl<S> tower::Layer<S> for OversizeLayer {
+    type Service = OversizeService<S>;
+    fn layer(&self, inner: S) -> OversizeService<S> {
+        OversizeService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct OversizeService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for OversizeService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The clone is ready only if polled; keep the polled one for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            rewrite(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+/// OUT_OF_RANGE for a message over the limit becomes RESOURCE_EXHAUSTED.
+fn rewrite(headers: &mut http::HeaderMap) {
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|s| s == (tonic::Code::OutOfRange as i32).to_string().as_str());
+    // grpc-message is percent-encoded; its plain-ASCII start is unchanged.
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.replace("%20", " ").starts_with(TOO_LARGE));
+    if out_of_range && too_large {
+        let code = (tonic::Code::ResourceExhausted as i32).to_string();
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from_str(&code).expect("a number is a header value"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_size_limit_is_rewritten() {
+        let status = |code: tonic::Code, message: &str| {
+            let mut headers = http::HeaderMap::new();
+            tonic::Status::new(code, message)
+                .add_header(&mut headers)
+                .unwrap();
+            rewrite(&mut headers);
+            headers["grpc-status"].to_str().unwrap().to_string()
+        };
+        let large = format!("{TOO_LARGE}: found 5242880 bytes, the limit is: 4194304 bytes");
+        assert_eq!(status(tonic::Code::OutOfRange, &large), "8");
+        assert_eq!(status(tonic::Code::OutOfRange, "offset past the end"), "11");
+        assert_eq!(status(tonic::Code::InvalidArgument, &large), "3");
+    }
+}
