@@ -525,3 +525,48 @@ async fn concurrent_requests_unpack_once() {
     assert_eq!(tags.lines().count(), 1, "{tags}");
     server.shutdown().await.unwrap();
 }
+
+/// An archive that holds a `.git` directory (a tarred checkout): served as
+/// the reference `just serve` serves it, `.git` included in the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_holding_a_git_directory_agree_with_the_reference() {
+    use common::reference::{reference_just, start_server};
+    let Some(just) = reference_just() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("pkg/.git")).unwrap();
+    std::fs::write(src.join("pkg/.git/config"), "[core]\n").unwrap();
+    std::fs::write(src.join("pkg/a.txt"), "a\n").unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    run(
+        &src,
+        "tar",
+        &["-czf", repo.join("pkg.tar.gz").to_str().unwrap(), "pkg"],
+    );
+    run(&repo, "git", &["init", "-q"]);
+    run(&repo, "git", &["add", "-A"]);
+    run(&repo, "git", &["commit", "-q", "-m", "archive"]);
+    let content = run(&repo, "git", &["rev-parse", "HEAD:pkg.tar.gz"]);
+    let jserve = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jserve"));
+    let mut trees = Vec::new();
+    for (name, program, args) in [
+        ("jserve", &jserve, &["serve"][..]),
+        ("ref", &just, &["serve"][..]),
+    ] {
+        let server = start_server(program, args, &dir.path().join(name), &repo, false);
+        let mut c = client(server.port).await;
+        let r = ask(
+            &mut c,
+            &content,
+            ArchiveType::Tar,
+            "pkg",
+            SymlinksResolve::None,
+            false,
+        )
+        .await;
+        assert_eq!(r.status, S::Ok as i32, "{name}");
+        trees.push(r.tree);
+    }
+    assert_eq!(trees[0], trees[1], "jserve and the reference");
+}

@@ -8,14 +8,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use git2::{FileMode, Oid, Repository};
+use git2::{Oid, Repository};
+
+use crate::digest::{serialize_git_tree, GitTreeEntry, ObjectKind};
 
 use super::GitError;
 
 /// Writes every file, symlink and directory below `dir` into `repo`; returns the root tree id.
 pub fn import_directory(repo: &Repository, dir: &Path) -> Result<Oid, GitError> {
     let odb = repo.odb()?;
-    import_dir(repo, &odb, dir)
+    import_dir(&odb, dir)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
@@ -25,41 +27,47 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
     }
 }
 
-fn import_dir(repo: &Repository, odb: &git2::Odb<'_>, dir: &Path) -> Result<Oid, GitError> {
-    let mut builder = repo.treebuilder(None)?;
+/// Trees are serialised here and written to the object database directly,
+/// as justbuild does: libgit2's tree builder refuses names such as `.git`,
+/// which users' archives may hold.
+fn import_dir(odb: &git2::Odb<'_>, dir: &Path) -> Result<Oid, GitError> {
+    let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
         let name = entry.file_name();
         let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
         let file_type = meta.file_type();
-        let (oid, mode) = if file_type.is_symlink() {
+        let (oid, kind) = if file_type.is_symlink() {
             let target = fs::read_link(&path).map_err(io_err(&path))?;
             let oid = odb.write(git2::ObjectType::Blob, target.as_os_str().as_bytes())?;
-            (oid, FileMode::Link)
+            (oid, ObjectKind::Symlink)
         } else if file_type.is_dir() {
-            (import_dir(repo, odb, &path)?, FileMode::Tree)
+            (import_dir(odb, &path)?, ObjectKind::Tree)
         } else if file_type.is_file() {
             let oid = write_file_blob(odb, &path, meta.len())?;
             // git records any owner-executable file as executable.
             let exec = meta.permissions().mode() & 0o100 != 0;
-            (
-                oid,
-                if exec {
-                    FileMode::BlobExecutable
-                } else {
-                    FileMode::Blob
-                },
-            )
+            (oid, ObjectKind::blob(exec))
         } else {
             return Err(GitError::Import {
                 path,
                 message: "not a file, directory or symlink".to_string(),
             });
         };
-        builder.insert(name.as_bytes(), oid, mode.into())?;
+        let mut id = [0u8; 20];
+        id.copy_from_slice(oid.as_bytes());
+        entries.push(GitTreeEntry {
+            name: name.as_bytes().to_vec(),
+            kind,
+            id,
+        });
     }
-    Ok(builder.write()?)
+    let bytes = serialize_git_tree(entries).map_err(|e| GitError::Import {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(odb.write(git2::ObjectType::Tree, &bytes)?)
 }
 
 /// Small files are written in one call; large ones are streamed into the object database.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::*;
-use crate::digest::ObjectKind;
+use crate::digest::{HashFunction, ObjectKind};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -210,6 +210,37 @@ fn import_keeps_empty_directories() {
     assert_eq!(
         e.id().to_string(),
         "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+    );
+}
+
+/// Names git itself keeps out of trees (`.git`) are kept, as justbuild's
+/// import keeps them: they come from users' archives.
+#[test]
+fn import_keeps_git_magic_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir_all(work.join(".git")).unwrap();
+    fs::write(work.join(".git/config"), "[core]\n").unwrap();
+    fs::write(work.join("a.txt"), "a\n").unwrap();
+    let repo = git2::Repository::init_bare(tmp.path().join("cache")).unwrap();
+    let tree = import_directory(&repo, &work).unwrap();
+    let t = repo.find_tree(tree).unwrap();
+    let dot_git = repo.find_tree(t.get_name(".git").unwrap().id()).unwrap();
+    let config = dot_git.get_name("config").unwrap();
+    assert_eq!(
+        config.id().to_string(),
+        HashFunction::GitSha1.hash_bytes(false, b"[core]\n")
+    );
+    // The rest is as git writes it.
+    fs::remove_dir_all(work.join(".git")).unwrap();
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "c"]);
+    let expected = git(&work, &["rev-parse", "HEAD^{tree}"]);
+    fs::remove_dir_all(work.join(".git")).unwrap();
+    assert_eq!(
+        import_directory(&repo, &work).unwrap().to_string(),
+        expected
     );
 }
 
