@@ -279,7 +279,7 @@ pub async fn start_services(
             tracing::info_span!("rpc", id, method = %request.uri().path())
         })
         .layer(crate::gc_layer::GcLayer(services.gc_locks()))
-        .layer(crate::status_layer::OversizeLayer);
+        .layer(crate::status_layer::layer());
     let tls = tls_config(listen)?;
     let uses_tls = tls.is_some();
     if let Some(tls) = tls {

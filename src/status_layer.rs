@@ -7,9 +7,6 @@
 //! * status messages are cut at [`MAX_MESSAGE`] bytes: they quote client
 //!   input (paths, entry and target names) and must not amplify it.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use http::HeaderValue;
 use tonic::body::Body;
 
@@ -19,50 +16,16 @@ const TOO_LARGE: &str = "Error, decoded message length too large";
 /// The longest status message sent, in bytes of its percent-encoded form.
 pub const MAX_MESSAGE: usize = 4 << 10;
 
-#[derive(Clone, Copy, Default)]
-pub struct OversizeLayer;
-
-impl<S> tower::Layer<S> for OversizeLayer {
-    type Service = OversizeService<S>;
-    fn layer(&self, inner: S) -> OversizeService<S> {
-        OversizeService { inner }
-    }
+/// The layer: every response's headers go through [`rewrite`].
+pub fn layer() -> tower::util::MapResponseLayer<fn(http::Response<Body>) -> http::Response<Body>> {
+    tower::util::MapResponseLayer::new(|mut response: http::Response<Body>| {
+        rewrite(response.headers_mut());
+        response
+    })
 }
 
-#[derive(Clone)]
-pub struct OversizeService<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for OversizeService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The clone is ready only if polled; keep the polled one for this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut response = inner.call(request).await?;
-            rewrite(response.headers_mut());
-            Ok(response)
-        })
-    }
-}
-
-/// OUT_OF_RANGE for a message over the limit becomes RESOURCE_EXHAUSTED.
+/// OUT_OF_RANGE for a message over the limit becomes RESOURCE_EXHAUSTED;
+/// long messages are cut.
 fn rewrite(headers: &mut http::HeaderMap) {
     let out_of_range = headers
         .get("grpc-status")

@@ -80,11 +80,7 @@ fn starts_logs_and_stops_gracefully_on_sigterm() {
     assert_eq!(info["pid"], child.id());
     assert!(info["port"].as_u64().unwrap() > 0);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    term(child.id());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -141,10 +137,7 @@ fn execute_starts_and_stops_on_sigterm() {
         .join("root/protocol-dependent/generation-0/compatible-sha256/casf/e3")
         .join(&empty[2..])
         .is_file());
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    term(child.id());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
