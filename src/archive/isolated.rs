@@ -21,6 +21,10 @@ pub const HELPER_COMMAND: &str = "__unpack";
 /// Exit code of the helper for an archive it refused (message on stdout).
 const EXIT_REFUSED: i32 = 3;
 
+/// CPU seconds one unpack may use: a parser caught in a loop by a hostile
+/// archive ends here (SIGXCPU). Far above what 16 GiB of content needs.
+const MAX_CPU_SECONDS: u64 = 3600;
+
 /// At most this much of the helper's output is read.
 const MAX_OUTPUT: u64 = 64 << 10;
 
@@ -65,8 +69,13 @@ pub fn unpack_isolated(
                 rlim_cur: 0,
                 rlim_max: 0,
             };
+            let cpu = libc::rlimit {
+                rlim_cur: MAX_CPU_SECONDS,
+                rlim_max: MAX_CPU_SECONDS,
+            };
             if libc::setrlimit(libc::RLIMIT_AS, &memory) != 0
                 || libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0
+                || libc::setrlimit(libc::RLIMIT_CPU, &cpu) != 0
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -90,7 +99,8 @@ pub fn unpack_isolated(
         (Some(0), _) => parse_stats(&output),
         (Some(EXIT_REFUSED), _) => Err(UnpackError::Refused(output.trim().to_string())),
         (_, Some(signal)) => Err(UnpackError::Stopped(format!(
-            "the unpacker needed more than {} MiB of memory or crashed (signal {signal})",
+            "the unpacker needed more than {} MiB of memory or {MAX_CPU_SECONDS} s of CPU, \
+             or crashed (signal {signal})",
             max_memory >> 20
         ))),
         (code, _) => Err(UnpackError::Internal(format!(
