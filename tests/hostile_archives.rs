@@ -158,3 +158,93 @@ async fn hostile_archives_answer_unpack_error_and_the_daemon_stays_small() {
         serve.log()
     );
 }
+
+/// gzip members concatenated: one logical stream (as gzip(1) and libarchive
+/// read them), so 512 MiB of the same byte cost 512 small members.
+fn gzip_members(parts: &[&[u8]], filler: &[u8], repeat: usize) -> Vec<u8> {
+    use std::io::Write;
+    let gz = |data: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let filler = gz(filler);
+    let mut out = gz(parts[0]);
+    for _ in 0..repeat {
+        out.extend_from_slice(&filler);
+    }
+    for part in &parts[1..] {
+        out.extend_from_slice(&gz(part));
+    }
+    out
+}
+
+fn tar_header(name: &[u8], kind: tar::EntryType, size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    header.as_bytes().to_vec()
+}
+
+/// The layouts: a 512 MiB GNU long name, and a 512 MiB pax header
+/// (one `comment` record), each in a ~500 KB tar.gz followed by a good file.
+fn oversized_extension_headers() -> [(&'static str, Vec<u8>); 2] {
+    const MIB: usize = 1 << 20;
+    let mut tail = tar_header(b"ok.txt", tar::EntryType::Regular, 3);
+    tail.extend_from_slice(b"ok\n");
+    tail.resize(1024, 0);
+    tail.extend_from_slice(&[0u8; 1024]);
+    let long_name = gzip_members(
+        &[
+            &tar_header(b"././@LongLink", tar::EntryType::GNULongName, 512 << 20),
+            &tail,
+        ],
+        &vec![b'n'; MIB],
+        512,
+    );
+    let prefix = b"536870912 comment=";
+    let mut first = tar_header(b"PaxHeaders/x", tar::EntryType::XHeader, 512 << 20);
+    first.extend_from_slice(prefix);
+    first.extend(std::iter::repeat_n(b'c', MIB - prefix.len()));
+    let mut last = vec![b'c'; MIB - 1];
+    last.push(b'\n');
+    last.extend_from_slice(&tail);
+    let pax = gzip_members(&[&first, &last], &vec![b'c'; MIB], 510);
+    [
+        ("512 MiB GNU long name", long_name),
+        ("512 MiB pax header", pax),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_tar_extension_headers_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = JserveServe::start(
+        &dir.path().join("serve"),
+        json!({
+            "local build root": loc(&dir.path().join("root")),
+            "remote service": {"port": 0},
+        }),
+    );
+    let port = serve.port;
+    for (name, bytes) in oversized_extension_headers() {
+        assert!(bytes.len() < 1 << 20, "{name}: {} bytes", bytes.len());
+        let id = upload(port, &bytes).await;
+        let (status, tree) = serve_archive(port, &id, ArchiveType::Tar).await;
+        assert_eq!(status, S::UnpackError, "{name}: {tree:?}\n{}", serve.log());
+    }
+    let log = serve.log();
+    for words in [
+        "a GNU long name of 536870912 bytes (the limit is 65536)",
+        "a pax header of 536870912 bytes (the limit is 1048576)",
+    ] {
+        assert!(log.contains(words), "{words}:\n{log}");
+    }
+    // The names are not echoed: the whole log stays small.
+    assert!(log.len() < 64 << 10, "{} bytes of log", log.len());
+    let peak = peak_rss_kib(serve.group.pid());
+    assert!(peak < 200 << 10, "the daemon peaked at {peak} KiB");
+}

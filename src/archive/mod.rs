@@ -27,6 +27,7 @@ mod extract;
 mod isolated;
 mod path;
 mod sevenzip;
+mod tar_headers;
 mod tarball;
 mod zipfile;
 

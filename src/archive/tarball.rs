@@ -7,6 +7,7 @@ use tar::EntryType;
 
 use super::extract::{corrupt, Extractor};
 use super::path::EntryPath;
+use super::tar_headers::HeaderGuard;
 use super::{open_archive, UnpackError};
 
 const BLOCK: usize = 512;
@@ -190,17 +191,23 @@ fn decompress(compression: Compression, input: Stream) -> Result<Stream, UnpackE
 }
 
 fn unpack_tar(stream: Stream, out: &mut Extractor<'_>) -> Result<(), UnpackError> {
-    let mut archive = tar::Archive::new(stream);
+    let (guarded, refusal) = HeaderGuard::new(stream);
+    let mut archive = tar::Archive::new(guarded);
     let entries = archive.entries().map_err(|err| corrupt(None, &err))?;
     let mut last_name: Option<String> = None;
     for entry in entries {
         // A failure to read the next header is reported after the last good entry.
-        let mut entry = entry.map_err(|err| UnpackError::Corrupt {
-            entry: None,
-            message: match &last_name {
-                Some(name) => format!("{err} (after entry {name:?})"),
-                None => err.to_string(),
-            },
+        let mut entry = entry.map_err(|err| {
+            refusal
+                .borrow_mut()
+                .take()
+                .unwrap_or_else(|| UnpackError::Corrupt {
+                    entry: None,
+                    message: match &last_name {
+                        Some(name) => format!("{err} (after entry {name:?})"),
+                        None => err.to_string(),
+                    },
+                })
         })?;
         let raw_name = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw_name).into_owned();
@@ -255,7 +262,7 @@ fn unpack_tar(stream: Stream, out: &mut Extractor<'_>) -> Result<(), UnpackError
             }
         }
     }
-    drain(archive.into_inner(), out)
+    drain(archive.into_inner().into_inner(), out)
 }
 
 /// After the end-of-archive marker: reads what is left of the stream, so that

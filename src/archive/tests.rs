@@ -408,6 +408,156 @@ fn tar_long_names_via_gnu_and_pax_headers() {
     }
 }
 
+/// A header announcing `size` bytes of the given kind (GNU magic), with none
+/// of the data after it: what the guard sees before anything is read.
+fn announcing(kind: EntryType, size: u64) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_cksum();
+    header.as_bytes().to_vec()
+}
+
+#[test]
+fn tar_oversized_extension_headers_are_refused_before_reading() {
+    let cases = [
+        (
+            EntryType::GNULongName,
+            512 << 20,
+            "GNU long name of 536870912 bytes",
+        ),
+        (
+            EntryType::GNULongLink,
+            64 << 10 | 1,
+            "GNU long link of 65537 bytes",
+        ),
+        (
+            EntryType::XHeader,
+            512 << 20,
+            "pax header of 536870912 bytes",
+        ),
+        (
+            EntryType::XGlobalHeader,
+            2 << 20,
+            "global pax header of 2097152 bytes",
+        ),
+    ];
+    for (kind, size, words) in cases {
+        // Only the header is there: reading the announced data would report
+        // a truncated archive instead.
+        let (scratch, result) = unpack_bytes(&announcing(kind, size), ArchiveFormat::Tar);
+        match result {
+            Err(err @ UnpackError::Unsupported { .. }) => {
+                assert!(err.to_string().contains(words), "{kind:?}: {err}")
+            }
+            other => panic!("{kind:?}: {other:?}"),
+        }
+        assert!(scratch.outside().is_empty());
+    }
+    // At the limits, names and pax records are fine.
+    let name = format!("{}/{}", "d".repeat(200), "f".repeat(200));
+    let mut gnu = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(0o644);
+    gnu.append_data(&mut header, &name, &b"ok"[..]).unwrap();
+    let (_scratch, result) = unpack_bytes(&gnu.into_inner().unwrap(), ArchiveFormat::Tar);
+    result.unwrap();
+}
+
+fn without_end_marker(builder: tar::Builder<Vec<u8>>) -> Vec<u8> {
+    let mut bytes = builder.into_inner().unwrap();
+    bytes.truncate(bytes.len() - 1024);
+    bytes
+}
+
+#[test]
+fn tar_header_guard_follows_pax_sizes_and_sparse_blocks() {
+    // Data that looks like an oversized long-name header, inside a file whose
+    // real size comes from a pax record (the ustar field says 0): it is data,
+    // not a header, so the archive unpacks.
+    let fake = announcing(EntryType::GNULongName, 512 << 20);
+    let mut pax = tar::Builder::new(Vec::new());
+    pax.append_pax_extensions([("size", fake.len().to_string().as_bytes())])
+        .unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_path("looks-like-a-header").unwrap();
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut bytes = without_end_marker(pax);
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&fake);
+    let mut bytes = Tar { bytes }.file("after", 0o644, b"x").finish();
+    let (scratch, result) = unpack_bytes(&bytes, ArchiveFormat::Tar);
+    result.unwrap();
+    assert_eq!(
+        fs::read(scratch.dest.join("looks-like-a-header")).unwrap(),
+        fake
+    );
+
+    // The other way round: the ustar field claims data, the pax record says
+    // none, so the oversized header right after is a header and is refused.
+    let mut pax = tar::Builder::new(Vec::new());
+    pax.append_pax_extensions([("size", &b"0"[..])]).unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_path("empty").unwrap();
+    header.set_size(1024);
+    header.set_mode(0o644);
+    header.set_cksum();
+    bytes = without_end_marker(pax);
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&announcing(EntryType::GNULongName, 512 << 20));
+    bytes.extend_from_slice(&[0u8; 2048]);
+    let (_scratch, result) = unpack_bytes(&bytes, ArchiveFormat::Tar);
+    assert!(
+        matches!(&result, Err(UnpackError::Unsupported { what, .. }) if what.contains("long name")),
+        "{result:?}"
+    );
+
+    // A GNU sparse file with an extension block: the guard skips the block
+    // and the file's data, and checks the oversized header after them.
+    let mut header = tar::Header::new_gnu();
+    header.set_path("sparse").unwrap();
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_mode(0o644);
+    header.set_size(1024);
+    {
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.sparse[0].offset = *b"00000000000\0";
+        gnu.sparse[0].numbytes = *b"00000001000\0";
+        gnu.isextended[0] = 1;
+        gnu.realsize = *b"00000011000\0";
+    }
+    header.set_cksum();
+    let mut ext = tar::GnuExtSparseHeader::new();
+    ext.sparse[0].offset = *b"00000010000\0";
+    ext.sparse[0].numbytes = *b"00000001000\0";
+    let mut archive = header.as_bytes().to_vec();
+    archive.extend_from_slice(ext.as_bytes());
+    // The two blocks' data, as many bytes as the header's size.
+    archive.extend_from_slice(&[b'a'; 1024]);
+    let good = Tar {
+        bytes: archive.clone(),
+    }
+    .finish();
+    let (scratch, result) = unpack_bytes(&good, ArchiveFormat::Tar);
+    result.unwrap();
+    assert_eq!(
+        fs::metadata(scratch.dest.join("sparse")).unwrap().len(),
+        0o11000
+    );
+    archive.extend_from_slice(&announcing(EntryType::GNULongName, 512 << 20));
+    archive.extend_from_slice(&[0u8; 1024]);
+    let (_scratch, result) = unpack_bytes(&archive, ArchiveFormat::Tar);
+    assert!(
+        matches!(&result, Err(UnpackError::Unsupported { what, .. }) if what.contains("long name")),
+        "{result:?}"
+    );
+}
+
 #[test]
 fn tar_old_and_unknown_entry_kinds() {
     let bytes = Tar::default()
