@@ -570,3 +570,156 @@ async fn archives_holding_a_git_directory_agree_with_the_reference() {
     }
     assert_eq!(trees[0], trees[1], "jserve and the reference");
 }
+
+/// A zip written byte by byte: each entry is (central name, local name,
+/// content, local header index); entries naming the same local header share
+/// it, as in overlapping-entry zips.
+fn odd_zip(locals: &[(&[u8], &[u8])], entries: &[(&[u8], usize)]) -> Vec<u8> {
+    let crc = |data: &[u8]| {
+        let mut h = flate2::Crc::new();
+        h.update(data);
+        h.sum()
+    };
+    let u16le = |v: usize| (v as u16).to_le_bytes();
+    let u32le = |v: usize| (v as u32).to_le_bytes();
+    let mut body = Vec::new();
+    let mut offsets = Vec::new();
+    for (name, data) in locals {
+        offsets.push(body.len());
+        body.extend_from_slice(b"PK\x03\x04");
+        body.extend_from_slice(&u16le(20)); // version needed
+        body.extend_from_slice(&[0; 6]); // flags, method (stored), time
+        body.extend_from_slice(&u16le(0)); // date
+        body.extend_from_slice(&crc(data).to_le_bytes());
+        body.extend_from_slice(&u32le(data.len()));
+        body.extend_from_slice(&u32le(data.len()));
+        body.extend_from_slice(&u16le(name.len()));
+        body.extend_from_slice(&u16le(0));
+        body.extend_from_slice(name);
+        body.extend_from_slice(data);
+    }
+    let mut central = Vec::new();
+    for (name, local) in entries {
+        let data = locals[*local].1;
+        central.extend_from_slice(b"PK\x01\x02");
+        central.extend_from_slice(&u16le(3 << 8 | 20)); // made by unix
+        central.extend_from_slice(&u16le(20));
+        central.extend_from_slice(&[0; 8]); // flags, method, time, date
+        central.extend_from_slice(&crc(data).to_le_bytes());
+        central.extend_from_slice(&u32le(data.len()));
+        central.extend_from_slice(&u32le(data.len()));
+        central.extend_from_slice(&u16le(name.len()));
+        central.extend_from_slice(&[0; 8]); // extra, comment, disk, internal
+        central.extend_from_slice(&u32le(0o100644 << 16));
+        central.extend_from_slice(&u32le(offsets[*local]));
+        central.extend_from_slice(name);
+    }
+    let mut zip = body.clone();
+    zip.extend_from_slice(&central);
+    zip.extend_from_slice(b"PK\x05\x06");
+    zip.extend_from_slice(&[0; 4]);
+    zip.extend_from_slice(&u16le(entries.len()));
+    zip.extend_from_slice(&u16le(entries.len()));
+    zip.extend_from_slice(&u32le(central.len()));
+    zip.extend_from_slice(&u32le(body.len()));
+    zip.extend_from_slice(&u16le(0));
+    zip
+}
+
+/// Zips whose entries libarchive reads differently from the zip format's
+/// letter: backslashes in names are directory separators, a name comes from
+/// the local header, and central directory entries sharing one local header
+/// are one entry. jserve answers what the reference `just serve` answers
+/// (docs/sources.md); the trees are also pinned here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zip_oddities_agree_with_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let cases: [(&str, Vec<u8>, &[&str]); 3] = [
+        (
+            "backslashes",
+            odd_zip(
+                &[(b"dir\\file.txt", b"one\n"), (b"top.txt", b"two\n")],
+                &[(b"dir\\file.txt", 0), (b"top.txt", 1)],
+            ),
+            &["dir/file.txt", "top.txt"],
+        ),
+        (
+            "overlapping",
+            odd_zip(
+                &[(b"a.txt", b"shared\n"), (b"z.txt", b"two\n")],
+                &[(b"z.txt", 1), (b"c1.txt", 0), (b"c2.txt", 0)],
+            ),
+            &["a.txt", "z.txt"],
+        ),
+        (
+            "names differ",
+            odd_zip(
+                &[(b"local1.txt", b"one\n"), (b"local2.txt", b"two\n")],
+                &[(b"central1.txt", 0), (b"central2.txt", 1)],
+            ),
+            &["local1.txt", "local2.txt"],
+        ),
+    ];
+    for (name, bytes, _) in &cases {
+        std::fs::write(repo.join(format!("{name}.zip")), bytes).unwrap();
+    }
+    run(&repo, "git", &["init", "-q"]);
+    run(&repo, "git", &["add", "-A"]);
+    run(&repo, "git", &["commit", "-q", "-m", "zips"]);
+    let jserve = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jserve"));
+    let reference = common::reference::reference_just();
+    let mut servers = vec![("jserve", jserve)];
+    match reference {
+        Some(just) => servers.push(("reference", just)),
+        None => println!("SKIPPED: comparison with the reference just serve"),
+    }
+    let mut trees: Vec<Vec<String>> = Vec::new();
+    for (who, program) in &servers {
+        let server = common::reference::start_server(
+            program,
+            &["serve"],
+            &dir.path().join(who),
+            &repo,
+            false,
+        );
+        let mut c = client(server.port).await;
+        let mut answers = Vec::new();
+        for (name, _, files) in &cases {
+            let content = run(&repo, "git", &["rev-parse", &format!("HEAD:{name}.zip")]);
+            let r = ask(
+                &mut c,
+                &content,
+                ArchiveType::Zip,
+                ".",
+                SymlinksResolve::None,
+                false,
+            )
+            .await;
+            assert_eq!(r.status, S::Ok as i32, "{who}: {name}");
+            if *who == "jserve" {
+                // Our own git cache holds the tree: list it.
+                let git = dir.path().join("jserve/root/repositories/generation-0/git");
+                let listing = run(
+                    &repo,
+                    "git",
+                    &[
+                        "--git-dir",
+                        git.to_str().unwrap(),
+                        "ls-tree",
+                        "-r",
+                        "--name-only",
+                        &r.tree,
+                    ],
+                );
+                assert_eq!(listing.lines().collect::<Vec<_>>(), *files, "{name}");
+            }
+            answers.push(r.tree);
+        }
+        trees.push(answers);
+    }
+    if trees.len() == 2 {
+        assert_eq!(trees[0], trees[1], "jserve and the reference");
+    }
+}

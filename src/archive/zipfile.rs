@@ -1,6 +1,6 @@
 //! The `zip` archive kind: zip files, and 7-Zip files recognised by magic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -60,10 +60,14 @@ pub(super) fn unpack(archive: &Path, out: &mut Extractor<'_>) -> Result<(), Unpa
     if magic == sevenzip::MAGIC {
         return sevenzip::unpack(archive, file, out);
     }
-    let walk_file = file.try_clone().map_err(|source| UnpackError::Open {
-        path: archive.to_path_buf(),
-        source,
-    })?;
+    let clone = |file: &File| {
+        file.try_clone().map_err(|source| UnpackError::Open {
+            path: archive.to_path_buf(),
+            source,
+        })
+    };
+    let walk_file = clone(&file)?;
+    let names_file = clone(&file)?;
     let mut zip = match ZipArchive::new(BufReader::new(file)) {
         Ok(zip) => zip,
         Err(err) if magic.starts_with(b"PK") => return Err(corrupt(None, &err)),
@@ -76,12 +80,18 @@ pub(super) fn unpack(archive: &Path, out: &mut Extractor<'_>) -> Result<(), Unpa
     };
     let records = central_directory(walk_file, zip.central_directory_start(), out)?;
     out.check_entry_count(zip.len() as u64)?;
+    let mut headers_seen = HashSet::new();
     for index in 0..zip.len() {
         let name = zip.name_for_index(index).unwrap_or_default().to_string();
         let mut entry = zip.by_index(index).map_err(|err| entry_error(name, err))?;
-        let raw_name = entry.name_raw().to_vec();
+        // Central directory entries that share a local header are one entry
+        // to libarchive, and so to the reference: the first one counts.
+        if !headers_seen.insert(entry.header_start()) {
+            continue;
+        }
+        let raw_name = local_name(&names_file, entry.header_start())?;
         let path = EntryPath::parse(&raw_name)?;
-        let Some(record) = records.get(&raw_name) else {
+        let Some(record) = records.get(entry.name_raw()) else {
             return Err(UnpackError::Corrupt {
                 entry: Some(path.name.clone()),
                 message: "entry missing from the central directory".to_string(),
@@ -119,6 +129,31 @@ pub(super) fn unpack(archive: &Path, out: &mut Extractor<'_>) -> Result<(), Unpa
         }
     }
     Ok(())
+}
+
+/// The entry's name as libarchive, and so the reference, takes it: from the
+/// local header (which may differ from the central directory's), with every
+/// backslash made a slash.
+fn local_name(file: &File, header_start: u64) -> Result<Vec<u8>, UnpackError> {
+    use std::os::unix::fs::FileExt;
+    let mut fixed = [0u8; 30];
+    file.read_exact_at(&mut fixed, header_start)
+        .map_err(|err| corrupt(None, &err))?;
+    if fixed[..4] != *b"PK\x03\x04" {
+        return Err(UnpackError::Corrupt {
+            entry: None,
+            message: format!("no local header at offset {header_start}"),
+        });
+    }
+    let mut name = vec![0u8; usize::from(u16::from_le_bytes([fixed[26], fixed[27]]))];
+    file.read_exact_at(&mut name, header_start + 30)
+        .map_err(|err| corrupt(None, &err))?;
+    for byte in &mut name {
+        if *byte == b'\\' {
+            *byte = b'/';
+        }
+    }
+    Ok(name)
 }
 
 fn entry_error(name: String, err: ZipError) -> UnpackError {
