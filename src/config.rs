@@ -140,6 +140,8 @@ pub struct RemoteServiceConfig {
     /// The largest request message accepted, in bytes (jserve's own key
     /// `"max message size"`); larger ones get RESOURCE_EXHAUSTED.
     pub max_message_size: usize,
+    /// The connection limit and timeouts (jserve's own keys).
+    pub connections: crate::connections::ConnectionPolicy,
 }
 
 /// gRPC's customary limit on a received message.
@@ -155,6 +157,7 @@ impl Default for RemoteServiceConfig {
             server_cert: None,
             server_key: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            connections: Default::default(),
         }
     }
 }
@@ -413,6 +416,20 @@ impl ServeConfig {
             remote_service.server_key = o.location("server key", env)?;
             if let Some((k, v)) = o.get("max message size") {
                 remote_service.max_message_size = integer(v, &k, 1 << 16, 1 << 31)? as usize;
+            }
+            let policy = &mut remote_service.connections;
+            if let Some((k, v)) = o.get("max connections") {
+                policy.max_connections = Some(integer(v, &k, 1, 1 << 20)? as usize);
+            }
+            for (key, slot) in [
+                ("handshake timeout", &mut policy.handshake_timeout),
+                ("idle timeout", &mut policy.idle_timeout),
+                ("keepalive interval", &mut policy.keepalive_interval),
+                ("keepalive timeout", &mut policy.keepalive_timeout),
+            ] {
+                if let Some((k, v)) = o.get(key) {
+                    *slot = seconds(v, &k, false)?;
+                }
             }
             if remote_service.server_cert.is_some() != remote_service.server_key.is_some() {
                 return Err(invalid(

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::RemoteServiceConfig;
@@ -209,7 +208,9 @@ fn tls_config(listen: &Listen) -> Result<Option<ServerTlsConfig>, DaemonError> {
         return Ok(None);
     };
     let identity = Identity::from_pem(read_tls_file(cert)?, read_tls_file(key)?);
-    let mut tls = ServerTlsConfig::new().identity(identity);
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(listen.service.connections.handshake_timeout);
     if let Some(ca) = &listen.client_ca {
         tls = tls.client_ca_root(Certificate::from_pem(read_tls_file(ca)?));
     }
@@ -271,13 +272,17 @@ pub async fn start_services(
     })?;
 
     // Large flow-control windows: blob uploads otherwise stall on loopback-fast links.
+    let policy = &service.connections;
     let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(policy.keepalive_interval))
+        .http2_keepalive_timeout(Some(policy.keepalive_timeout))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .trace_fn(|request| {
             let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
             tracing::info_span!("rpc", id, method = %request.uri().path())
         })
+        .layer(crate::connections::ActivityLayer)
         .layer(crate::gc_layer::GcLayer(services.gc_locks()))
         .layer(crate::status_layer::layer());
     let tls = tls_config(listen)?;
@@ -341,7 +346,7 @@ pub async fn start_services(
     }
 
     let (shutdown, stop) = oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::connections::incoming(listener, &service.connections);
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop.await;
     }));

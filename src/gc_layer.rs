@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tonic::body::Body;
 
-use crate::storage::gc::{GcHold, GcLocks};
+use crate::storage::gc::GcLocks;
 
 /// Services that touch no stored object: they never wait for a collection.
 const EXEMPT: [&str; 5] = [
@@ -73,20 +73,27 @@ where
             };
             let response = inner.call(request).await?;
             Ok(match hold {
-                Some(hold) => response.map(|body| Body::new(HoldingBody { body, _hold: hold })),
+                Some(hold) => response.map(|body| Body::new(HoldingBody::new(body, hold))),
                 None => response,
             })
         })
     }
 }
 
-/// A response body that keeps the hold until it is dropped.
-struct HoldingBody {
+/// A response body that keeps something (a gc hold, a connection's request
+/// count) until it is dropped.
+pub struct HoldingBody<H> {
     body: Body,
-    _hold: GcHold,
+    _hold: H,
 }
 
-impl http_body::Body for HoldingBody {
+impl<H> HoldingBody<H> {
+    pub fn new(body: Body, hold: H) -> Self {
+        HoldingBody { body, _hold: hold }
+    }
+}
+
+impl<H: Unpin> http_body::Body for HoldingBody<H> {
     type Data = <Body as http_body::Body>::Data;
     type Error = <Body as http_body::Body>::Error;
 

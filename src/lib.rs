@@ -4,6 +4,7 @@ pub mod archive;
 pub mod build;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod daemon;
 pub mod digest;
 pub mod execute;

@@ -156,6 +156,7 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             server_cert: args.tls_server_cert,
             server_key: args.tls_server_key,
             max_message_size: args.max_message_size,
+            connections: Default::default(),
         },
         client_ca: args.tls_ca_cert,
     };

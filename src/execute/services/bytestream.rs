@@ -26,11 +26,24 @@ use crate::storage::cas::Upload;
 const READ_CHUNK: usize = 1024 * 1024;
 /// Unfinished uploads untouched for this long are dropped.
 const UPLOAD_IDLE_LIMIT: Duration = Duration::from_secs(600);
-/// Unfinished uploads kept for resumption, in all and per client address;
-/// past these the least recently touched are forgotten. Each holds a staged
-/// file, but no descriptor: it is closed between chunks.
-const MAX_PENDING_UPLOADS: usize = 1024;
-const MAX_PENDING_UPLOADS_PER_CLIENT: usize = 64;
+/// Unfinished uploads kept for resumption, in all and per client address,
+/// counted and in staged bytes; past these the least recently touched are
+/// forgotten (their staged files removed). Each holds a staged file, but no
+/// descriptor: it is closed between chunks.
+const KEPT_BOUNDS: Bounds = Bounds {
+    uploads: 1024,
+    uploads_per_client: 64,
+    bytes: 8 << 30,
+    bytes_per_client: 1 << 30,
+};
+
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    uploads: usize,
+    uploads_per_client: usize,
+    bytes: u64,
+    bytes_per_client: u64,
+}
 
 struct PendingUpload {
     upload: Upload,
@@ -155,7 +168,8 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
-        let peer = request.remote_addr().map(|a| a.ip());
+        let peer = crate::connections::peer_ip(request.extensions())
+            .or_else(|| request.remote_addr().map(|a| a.ip()));
         let mut stream = request.into_inner();
         let first = stream
             .next()
@@ -190,6 +204,8 @@ impl ByteStream for ByteStreamService {
                     // Ended without finish_write: keep what arrived for a resumed write.
                     None => {
                         let written = pending.lock().expect("upload lock").upload.written();
+                        let mut uploads = self.uploads.lock().expect("uploads lock");
+                        forget_over_bounds(&mut uploads, &name, peer, KEPT_BOUNDS);
                         return Err(Status::invalid_argument(format!(
                             "write stream ended after {written} bytes without finish_write"
                         )));
@@ -329,36 +345,48 @@ impl ByteStreamService {
                 upload: pending.clone(),
             },
         );
-        forget_over_bounds(&mut uploads, name, peer);
+        forget_over_bounds(&mut uploads, name, peer, KEPT_BOUNDS);
         Ok(pending)
     }
 }
 
 /// Past the bounds on unfinished uploads, forgets the least recently
-/// touched ones (of `peer`, when it has too many), never `newest`. A write
-/// still streaming keeps its own upload; only resumption is lost.
+/// touched ones (of `peer`, when it is over its share), never `newest`. A
+/// write still streaming keeps its own upload; only resumption is lost.
 fn forget_over_bounds(
     uploads: &mut HashMap<String, Kept>,
     newest: &str,
     peer: Option<std::net::IpAddr>,
+    bounds: Bounds,
 ) {
-    // An upload busy with a chunk right now counts as touched now.
-    let touched = |k: &Kept| {
+    // An upload busy with a chunk right now counts as touched now, and with
+    // the bytes it had when it was last seen idle (none, if never).
+    let state = |k: &Kept| {
         k.upload
             .try_lock()
-            .map(|p| p.touched)
-            .unwrap_or_else(|_| Instant::now())
+            .map(|p| (p.touched, p.upload.written()))
+            .unwrap_or_else(|_| (Instant::now(), 0))
     };
     loop {
-        let from_peer = uploads.values().filter(|k| k.peer == peer).count();
-        let over_peer = from_peer > MAX_PENDING_UPLOADS_PER_CLIENT;
-        if !over_peer && uploads.len() <= MAX_PENDING_UPLOADS {
+        let (mut count, mut bytes, mut peer_count, mut peer_bytes) = (0, 0, 0, 0);
+        for k in uploads.values() {
+            let written = state(k).1;
+            count += 1;
+            bytes += written;
+            if k.peer == peer {
+                peer_count += 1;
+                peer_bytes += written;
+            }
+        }
+        let over_peer =
+            peer_count > bounds.uploads_per_client || peer_bytes > bounds.bytes_per_client;
+        if !over_peer && count <= bounds.uploads && bytes <= bounds.bytes {
             return;
         }
         let oldest = uploads
             .iter()
             .filter(|(name, k)| *name != newest && (!over_peer || k.peer == peer))
-            .min_by_key(|(_, k)| touched(k))
+            .min_by_key(|(_, k)| state(k).0)
             .map(|(name, _)| name.clone());
         let Some(name) = oldest else { return };
         tracing::debug!(name, "forgetting an unfinished upload");
@@ -387,4 +415,61 @@ fn commit(
         })
         .map_err(|e| EndpointError::from(e).to_status())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::HashFunction;
+    use crate::storage::cas::Cas;
+
+    fn kept(cas: &Cas, peer: u8, bytes: usize, age_secs: u64) -> Kept {
+        let mut upload = cas.begin_upload(ObjectKind::File, None).unwrap();
+        upload.write(&vec![b'x'; bytes]).unwrap();
+        upload.pause();
+        Kept {
+            peer: Some(std::net::IpAddr::from([10, 0, 0, peer])),
+            upload: Arc::new(Mutex::new(PendingUpload {
+                upload,
+                digest: HashFunction::GitSha1.digest_bytes(ObjectKind::File, b""),
+                touched: Instant::now() - Duration::from_secs(age_secs),
+            })),
+        }
+    }
+
+    #[test]
+    fn kept_uploads_are_bounded_in_bytes_per_client_and_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::new(
+            HashFunction::GitSha1,
+            dir.path().join("cas"),
+            dir.path().join("tmp"),
+        );
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let bounds = Bounds {
+            uploads: 100,
+            uploads_per_client: 100,
+            bytes: 2500,
+            bytes_per_client: 1500,
+        };
+        let mut uploads = HashMap::new();
+        // Client 1: three uploads of 600 bytes, the oldest first.
+        for (i, age) in [30, 20, 10].into_iter().enumerate() {
+            uploads.insert(format!("one-{i}"), kept(&cas, 1, 600, age));
+        }
+        let peer1 = Some(std::net::IpAddr::from([10, 0, 0, 1]));
+        forget_over_bounds(&mut uploads, "one-2", peer1, bounds);
+        // 1800 bytes are over client 1's 1500: its oldest goes.
+        let mut names: Vec<_> = uploads.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["one-1", "one-2"]);
+        // Client 2 adds 1400 bytes: 2600 in all, over the total; the least
+        // recently touched of anyone's goes, never the newest.
+        uploads.insert("two-0".to_string(), kept(&cas, 2, 1400, 0));
+        let peer2 = Some(std::net::IpAddr::from([10, 0, 0, 2]));
+        forget_over_bounds(&mut uploads, "two-0", peer2, bounds);
+        let mut names: Vec<_> = uploads.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["one-2", "two-0"]);
+    }
 }
