@@ -29,6 +29,16 @@ pub struct TooDeep {
     pub limit: usize,
 }
 
+/// A directory on disk as a walk key (keys must print, for errors).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DirPath(pub std::path::PathBuf);
+
+impl std::fmt::Display for DirPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
 /// What [`PostOrder::visit`] returns.
 pub type VisitResult<W> = Result<
     Visit<<W as PostOrder>::Key, <W as PostOrder>::Data, <W as PostOrder>::Value>,

@@ -300,3 +300,42 @@ async fn stalled_tls_handshakes_are_closed() {
     closed_by_server(&mut silent).await;
     closed_by_server(&mut partial).await;
 }
+
+/// With the defaults and a 256-descriptor limit, more silent sockets than
+/// the daemon has descriptors: the derived connection limit keeps it from
+/// running out, clients are served, and every silent socket is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_flood_is_survived_with_the_defaults() {
+    const DESCRIPTORS: u64 = 256;
+    let dir = tempfile::tempdir().unwrap();
+    let serve = JserveServe::start_with_descriptors(
+        &dir.path().join("serve"),
+        json!({
+            "local build root": loc(&dir.path().join("root")),
+            "remote service": {"port": 0},
+        }),
+        Some(DESCRIPTORS),
+    );
+    let port = serve.port;
+    let mut silent = Vec::new();
+    for _ in 0..400 {
+        silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    for _ in 0..3 {
+        let served = tokio::time::timeout(BOUND, async {
+            capabilities(common::channel(port).await).await
+        })
+        .await;
+        assert!(matches!(served, Ok(Ok(()))), "{served:?}\n{}", serve.log());
+    }
+    for socket in &mut silent {
+        closed_by_server(socket).await;
+    }
+    let open = open_descriptors(serve.group.pid());
+    assert!(open < DESCRIPTORS as usize / 2, "{open} descriptors open");
+    assert!(
+        !serve.log().contains("Too many open files"),
+        "{}",
+        serve.log()
+    );
+}

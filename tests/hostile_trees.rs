@@ -6,6 +6,7 @@
 
 mod common;
 
+use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use common::endpoints::JserveServe;
 use common::loc;
 use jserve::digest::{serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
@@ -15,6 +16,7 @@ use jserve::proto::get_remote_tree_response::GetRemoteTreeStatus;
 use jserve::proto::serve_tree_response::ServeTreeStatus;
 use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::*;
+use reapi::execution_client::ExecutionClient;
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -115,6 +117,53 @@ async fn walk_all(c: &mut SourceTreeClient<Channel>, root: &str, size: u64) -> [
     [remote, check, serve, structure]
 }
 
+/// Runs `true` with the tree `root` as input root, through the endpoint on
+/// the serve port; returns the final response.
+async fn execute_on(channel: Channel, root: &str, size: u64) -> reapi::ExecuteResponse {
+    use prost::Message;
+    let hf = HashFunction::GitSha1;
+    let blob = |bytes: &[u8]| hf.digest_bytes(ObjectKind::File, bytes).to_wire(hf);
+    let command = reapi::Command {
+        arguments: vec!["true".to_string()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let command_digest = blob(&command);
+    let input = jserve::digest::Digest {
+        hash: root.to_string(),
+        size,
+        is_tree: true,
+    }
+    .to_wire(hf);
+    let action = reapi::Action {
+        command_digest: Some(command_digest.clone()),
+        input_root_digest: Some(input),
+        do_not_cache: true,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let action_digest = blob(&action);
+    common::reapi::batch_upload(
+        channel.clone(),
+        &[(&command_digest, &command), (&action_digest, &action)],
+    )
+    .await;
+    let mut stream = ExecutionClient::new(channel)
+        .execute(reapi::ExecuteRequest {
+            action_digest: Some(action_digest),
+            skip_cache_lookup: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(op) = stream.message().await.unwrap() {
+        last = Some(op);
+    }
+    common::reapi::response_of(&last.expect("an operation"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_trees_are_served_and_deeper_ones_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,6 +196,20 @@ async fn deep_trees_are_served_and_deeper_ones_refused() {
         ],
         "{SUPPORTED} levels\n{}",
         serve.log()
+    );
+
+    // The same tree as an action's input root: staged level by level until
+    // paths grow too long for the file system, a clear status, no crash.
+    let staged = execute_on(channel.clone(), &root, size).await;
+    let status = staged.status.unwrap_or_default();
+    assert_eq!(
+        status.code,
+        tonic::Code::InvalidArgument as i32,
+        "{status:?}"
+    );
+    assert!(
+        status.message.contains("past the longest path"),
+        "{status:?}"
     );
 
     // Far deeper than any source tree: refused, and the daemon stays up.

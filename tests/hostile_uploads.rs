@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, WriteRequest};
+use common::endpoints::JserveServe;
 use common::loc;
-use common::procs::Group;
 use jserve::digest::{HashFunction, ObjectKind};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -61,31 +59,15 @@ async fn write_all(channel: Channel, data: &[u8], n: usize) -> Result<i64, tonic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_uploads_hold_no_descriptors_and_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let info = dir.path().join("info.json");
-    let config = json!({
-        "local build root": loc(&dir.path().join("root")),
-        "remote service": {"port": 0, "info file": loc(&info)},
-        "logging": {"plain": true},
-    });
-    let config_path = dir.path().join("serve.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
-    cmd.arg("serve").arg(&config_path);
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: DESCRIPTORS,
-                rlim_max: DESCRIPTORS,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut serve = Group::spawn(cmd, dir.path().join("serve.log"));
-    let port = serve.wait_for_port(&info);
+    let mut serve = JserveServe::start_with_descriptors(
+        &dir.path().join("serve"),
+        json!({
+            "local build root": loc(&dir.path().join("root")),
+            "remote service": {"port": 0},
+        }),
+        Some(DESCRIPTORS),
+    );
+    let port = serve.port;
 
     // Writes that send one chunk each and keep their streams open, over a
     // few connections.
@@ -161,5 +143,5 @@ async fn unfinished_uploads_hold_no_descriptors_and_are_bounded() {
     let digest = hf.digest_bytes(ObjectKind::File, &small).to_wire(hf);
     common::reapi::batch_upload(fresh, &[(&digest, &small)]).await;
     drop(senders);
-    assert!(serve.try_wait().is_none(), "{}", serve.log());
+    assert!(serve.group.try_wait().is_none(), "{}", serve.log());
 }

@@ -360,7 +360,7 @@ async fn compatible_get_tree_lists_directories() {
     let mut stream = ep
         .cas()
         .get_tree(reapi::GetTreeRequest {
-            root_digest: Some(root),
+            root_digest: Some(root.clone()),
             page_size: 1,
             ..Default::default()
         })
@@ -368,10 +368,32 @@ async fn compatible_get_tree_lists_directories() {
         .unwrap()
         .into_inner();
     let mut dirs = Vec::new();
+    let mut tokens = Vec::new();
     while let Some(page) = stream.message().await.unwrap() {
         dirs.extend(page.directories);
+        tokens.push(page.next_page_token);
     }
     assert_eq!(dirs.len(), 3, "root, a, a/b");
+    assert_eq!(
+        tokens,
+        ["1", "2", ""],
+        "one page per directory, then the end"
+    );
+    // A token resumes where its page ended.
+    let mut stream = ep
+        .cas()
+        .get_tree(reapi::GetTreeRequest {
+            root_digest: Some(root),
+            page_token: "2".to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let page = stream.message().await.unwrap().unwrap();
+    assert_eq!(page.directories, dirs[2..], "the last directory");
+    assert!(page.next_page_token.is_empty());
+    assert!(stream.message().await.unwrap().is_none());
     ep.server.shutdown().await.unwrap();
 }
 

@@ -202,10 +202,25 @@ impl LocalEndpoint {
     /// Compatible mode: every Directory below (and including) `root`, each
     /// once, breadth first (what GetTree returns).
     pub fn directories(&self, root: &Digest) -> Result<Vec<reapi::Directory>, EndpointError> {
+        let mut out = Vec::new();
+        self.for_each_directory(root, |dir| {
+            out.push(dir);
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// Visits the distinct directories of the tree at `root`, breadth first,
+    /// until `visit` returns false. Only digests wait in memory, so a large
+    /// tree can be streamed.
+    pub fn for_each_directory(
+        &self,
+        root: &Digest,
+        mut visit: impl FnMut(reapi::Directory) -> bool,
+    ) -> Result<(), EndpointError> {
         use prost::Message;
         let mut seen = std::collections::HashSet::new();
         let mut queue = std::collections::VecDeque::from([root.clone()]);
-        let mut out = Vec::new();
         while let Some(d) = queue.pop_front() {
             if !seen.insert(d.hash.clone()) {
                 continue;
@@ -221,9 +236,11 @@ impl LocalEndpoint {
                     queue.push_back(digest);
                 }
             }
-            out.push(dir);
+            if !visit(dir) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Stores an uploaded object after checking its digest; native trees must

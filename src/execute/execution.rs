@@ -20,6 +20,7 @@ use super::operations::Started;
 use super::runner::{ActionSpec, Demand, Interest, Requested, RunError, StageError};
 use super::services::digest_function_of;
 use crate::digest::{Digest, ObjectKind};
+use crate::storage::trees::TreeStoreError;
 
 const TYPE_PREFIX: &str = "type.googleapis.com/build.bazel.remote.execution.v2.";
 
@@ -279,6 +280,9 @@ impl LocalEndpoint {
                 let code = match &e {
                     RunError::Invalid(_) => Code::InvalidArgument,
                     RunError::Stage(StageError::Missing(_)) => Code::FailedPrecondition,
+                    RunError::Stage(StageError::Tree(TreeStoreError::PathTooLong { .. })) => {
+                        Code::InvalidArgument
+                    }
                     _ => Code::Internal,
                 };
                 reapi::ExecuteResponse {

@@ -2,6 +2,7 @@
 //! `git add -A && git write-tree` would see it, plus empty directories (which
 //! justbuild trees keep).
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -11,13 +12,14 @@ use std::time::{Duration, Instant};
 use git2::{Oid, Repository};
 
 use crate::digest::{serialize_git_tree, GitTreeEntry, ObjectKind};
+use crate::tree_walk::{post_order, DirPath, PostOrder, Visit, VisitResult};
 
 use super::GitError;
 
 /// Writes every file, symlink and directory below `dir` into `repo`; returns the root tree id.
 pub fn import_directory(repo: &Repository, dir: &Path) -> Result<Oid, GitError> {
     let odb = repo.odb()?;
-    import_dir(&odb, dir)
+    post_order(&mut Importer { odb: &odb }, DirPath(dir.to_path_buf()))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
@@ -27,47 +29,78 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
     }
 }
 
-/// Trees are serialised here and written to the object database directly,
-/// as justbuild does: libgit2's tree builder refuses names such as `.git`,
-/// which users' archives may hold.
-fn import_dir(odb: &git2::Odb<'_>, dir: &Path) -> Result<Oid, GitError> {
-    let mut entries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-        let file_type = meta.file_type();
-        let (oid, kind) = if file_type.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_err(&path))?;
-            let oid = odb.write(git2::ObjectType::Blob, target.as_os_str().as_bytes())?;
-            (oid, ObjectKind::Symlink)
-        } else if file_type.is_dir() {
-            (import_dir(odb, &path)?, ObjectKind::Tree)
-        } else if file_type.is_file() {
-            let oid = write_file_blob(odb, &path, meta.len())?;
-            // git records any owner-executable file as executable.
-            let exec = meta.permissions().mode() & 0o100 != 0;
-            (oid, ObjectKind::blob(exec))
-        } else {
-            return Err(GitError::Import {
-                path,
-                message: "not a file, directory or symlink".to_string(),
-            });
-        };
-        let mut id = [0u8; 20];
-        id.copy_from_slice(oid.as_bytes());
-        entries.push(GitTreeEntry {
-            name: name.as_bytes().to_vec(),
-            kind,
-            id,
-        });
+/// Writes a directory's trees bottom-up without recursion: unpacked
+/// archives nest as deep as paths allow. Trees are serialised here and
+/// written to the object database directly, as justbuild does: libgit2's
+/// tree builder refuses names such as `.git`, which users' archives may hold.
+struct Importer<'a> {
+    odb: &'a git2::Odb<'a>,
+}
+
+impl PostOrder for Importer<'_> {
+    type Key = DirPath;
+    /// The entries that are not directories, and the subdirectories by name.
+    type Data = (Vec<GitTreeEntry>, Vec<(Vec<u8>, DirPath)>);
+    type Value = Oid;
+    type Error = GitError;
+
+    fn visit(&mut self, key: &DirPath) -> VisitResult<Self> {
+        let dir = &key.0;
+        let mut entries = Vec::new();
+        let mut subdirs = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let path = entry.path();
+            let name = entry.file_name().as_bytes().to_vec();
+            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let file_type = meta.file_type();
+            let (oid, kind) = if file_type.is_symlink() {
+                let target = fs::read_link(&path).map_err(io_err(&path))?;
+                let oid = self
+                    .odb
+                    .write(git2::ObjectType::Blob, target.as_os_str().as_bytes())?;
+                (oid, ObjectKind::Symlink)
+            } else if file_type.is_dir() {
+                subdirs.push((name, DirPath(path)));
+                continue;
+            } else if file_type.is_file() {
+                let oid = write_file_blob(self.odb, &path, meta.len())?;
+                // git records any owner-executable file as executable.
+                let exec = meta.permissions().mode() & 0o100 != 0;
+                (oid, ObjectKind::blob(exec))
+            } else {
+                return Err(GitError::Import {
+                    path,
+                    message: "not a file, directory or symlink".to_string(),
+                });
+            };
+            entries.push(entry_of(name, kind, oid));
+        }
+        let keys = subdirs.iter().map(|(_, key)| key.clone()).collect();
+        Ok(Visit::Expand((entries, subdirs), keys))
     }
-    let bytes = serialize_git_tree(entries).map_err(|e| GitError::Import {
-        path: dir.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(odb.write(git2::ObjectType::Tree, &bytes)?)
+
+    fn finish(
+        &mut self,
+        key: &DirPath,
+        (mut entries, subdirs): Self::Data,
+        done: &HashMap<DirPath, Oid>,
+    ) -> Result<Oid, GitError> {
+        for (name, sub) in subdirs {
+            entries.push(entry_of(name, ObjectKind::Tree, done[&sub]));
+        }
+        let bytes = serialize_git_tree(entries).map_err(|e| GitError::Import {
+            path: key.0.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(self.odb.write(git2::ObjectType::Tree, &bytes)?)
+    }
+}
+
+fn entry_of(name: Vec<u8>, kind: ObjectKind, oid: Oid) -> GitTreeEntry {
+    let mut id = [0u8; 20];
+    id.copy_from_slice(oid.as_bytes());
+    GitTreeEntry { name, kind, id }
 }
 
 /// Small files are written in one call; large ones are streamed into the object database.

@@ -3,6 +3,7 @@
 //! list of nodes, checking that everything a tree names is present, and
 //! storing a directory from disk as a tree.
 
+use crate::tree_walk::DirPath;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -43,6 +44,15 @@ pub enum TreeStoreError {
     },
     #[error("{0} is neither a file, a directory nor a symlink")]
     SpecialFile(PathBuf),
+    #[error(transparent)]
+    TooDeep(#[from] crate::tree_walk::TooDeep),
+    #[error("tree {root} nests {depth} levels deep, past the longest path the file system takes")]
+    PathTooLong { root: String, depth: usize },
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One entry of a tree, independent of the representation.
@@ -246,8 +256,14 @@ pub struct StoredTree {
 
 /// Stores every file, symlink and directory below `dir` in the CAS and returns the root tree.
 pub fn store_directory(cas: &Cas, dir: &Path) -> Result<StoredTree, TreeStoreError> {
-    let mut children = Vec::new();
-    let (root, root_directory) = store_dir_rec(cas, dir, &mut children)?;
+    let mut walker = DirectoryStore {
+        cas,
+        children: Vec::new(),
+    };
+    let root = crate::tree_walk::post_order(&mut walker, DirPath(dir.to_path_buf()))?;
+    let mut children = walker.children;
+    // The root is finished last (native mode keeps no Directory messages).
+    let root_directory = children.pop();
     Ok(StoredTree {
         root,
         children,
@@ -262,44 +278,156 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TreeStoreError + '_ {
     }
 }
 
-fn store_dir_rec(
-    cas: &Cas,
-    dir: &Path,
-    children: &mut Vec<reapi::Directory>,
-) -> Result<(Digest, Option<reapi::Directory>), TreeStoreError> {
-    let mut nodes = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let path = entry.path();
-        let name = entry.file_name().as_bytes().to_vec();
-        let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_err(&path))?;
-            nodes.push(Node::Symlink {
-                name,
-                target: target.as_os_str().as_bytes().to_vec(),
-            });
-        } else if ft.is_dir() {
-            let (digest, directory) = store_dir_rec(cas, &path, children)?;
-            if let Some(d) = directory {
-                children.push(d);
+/// Stores a directory on disk bottom-up without recursion: what an action
+/// writes may nest as deep as paths allow.
+struct DirectoryStore<'a> {
+    cas: &'a Cas,
+    /// Compatible mode: every Directory message stored, in post-order.
+    children: Vec<reapi::Directory>,
+}
+
+impl crate::tree_walk::PostOrder for DirectoryStore<'_> {
+    type Key = DirPath;
+    /// The entries that are not directories, and the subdirectories by name.
+    type Data = (Vec<Node>, Vec<(Vec<u8>, DirPath)>);
+    type Value = Digest;
+    type Error = TreeStoreError;
+
+    fn visit(&mut self, key: &DirPath) -> crate::tree_walk::VisitResult<Self> {
+        let dir = &key.0;
+        let mut nodes = Vec::new();
+        let mut subdirs = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let path = entry.path();
+            let name = entry.file_name().as_bytes().to_vec();
+            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                let target = fs::read_link(&path).map_err(io_err(&path))?;
+                nodes.push(Node::Symlink {
+                    name,
+                    target: target.as_os_str().as_bytes().to_vec(),
+                });
+            } else if ft.is_dir() {
+                subdirs.push((name, DirPath(path)));
+            } else if ft.is_file() {
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                let kind = ObjectKind::blob(executable);
+                let digest = self.cas.put_file(kind, &path)?;
+                nodes.push(Node::File {
+                    name,
+                    digest,
+                    executable,
+                });
+            } else {
+                return Err(TreeStoreError::SpecialFile(path));
             }
-            nodes.push(Node::Dir { name, digest });
-        } else if ft.is_file() {
-            let executable = meta.permissions().mode() & 0o111 != 0;
-            let kind = ObjectKind::blob(executable);
-            let digest = cas.put_file(kind, &path)?;
-            nodes.push(Node::File {
+        }
+        let keys = subdirs.iter().map(|(_, key)| key.clone()).collect();
+        Ok(crate::tree_walk::Visit::Expand((nodes, subdirs), keys))
+    }
+
+    fn finish(
+        &mut self,
+        _: &DirPath,
+        (mut nodes, subdirs): Self::Data,
+        done: &std::collections::HashMap<DirPath, Digest>,
+    ) -> Result<Digest, TreeStoreError> {
+        for (name, key) in subdirs {
+            nodes.push(Node::Dir {
                 name,
-                digest,
-                executable,
+                digest: done[&key].clone(),
             });
-        } else {
-            return Err(TreeStoreError::SpecialFile(path));
+        }
+        let (digest, directory) = store_nodes(self.cas, nodes)?;
+        self.children.extend(directory);
+        Ok(digest)
+    }
+}
+
+/// Writes the tree `root` from the CAS below `dest`, an existing empty
+/// directory: files hard-linked from the CAS where the file system allows
+/// (copied otherwise), symlinks and directories created. Directories wait
+/// on an explicit stack, as trees from clients may nest deeper than a
+/// thread's stack. Returns the CAS files used, with their hashes.
+pub fn check_out_tree(
+    cas: &Cas,
+    root: &Digest,
+    dest: &Path,
+) -> Result<Vec<(PathBuf, String)>, TreeStoreError> {
+    let mut linked = Vec::new();
+    let mut pending = vec![(root.clone(), dest.to_path_buf(), 1)];
+    let create_err = |path: &Path, depth: usize| {
+        let path = path.to_path_buf();
+        let root = root.hash.clone();
+        move |source: std::io::Error| {
+            if source.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                TreeStoreError::PathTooLong { root, depth }
+            } else {
+                TreeStoreError::Create { path, source }
+            }
+        }
+    };
+    while let Some((tree, dir, depth)) = pending.pop() {
+        if depth > crate::tree_walk::MAX_TREE_DEPTH {
+            return Err(crate::tree_walk::TooDeep {
+                root: root.hash.clone(),
+                limit: crate::tree_walk::MAX_TREE_DEPTH,
+            }
+            .into());
+        }
+        let nodes = read_tree(cas, &tree)?.ok_or(TreeStoreError::MissingTree(tree.hash))?;
+        for node in nodes {
+            let path = dir.join(std::ffi::OsStr::from_bytes(node.name()));
+            match node {
+                Node::Dir { digest, .. } => {
+                    fs::create_dir(&path).map_err(create_err(&path, depth))?;
+                    pending.push((digest, path, depth + 1));
+                }
+                Node::Symlink { target, .. } => {
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)
+                        .map_err(create_err(&path, depth))?;
+                }
+                Node::File {
+                    digest, executable, ..
+                } => {
+                    let kind = ObjectKind::blob(executable);
+                    let source = cas_file_of_kind(cas, kind, &digest.hash).ok_or_else(|| {
+                        TreeStoreError::MissingEntry {
+                            tree: dir.display().to_string(),
+                            kind,
+                            hash: digest.hash.clone(),
+                        }
+                    })??;
+                    if fs::hard_link(&source, &path).is_err() {
+                        fs::copy(&source, &path).map_err(create_err(&path, depth))?;
+                    }
+                    linked.push((source, digest.hash));
+                }
+            }
         }
     }
-    store_nodes(cas, nodes)
+    Ok(linked)
+}
+
+/// The CAS file holding `hash` with the wanted executable bit, made from
+/// the other variant if only that one is present; `None` if neither is.
+fn cas_file_of_kind(
+    cas: &Cas,
+    kind: ObjectKind,
+    hash: &str,
+) -> Option<Result<PathBuf, TreeStoreError>> {
+    let wanted = cas.path(kind, hash);
+    if wanted.is_file() {
+        return Some(Ok(wanted));
+    }
+    let other = cas.find(kind, hash)?;
+    Some(
+        cas.put_file(kind, &other)
+            .map(|_| wanted)
+            .map_err(Into::into),
+    )
 }
 
 /// Stores a tree made of `nodes` (whose contents are already in the CAS).

@@ -517,9 +517,8 @@ pub(super) async fn keep_artifact_root(
     .map_err(|e| e.to_string())?
 }
 
-/// Writes object `info` from the CAS to `dest` (trees recursively).
+/// Writes object `info` from the CAS to `dest`.
 fn materialise(cas: &crate::storage::Cas, info: &ObjectInfo, dest: &Path) -> Result<(), String> {
-    use crate::storage::trees::{read_tree, Node};
     use std::os::unix::ffi::OsStrExt;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -528,37 +527,9 @@ fn materialise(cas: &crate::storage::Cas, info: &ObjectInfo, dest: &Path) -> Res
     match info.kind {
         ObjectKind::Tree => {
             std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
-            let nodes = read_tree(cas, d)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("tree {} is not in the CAS", d.hash))?;
-            for n in nodes {
-                let name = std::ffi::OsStr::from_bytes(n.name()).to_owned();
-                let child = dest.join(name);
-                match n {
-                    Node::File {
-                        digest, executable, ..
-                    } => materialise(
-                        cas,
-                        &ObjectInfo {
-                            digest,
-                            kind: ObjectKind::blob(executable),
-                        },
-                        &child,
-                    )?,
-                    Node::Dir { digest, .. } => materialise(
-                        cas,
-                        &ObjectInfo {
-                            digest,
-                            kind: ObjectKind::Tree,
-                        },
-                        &child,
-                    )?,
-                    Node::Symlink { target, .. } => {
-                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &child)
-                            .map_err(|e| e.to_string())?
-                    }
-                }
-            }
+            crate::storage::trees::check_out_tree(cas, d, dest)
+                .map(drop)
+                .map_err(|e| e.to_string())?;
         }
         ObjectKind::Symlink => {
             let target = cas
@@ -569,19 +540,18 @@ fn materialise(cas: &crate::storage::Cas, info: &ObjectInfo, dest: &Path) -> Res
                 .map_err(|e| e.to_string())?;
         }
         kind => {
-            let bytes = cas
-                .read(kind, &d.hash)
-                .map_err(|e| e.to_string())?
-                .or(cas
-                    .read(ObjectKind::File, &d.hash)
-                    .map_err(|e| e.to_string())?)
+            let source = cas
+                .find(kind, &d.hash)
                 .ok_or_else(|| format!("blob {} is not in the CAS", d.hash))?;
-            std::fs::write(dest, bytes).map_err(|e| e.to_string())?;
-            if kind == ObjectKind::Executable {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| e.to_string())?;
-            }
+            std::fs::copy(&source, dest).map_err(|e| e.to_string())?;
+            let mode = if kind == ObjectKind::Executable {
+                0o755
+            } else {
+                0o644
+            };
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

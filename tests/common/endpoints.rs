@@ -21,7 +21,17 @@ pub struct JserveServe {
 }
 
 impl JserveServe {
-    pub fn start(dir: &Path, mut config: Value) -> JserveServe {
+    pub fn start(dir: &Path, config: Value) -> JserveServe {
+        JserveServe::start_with_descriptors(dir, config, None)
+    }
+
+    /// As [`JserveServe::start`], under a descriptor limit (soft and hard)
+    /// of `descriptors`, when given.
+    pub fn start_with_descriptors(
+        dir: &Path,
+        mut config: Value,
+        descriptors: Option<u64>,
+    ) -> JserveServe {
         std::fs::create_dir_all(dir).unwrap();
         let info = dir.join("info.json");
         config["remote service"]["info file"] = loc(&info);
@@ -30,6 +40,22 @@ impl JserveServe {
         std::fs::write(&config_path, config.to_string()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
         cmd.arg("serve").arg(&config_path);
+        if let Some(n) = descriptors {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut group = Group::spawn(cmd, dir.join("serve.log"));
         let port = group.wait_for_port(&info);
         JserveServe { group, port }

@@ -1,19 +1,14 @@
 //! Tree overlays at build time: starting from the empty tree, each tree is
 //! laid over the result so far. Entries of the newer tree win; equal
-//! entries are fine; two trees under one name merge recursively; any other
+//! entries are fine; two trees under one name merge, level by level; any other
 //! clash keeps the newer entry, or fails the build when the overlay is
 //! disjoint. Tree objects are read from the CAS; the results (and merged
 //! subtrees) are written back to it.
-
-use std::future::Future;
-use std::pin::Pin;
 
 use crate::digest::{Digest, ObjectKind};
 use crate::remote::RemoteCas;
 
 use super::tree::{parse, serialize, Entries, Entry};
-
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
 
 /// `[hash:size:kind]`, as objects are shown in messages.
 fn show(entry: &Entry) -> String {
@@ -59,58 +54,99 @@ fn child_path(prefix: &str, name: &[u8]) -> String {
     }
 }
 
-/// `other` laid over `base`; `path` locates them for messages.
-fn merge<'a>(
-    cas: &'a dyn RemoteCas,
+/// One tree pair being merged: the older entries still to lay under the
+/// newer ones, and the subtree merge it waits for, if any.
+struct Frame {
+    older: std::collections::btree_map::IntoIter<Vec<u8>, Entry>,
+    merged: Entries,
+    path: String,
+    waiting: Option<Vec<u8>>,
+}
+
+impl Frame {
+    async fn open(
+        cas: &dyn RemoteCas,
+        base: &Digest,
+        other: &Digest,
+        path: String,
+    ) -> Result<Frame, String> {
+        Ok(Frame {
+            older: read_entries(cas, base).await?.into_iter(),
+            merged: read_entries(cas, other).await?,
+            path,
+            waiting: None,
+        })
+    }
+}
+
+/// `other` laid over `base`. Subtrees under one name merge depth first on an
+/// explicit stack: the trees are the client's and may nest deeper than a
+/// task's stack would allow recursion to go.
+async fn merge(
+    cas: &dyn RemoteCas,
     base: Digest,
     other: Digest,
     disjoint: bool,
-    path: String,
-) -> Boxed<'a, Digest> {
-    Box::pin(async move {
-        if base.hash == other.hash {
-            return Ok(base);
+) -> Result<Digest, String> {
+    if base.hash == other.hash {
+        return Ok(base);
+    }
+    let mut stack = vec![Frame::open(cas, &base, &other, String::new()).await?];
+    let mut finished: Option<Digest> = None;
+    loop {
+        let top = stack.last_mut().expect("a frame is open");
+        if let (Some(name), Some(digest)) = (top.waiting.take(), finished.take()) {
+            let entry = Entry {
+                kind: ObjectKind::Tree,
+                digest,
+                target: None,
+            };
+            top.merged.insert(name, entry);
         }
-        let base_entries = read_entries(cas, &base).await?;
-        let mut merged = read_entries(cas, &other).await?;
-        for (name, entry) in base_entries {
-            let Some(newer) = merged.get(&name) else {
-                merged.insert(name, entry);
+        let mut descend = None;
+        for (name, entry) in top.older.by_ref() {
+            let Some(newer) = top.merged.get(&name) else {
+                top.merged.insert(name, entry);
                 continue;
             };
             if newer.same_object(&entry) {
                 continue;
             }
             if newer.kind.is_tree() && entry.kind.is_tree() {
-                let sub = merge(
-                    cas,
-                    entry.digest,
-                    newer.digest.clone(),
-                    disjoint,
-                    child_path(&path, &name),
-                )
-                .await?;
-                merged.insert(
-                    name,
-                    Entry {
-                        kind: ObjectKind::Tree,
-                        digest: sub,
-                        target: None,
-                    },
-                );
-                continue;
+                descend = Some((name, entry.digest, newer.digest.clone()));
+                break;
             }
             if disjoint {
                 return Err(format!(
                     "conflict at {:?}: {} and {}",
-                    child_path(&path, &name),
+                    child_path(&top.path, &name),
                     show(&entry),
                     show(newer)
                 ));
             }
         }
-        write_entries(cas, &merged).await
-    })
+        match descend {
+            Some((name, older, newer)) => {
+                let path = child_path(&top.path, &name);
+                top.waiting = Some(name);
+                if stack.len() >= crate::tree_walk::MAX_TREE_DEPTH {
+                    return Err(format!(
+                        "trees deeper than {} levels at {path:?}",
+                        crate::tree_walk::MAX_TREE_DEPTH
+                    ));
+                }
+                stack.push(Frame::open(cas, &older, &newer, path).await?);
+            }
+            None => {
+                let frame = stack.pop().expect("a frame is open");
+                let digest = write_entries(cas, &frame.merged).await?;
+                if stack.is_empty() {
+                    return Ok(digest);
+                }
+                finished = Some(digest);
+            }
+        }
+    }
 }
 
 /// The overlay of `trees`, later ones over earlier ones.
@@ -121,7 +157,7 @@ pub async fn overlay(
 ) -> Result<Digest, String> {
     let mut result = write_entries(cas, &Entries::new()).await?;
     for tree in trees {
-        result = merge(cas, result, tree.clone(), disjoint, String::new()).await?;
+        result = merge(cas, result, tree.clone(), disjoint).await?;
     }
     Ok(result)
 }

@@ -177,6 +177,23 @@ enum Node {
     Dir(BTreeMap<Vec<u8>, Node>),
 }
 
+/// Input paths come from target descriptions and may nest thousands of
+/// levels deep: a directory is taken apart level by level rather than by
+/// the recursive drop of nested maps.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let Node::Dir(children) = self else { return };
+        let mut maps = vec![std::mem::take(children)];
+        while let Some(map) = maps.pop() {
+            for (_, mut node) in map {
+                if let Node::Dir(grandchildren) = &mut node {
+                    maps.push(std::mem::take(grandchildren));
+                }
+            }
+        }
+    }
+}
+
 /// Places `entry` at `path` (normalised, relative, not the root).
 fn place(root: &mut BTreeMap<Vec<u8>, Node>, path: &str, entry: Entry) -> Result<(), String> {
     let parts: Vec<&str> = path.split('/').collect();
@@ -186,6 +203,13 @@ fn place(root: &mut BTreeMap<Vec<u8>, Node>, path: &str, entry: Entry) -> Result
     {
         return Err(format!(
             "input path {path:?} is not a normalised relative path"
+        ));
+    }
+    if parts.len() > crate::tree_walk::MAX_TREE_DEPTH {
+        return Err(format!(
+            "input path of {} levels is deeper than {}",
+            parts.len(),
+            crate::tree_walk::MAX_TREE_DEPTH
         ));
     }
     let (last, dirs) = parts.split_last().expect("split gives one part at least");
@@ -215,28 +239,59 @@ fn place(root: &mut BTreeMap<Vec<u8>, Node>, path: &str, entry: Entry) -> Result
     }
 }
 
-/// Serialises a directory bottom-up, children before their parents in `out`.
+/// Serialises a directory bottom-up, children before their parents in
+/// `out`, on an explicit stack (see [`Node`]'s drop).
 fn finish(
     hash: HashFunction,
     dir: BTreeMap<Vec<u8>, Node>,
     out: &mut Vec<TreeBlob>,
 ) -> Result<Digest, String> {
-    let mut entries = Entries::new();
-    for (name, node) in dir {
-        let entry = match node {
-            Node::Object(e) => e,
-            Node::Dir(children) => Entry {
-                kind: ObjectKind::Tree,
-                digest: finish(hash, children, out)?,
-                target: None,
-            },
-        };
-        entries.insert(name, entry);
+    struct Level {
+        name: Vec<u8>,
+        children: std::collections::btree_map::IntoIter<Vec<u8>, Node>,
+        entries: Entries,
     }
-    let blob = serialize(hash, &entries)?;
-    let digest = blob.digest.clone();
-    out.push(blob);
-    Ok(digest)
+    let mut stack = vec![Level {
+        name: Vec::new(),
+        children: dir.into_iter(),
+        entries: Entries::new(),
+    }];
+    loop {
+        let top = stack.last_mut().expect("a level is open");
+        match top.children.next() {
+            Some((name, mut node)) => match &mut node {
+                Node::Object(entry) => {
+                    let entry = entry.clone();
+                    top.entries.insert(name, entry);
+                }
+                Node::Dir(children) => {
+                    let children = std::mem::take(children).into_iter();
+                    stack.push(Level {
+                        name,
+                        children,
+                        entries: Entries::new(),
+                    });
+                }
+            },
+            None => {
+                let level = stack.pop().expect("a level is open");
+                let blob = serialize(hash, &level.entries)?;
+                let digest = blob.digest.clone();
+                out.push(blob);
+                match stack.last_mut() {
+                    Some(parent) => {
+                        let entry = Entry {
+                            kind: ObjectKind::Tree,
+                            digest,
+                            target: None,
+                        };
+                        parent.entries.insert(level.name, entry);
+                    }
+                    None => return Ok(digest),
+                }
+            }
+        }
+    }
 }
 
 /// The input root of `inputs` (path → object): the root's digest and every
@@ -347,6 +402,26 @@ mod tests {
             input_root(HashFunction::GitSha1, &[]).unwrap().0.hash,
             "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
         );
+    }
+
+    #[test]
+    fn ten_thousand_levels_build_and_drop_without_recursion() {
+        for hash in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let deep = format!("{}f", "d/".repeat(10_000));
+            let inputs = vec![(deep.clone(), blob(hash, "x", ObjectKind::File))];
+            let (_, blobs) = input_root(hash, &inputs).unwrap();
+            assert_eq!(blobs.len(), 10_001);
+            // A clash after the deep path: the half-built directory is dropped.
+            let clash = vec![
+                (deep, blob(hash, "x", ObjectKind::File)),
+                ("d".to_string(), blob(hash, "y", ObjectKind::File)),
+            ];
+            assert!(input_root(hash, &clash).is_err());
+        }
+        let too_deep = format!("{}f", "d/".repeat(crate::tree_walk::MAX_TREE_DEPTH));
+        let inputs = vec![(too_deep, blob(HashFunction::GitSha1, "x", ObjectKind::File))];
+        let err = input_root(HashFunction::GitSha1, &inputs).unwrap_err();
+        assert!(err.contains("deeper than"), "{err}");
     }
 
     #[test]

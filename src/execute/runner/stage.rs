@@ -9,12 +9,11 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{Digest, ObjectKind};
-use crate::storage::trees::{read_tree, Node, TreeStoreError};
+use crate::digest::Digest;
+use crate::storage::trees::{check_out_tree, TreeStoreError};
 use crate::storage::{Cas, CasError};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,66 +66,22 @@ pub struct LinkedInputs {
     files: HashMap<PathBuf, (FileState, String)>,
 }
 
-/// Materialises tree `root` from `cas` at `dest` (which must exist and be empty).
+/// Materialises tree `root` from `cas` at `dest` (which must exist and be
+/// empty), recording the state of every CAS file linked.
 pub fn stage_tree(cas: &Cas, root: &Digest, dest: &Path) -> Result<LinkedInputs, StageError> {
     let mut linked = LinkedInputs::default();
-    stage_rec(cas, root, dest, &mut linked)?;
-    Ok(linked)
-}
-
-fn stage_rec(
-    cas: &Cas,
-    tree: &Digest,
-    dest: &Path,
-    linked: &mut LinkedInputs,
-) -> Result<(), StageError> {
-    let nodes = read_tree(cas, tree)?.ok_or_else(|| StageError::Missing(tree.hash.clone()))?;
-    for node in nodes {
-        let path = dest.join(std::ffi::OsStr::from_bytes(node.name()));
-        match node {
-            Node::Dir { digest, .. } => {
-                fs::create_dir(&path).map_err(io_err(&path))?;
-                stage_rec(cas, &digest, &path, linked)?;
-            }
-            Node::Symlink { target, .. } => {
-                symlink(std::ffi::OsStr::from_bytes(&target), &path).map_err(io_err(&path))?;
-            }
-            Node::File {
-                digest, executable, ..
-            } => {
-                let kind = ObjectKind::blob(executable);
-                let source = cas_file_of_kind(cas, kind, &digest.hash)?;
-                link_or_copy(&source, &path)?;
-                let meta = fs::metadata(&source).map_err(io_err(&source))?;
-                linked
-                    .files
-                    .insert(source, (FileState::of(&meta), digest.hash));
-            }
+    // A missing input is the client's to fix (FAILED_PRECONDITION).
+    let linked_files = check_out_tree(cas, root, dest).map_err(|e| match e {
+        TreeStoreError::MissingTree(hash) | TreeStoreError::MissingEntry { hash, .. } => {
+            StageError::Missing(hash)
         }
+        other => other.into(),
+    })?;
+    for (source, hash) in linked_files {
+        let meta = fs::metadata(&source).map_err(io_err(&source))?;
+        linked.files.insert(source, (FileState::of(&meta), hash));
     }
-    Ok(())
-}
-
-/// The CAS file holding `hash` with the right executable bit, creating the
-/// other variant from the one present if need be.
-fn cas_file_of_kind(cas: &Cas, kind: ObjectKind, hash: &str) -> Result<PathBuf, StageError> {
-    let wanted = cas.path(kind, hash);
-    if wanted.is_file() {
-        return Ok(wanted);
-    }
-    let other = cas
-        .find(kind, hash)
-        .ok_or_else(|| StageError::Missing(hash.to_string()))?;
-    cas.put_file(kind, &other)?;
-    Ok(wanted)
-}
-
-fn link_or_copy(source: &Path, dest: &Path) -> Result<(), StageError> {
-    if fs::hard_link(source, dest).is_ok() {
-        return Ok(());
-    }
-    fs::copy(source, dest).map_err(io_err(dest))?;
-    Ok(())
+    Ok(linked)
 }
 
 impl LinkedInputs {

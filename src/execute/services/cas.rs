@@ -52,6 +52,15 @@ fn status_of(e: &EndpointError) -> Option<RpcStatus> {
     rpc_status(s.code(), s.message())
 }
 
+/// Directories per GetTree page unless the client asks for fewer.
+const DEFAULT_PAGE_SIZE: usize = 1000;
+/// The most directories per page, whatever the client asks: a page is one
+/// message.
+const MAX_PAGE_SIZE: usize = 10_000;
+/// A page is cut before it passes this many bytes, well within the 4 MiB a
+/// client accepts by default.
+const MAX_PAGE_BYTES: usize = 2 << 20;
+
 type GetTreeStream = Pin<Box<dyn Stream<Item = Result<reapi::GetTreeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -162,13 +171,11 @@ impl ContentAddressableStorage for CasService {
         let root = self
             .endpoint
             .parse_digest(&request.root_digest.unwrap_or_default())?;
-        let endpoint = self.endpoint.clone();
         let page_size = if request.page_size > 0 {
-            request.page_size as usize
+            (request.page_size as usize).min(MAX_PAGE_SIZE)
         } else {
-            1000
+            DEFAULT_PAGE_SIZE
         };
-        let directories = blocking(move || endpoint.directories(&root)).await?;
         let start: usize = if request.page_token.is_empty() {
             0
         } else {
@@ -177,25 +184,47 @@ impl ContentAddressableStorage for CasService {
                 .parse()
                 .map_err(|_| Status::invalid_argument("malformed page token"))?
         };
-        let mut pages = Vec::new();
-        let mut i = start.min(directories.len());
-        loop {
-            let end = (i + page_size).min(directories.len());
-            let next_page_token = if end < directories.len() {
-                end.to_string()
-            } else {
-                String::new()
-            };
-            pages.push(Ok(reapi::GetTreeResponse {
-                directories: directories[i..end].to_vec(),
-                next_page_token: next_page_token.clone(),
-            }));
-            if next_page_token.is_empty() {
-                break;
+        // Pages are sent as the walk finds them; a full page waits for the
+        // next directory to know whether a token for more goes with it.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let endpoint = self.endpoint.clone();
+        tokio::task::spawn_blocking(move || {
+            use prost::Message;
+            let mut page = Vec::new();
+            let mut page_bytes = 0;
+            let mut index = 0usize;
+            let mut receiver_gone = false;
+            let walked = endpoint.for_each_directory(&root, |dir| {
+                if index >= start {
+                    let len = dir.encoded_len();
+                    let full = page.len() == page_size || page_bytes + len > MAX_PAGE_BYTES;
+                    if full && !page.is_empty() {
+                        let response = reapi::GetTreeResponse {
+                            directories: std::mem::take(&mut page),
+                            next_page_token: index.to_string(),
+                        };
+                        page_bytes = 0;
+                        receiver_gone = tx.blocking_send(Ok(response)).is_err();
+                    }
+                    page_bytes += len;
+                    page.push(dir);
+                }
+                index += 1;
+                !receiver_gone
+            });
+            let last = walked
+                .map(|()| reapi::GetTreeResponse {
+                    directories: page,
+                    next_page_token: String::new(),
+                })
+                .map_err(|e| e.to_status());
+            if !receiver_gone {
+                let _ = tx.blocking_send(last);
             }
-            i = end;
-        }
-        Ok(Response::new(Box::pin(tokio_stream::iter(pages))))
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn split_blob(
