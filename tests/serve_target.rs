@@ -342,7 +342,14 @@ async fn a_client_going_away_does_not_cancel_the_build() {
     let mut first = TargetClient::new(s.endpoint.channel.clone());
     let r = request.clone();
     let gone = tokio::spawn(async move { first.serve_target(r).await });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The client leaves while its build's slow action runs.
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while s.runs("outer").is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the action starts");
     gone.abort();
     let _ = gone.await;
     // The second client joins the build the first one started.

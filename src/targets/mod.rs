@@ -8,12 +8,11 @@
 
 mod miss;
 pub mod objects;
+mod single_flight;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-use tokio::sync::watch;
 
 use crate::build::builder::{DispatchTarget, LocalObjects};
 use crate::digest::{Digest, HashFunction, ObjectKind};
@@ -26,6 +25,7 @@ use crate::storage::target_cache::{
     BackendDescription, CachedEntry, TargetCache, TargetCacheError,
 };
 use objects::{ensure_at_endpoint, fetch_to_local};
+use single_flight::SingleFlight;
 
 /// A ServeTarget request, parsed.
 #[derive(Clone, Debug)]
@@ -77,10 +77,6 @@ const DISPATCH_INSTANCE: &str = "alternative remote execution";
 /// An endpoint-dispatch list: properties to match and the endpoint to use.
 pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
 
-/// Where waiters of a computation under way get its outcome.
-/// A computation under way: its outcome once there, and who waits for it.
-type Waiters = (watch::Receiver<Option<Outcome>>, Interest);
-
 /// Counters of what ServeTarget did since start (for logs and tests).
 #[derive(Debug, Default)]
 pub struct TargetStats {
@@ -116,7 +112,7 @@ pub struct TargetServer {
     ctx: Arc<ServeContext>,
     executor: Arc<dyn RemoteExecutor>,
     /// Computations under way, by shard and key.
-    inflight: Mutex<HashMap<(String, String), Waiters>>,
+    inflight: Arc<SingleFlight<(String, String), Outcome>>,
     /// The target cache of each shard met, opened once.
     caches: Mutex<HashMap<String, TargetCache>>,
     /// Entries answered before, by shard and key.
@@ -138,7 +134,7 @@ impl TargetServer {
         Arc::new(TargetServer {
             ctx,
             executor,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::default(),
             dispatch_clients: Mutex::new(HashMap::new()),
             dispatch_lists: Mutex::new(HashMap::new()),
             caches: Mutex::new(HashMap::new()),
@@ -195,41 +191,20 @@ impl TargetServer {
         let key = (shard, request.key.hash.clone());
         // Counted as waiting until this call ends (or its client goes away);
         // the computation goes on without waiters, but behind those with.
-        let (mut rx, _watching) = {
-            let mut inflight = self.inflight.lock().expect("inflight lock");
-            match inflight.get(&key) {
-                Some((rx, interest)) => {
-                    tracing::info!(
-                        "ServeTarget {}: joining a computation under way",
-                        request.key.hash
-                    );
-                    (rx.clone(), interest.watch())
-                }
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    let interest = Interest::default();
-                    let watching = interest.watch();
-                    inflight.insert(key.clone(), (rx.clone(), interest.clone()));
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        // Goes on after its clients left: no rotation meanwhile.
-                        let _hold = this.ctx.gc.hold().await;
-                        let outcome = this
-                            .clone()
-                            .compute(request, backend, dispatch, interest)
-                            .await;
-                        let _ = tx.send(Some(outcome));
-                        this.inflight.lock().expect("inflight lock").remove(&key);
-                    });
-                    (rx, watching)
-                }
-            }
+        let this = self.clone();
+        let target = request.key.hash.clone();
+        let start = move |interest| async move {
+            // Goes on after its clients left: no rotation meanwhile.
+            let _hold = this.ctx.gc.hold().await;
+            this.clone()
+                .compute(request, backend, dispatch, interest)
+                .await
         };
-        let done = rx
-            .wait_for(Option::is_some)
+        let joined = || tracing::info!("ServeTarget {target}: joining a computation under way");
+        self.inflight
+            .run(key, start, joined)
             .await
-            .map_err(|_| Internal("the computation of this target was lost".into()))?;
-        done.clone().expect("waited for a value")
+            .map_err(|_| Internal("the computation of this target was lost".into()))?
     }
 
     /// Fetches the required digests into the local CAS; returns the text of

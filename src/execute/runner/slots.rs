@@ -14,7 +14,12 @@ pub struct Interest(Arc<AtomicUsize>);
 
 impl Interest {
     pub fn waiting(&self) -> bool {
-        self.0.load(Ordering::SeqCst) > 0
+        self.count() > 0
+    }
+
+    /// How many parties wait now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
     }
 
     /// Counts one party as waiting until the guard is dropped.
