@@ -5,7 +5,7 @@
 //! keeps them open; a flood of sockets that send nothing would hold
 //! descriptors and memory forever. Here the accept loop hands tonic
 //! [`Conn`]s, each of which knows how many requests it carries (counted by
-//! [`ActivityLayer`]) and fails its next read once it has been unused too
+//! [`activity_layer`]) and fails its next read once it has been unused too
 //! long:
 //!
 //! * before its first request, after `handshake timeout` (a TLS handshake or
@@ -32,8 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tonic::body::Body;
 use tonic::transport::server::{Connected, TlsConnectInfo};
+
+use crate::hold_layer::{HoldLayer, Holder};
 
 /// How connections are bounded (the `"remote service"` keys of the same names).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,7 +170,7 @@ impl ConnState {
 }
 
 /// A request in flight on a connection.
-struct InFlight(Arc<ConnState>);
+pub struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -441,53 +442,27 @@ impl Acceptor {
 
 /// Counts each request on its connection from its arrival until its
 /// response, streams included, is done.
-#[derive(Clone, Copy, Default)]
-pub struct ActivityLayer;
-
-impl<S> tower::Layer<S> for ActivityLayer {
-    type Service = Activity<S>;
-    fn layer(&self, inner: S) -> Activity<S> {
-        Activity { inner }
-    }
+pub fn activity_layer() -> HoldLayer<Activity> {
+    HoldLayer(Activity)
 }
 
-#[derive(Clone)]
-pub struct Activity<S> {
-    inner: S,
-}
+#[derive(Clone, Copy)]
+pub struct Activity;
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+impl Holder for Activity {
+    type Hold = InFlight;
 
-impl<S, B> tower::Service<http::Request<B>> for Activity<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn hold<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> Pin<Box<dyn Future<Output = Option<InFlight>> + Send>> {
         let extensions = request.extensions();
-        let state = extensions.get::<ConnInfo>().or_else(|| {
+        let info = extensions.get::<ConnInfo>().or_else(|| {
             extensions
                 .get::<TlsConnectInfo<ConnInfo>>()
                 .map(|tls| tls.get_ref())
         });
-        let in_flight = state.map(|info| info.0.begin());
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(match in_flight {
-                Some(guard) => {
-                    response.map(|body| Body::new(crate::gc_layer::HoldingBody::new(body, guard)))
-                }
-                None => response,
-            })
-        })
+        let in_flight = info.map(|info| info.0.begin());
+        Box::pin(std::future::ready(in_flight))
     }
 }

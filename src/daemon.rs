@@ -282,8 +282,8 @@ pub async fn start_services(
             let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
             tracing::info_span!("rpc", id, method = %request.uri().path())
         })
-        .layer(crate::connections::ActivityLayer)
-        .layer(crate::gc_layer::GcLayer(services.gc_locks()))
+        .layer(crate::connections::activity_layer())
+        .layer(crate::gc_layer::layer(services.gc_locks()))
         .layer(crate::status_layer::layer());
     let tls = tls_config(listen)?;
     let uses_tls = tls.is_some();

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod execute;
 mod gc_layer;
 pub mod git;
+mod hold_layer;
 pub mod logging;
 pub mod remote;
 pub mod serve;

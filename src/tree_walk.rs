@@ -39,6 +39,60 @@ impl std::fmt::Display for DirPath {
     }
 }
 
+/// One entry of a directory on disk.
+pub enum DiskEntry {
+    Symlink {
+        target: Vec<u8>,
+    },
+    Dir(DirPath),
+    File {
+        path: std::path::PathBuf,
+        mode: u32,
+        len: u64,
+    },
+    /// A device, FIFO or socket.
+    Special(std::path::PathBuf),
+}
+
+/// A failure to list a directory, with the path it concerns.
+pub type ListError = (std::path::PathBuf, std::io::Error);
+
+/// The entries of `dir` by name, symlinks not followed.
+pub fn list_directory(dir: &std::path::Path) -> Result<Vec<(Vec<u8>, DiskEntry)>, ListError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let at = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |e| (path, e)
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(at(dir))? {
+        let entry = entry.map_err(at(dir))?;
+        let path = entry.path();
+        let name = entry.file_name().as_bytes().to_vec();
+        let meta = std::fs::symlink_metadata(&path).map_err(at(&path))?;
+        let kind = meta.file_type();
+        let listed = if kind.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(at(&path))?;
+            DiskEntry::Symlink {
+                target: target.as_os_str().as_bytes().to_vec(),
+            }
+        } else if kind.is_dir() {
+            DiskEntry::Dir(DirPath(path))
+        } else if kind.is_file() {
+            DiskEntry::File {
+                path,
+                mode: meta.permissions().mode(),
+                len: meta.len(),
+            }
+        } else {
+            DiskEntry::Special(path)
+        };
+        out.push((name, listed));
+    }
+    Ok(out)
+}
+
 /// What [`PostOrder::visit`] returns.
 pub type VisitResult<W> = Result<
     Visit<<W as PostOrder>::Key, <W as PostOrder>::Data, <W as PostOrder>::Value>,

@@ -8,7 +8,6 @@
 mod common;
 
 use common::endpoints::JserveServe;
-use common::loc;
 use jserve::digest::{HashFunction, ObjectKind};
 use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
 use jserve::proto::serve_archive_tree_response::ServeArchiveTreeStatus as S;
@@ -103,13 +102,7 @@ async fn serve_archive(port: u16, content: &str, kind: ArchiveType) -> (S, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_answer_unpack_error_and_the_daemon_stays_small() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = JserveServe::start(
-        &dir.path().join("serve"),
-        json!({
-            "local build root": loc(&dir.path().join("root")),
-            "remote service": {"port": 0},
-        }),
-    );
+    let serve = JserveServe::start_in(dir.path(), json!({}), None);
     let port = serve.port;
     let sevenz = hex::decode(SEVENZ_FILE_COUNT).unwrap();
     let cases: [(&str, Vec<u8>, ArchiveType); 2] = [
@@ -222,13 +215,7 @@ fn oversized_extension_headers() -> [(&'static str, Vec<u8>); 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_tar_extension_headers_are_refused_before_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let serve = JserveServe::start(
-        &dir.path().join("serve"),
-        json!({
-            "local build root": loc(&dir.path().join("root")),
-            "remote service": {"port": 0},
-        }),
-    );
+    let serve = JserveServe::start_in(dir.path(), json!({}), None);
     let port = serve.port;
     for (name, bytes) in oversized_extension_headers() {
         assert!(bytes.len() < 1 << 20, "{name}: {} bytes", bytes.len());

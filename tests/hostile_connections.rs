@@ -29,18 +29,7 @@ use tonic::transport::{Channel, Endpoint};
 const BOUND: Duration = Duration::from_secs(60);
 
 fn start(dir: &std::path::Path, service: Value) -> JserveServe {
-    let mut remote = json!({"port": 0});
-    remote
-        .as_object_mut()
-        .unwrap()
-        .extend(service.as_object().unwrap().clone());
-    JserveServe::start(
-        &dir.join("serve"),
-        json!({
-            "local build root": loc(&dir.join("root")),
-            "remote service": remote,
-        }),
-    )
+    JserveServe::start_in(dir, service, None)
 }
 
 async fn capabilities(channel: Channel) -> Result<(), tonic::Status> {
@@ -67,6 +56,26 @@ async fn closed_by_server(socket: &mut TcpStream) {
     .expect("the daemon closes the connection")
 }
 
+/// Opens `silent` sockets that send nothing, then has `clients` real
+/// clients served one after the other; waits until the daemon closed every
+/// silent socket.
+async fn flood(serve: &JserveServe, silent: usize, clients: usize) {
+    let mut sockets = Vec::new();
+    for _ in 0..silent {
+        sockets.push(TcpStream::connect(("127.0.0.1", serve.port)).await.unwrap());
+    }
+    for _ in 0..clients {
+        let served = tokio::time::timeout(BOUND, async {
+            capabilities(common::channel(serve.port).await).await
+        })
+        .await;
+        assert!(matches!(served, Ok(Ok(()))), "{served:?}\n{}", serve.log());
+    }
+    for socket in &mut sockets {
+        closed_by_server(socket).await;
+    }
+}
+
 fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -82,22 +91,10 @@ async fn silent_connections_are_closed_and_cannot_crowd_out_clients() {
         dir.path(),
         json!({"max connections": LIMIT, "handshake timeout": 2}),
     );
-    let port = serve.port;
-    let mut silent = Vec::new();
-    for _ in 0..SILENT {
-        silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
-    }
     // Ten times the limit of sockets that send nothing, yet a client that
-    // comes after them is served.
-    let served = tokio::time::timeout(BOUND, async {
-        capabilities(common::channel(port).await).await
-    })
-    .await;
-    assert!(matches!(served, Ok(Ok(()))), "{served:?}\n{}", serve.log());
-    // Each of them is closed: to make room, or after the handshake timeout.
-    for socket in &mut silent {
-        closed_by_server(socket).await;
-    }
+    // comes after them is served, and each of them is closed: to make room,
+    // or after the handshake timeout.
+    flood(&serve, SILENT, 1).await;
     let open = open_descriptors(serve.group.pid());
     assert!(open < LIMIT + 64, "{open} descriptors open");
     assert!(
@@ -308,29 +305,8 @@ async fn stalled_tls_handshakes_are_closed() {
 async fn a_descriptor_flood_is_survived_with_the_defaults() {
     const DESCRIPTORS: u64 = 256;
     let dir = tempfile::tempdir().unwrap();
-    let serve = JserveServe::start_with_descriptors(
-        &dir.path().join("serve"),
-        json!({
-            "local build root": loc(&dir.path().join("root")),
-            "remote service": {"port": 0},
-        }),
-        Some(DESCRIPTORS),
-    );
-    let port = serve.port;
-    let mut silent = Vec::new();
-    for _ in 0..400 {
-        silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
-    }
-    for _ in 0..3 {
-        let served = tokio::time::timeout(BOUND, async {
-            capabilities(common::channel(port).await).await
-        })
-        .await;
-        assert!(matches!(served, Ok(Ok(()))), "{served:?}\n{}", serve.log());
-    }
-    for socket in &mut silent {
-        closed_by_server(socket).await;
-    }
+    let serve = JserveServe::start_in(dir.path(), json!({}), Some(DESCRIPTORS));
+    flood(&serve, 400, 3).await;
     let open = open_descriptors(serve.group.pid());
     assert!(open < DESCRIPTORS as usize / 2, "{open} descriptors open");
     assert!(

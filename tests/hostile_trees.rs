@@ -16,7 +16,6 @@ use jserve::proto::get_remote_tree_response::GetRemoteTreeStatus;
 use jserve::proto::serve_tree_response::ServeTreeStatus;
 use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::*;
-use reapi::execution_client::ExecutionClient;
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -148,20 +147,8 @@ async fn execute_on(channel: Channel, root: &str, size: u64) -> reapi::ExecuteRe
         &[(&command_digest, &command), (&action_digest, &action)],
     )
     .await;
-    let mut stream = ExecutionClient::new(channel)
-        .execute(reapi::ExecuteRequest {
-            action_digest: Some(action_digest),
-            skip_cache_lookup: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(op) = stream.message().await.unwrap() {
-        last = Some(op);
-    }
-    common::reapi::response_of(&last.expect("an operation"))
+    let op = common::reapi::execute(channel, &action_digest, true).await;
+    common::reapi::response_of(&op)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

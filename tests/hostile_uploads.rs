@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, WriteRequest};
 use common::endpoints::JserveServe;
-use common::loc;
 use jserve::digest::{HashFunction, ObjectKind};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -59,14 +58,7 @@ async fn write_all(channel: Channel, data: &[u8], n: usize) -> Result<i64, tonic
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_uploads_hold_no_descriptors_and_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut serve = JserveServe::start_with_descriptors(
-        &dir.path().join("serve"),
-        json!({
-            "local build root": loc(&dir.path().join("root")),
-            "remote service": {"port": 0},
-        }),
-        Some(DESCRIPTORS),
-    );
+    let mut serve = JserveServe::start_in(dir.path(), json!({}), Some(DESCRIPTORS));
     let port = serve.port;
 
     // Writes that send one chunk each and keep their streams open, over a

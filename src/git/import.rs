@@ -4,15 +4,15 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use git2::{Oid, Repository};
 
 use crate::digest::{serialize_git_tree, GitTreeEntry, ObjectKind};
-use crate::tree_walk::{post_order, DirPath, PostOrder, Visit, VisitResult};
+use crate::tree_walk::{
+    list_directory, post_order, DirPath, DiskEntry, PostOrder, Visit, VisitResult,
+};
 
 use super::GitError;
 
@@ -45,34 +45,31 @@ impl PostOrder for Importer<'_> {
     type Error = GitError;
 
     fn visit(&mut self, key: &DirPath) -> VisitResult<Self> {
-        let dir = &key.0;
+        let listing =
+            list_directory(&key.0).map_err(|(path, source)| GitError::Io { path, source })?;
         let mut entries = Vec::new();
         let mut subdirs = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let path = entry.path();
-            let name = entry.file_name().as_bytes().to_vec();
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let file_type = meta.file_type();
-            let (oid, kind) = if file_type.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_err(&path))?;
-                let oid = self
-                    .odb
-                    .write(git2::ObjectType::Blob, target.as_os_str().as_bytes())?;
-                (oid, ObjectKind::Symlink)
-            } else if file_type.is_dir() {
-                subdirs.push((name, DirPath(path)));
-                continue;
-            } else if file_type.is_file() {
-                let oid = write_file_blob(self.odb, &path, meta.len())?;
+        for (name, entry) in listing {
+            let (oid, kind) = match entry {
+                DiskEntry::Symlink { target } => (
+                    self.odb.write(git2::ObjectType::Blob, &target)?,
+                    ObjectKind::Symlink,
+                ),
+                DiskEntry::Dir(sub) => {
+                    subdirs.push((name, sub));
+                    continue;
+                }
                 // git records any owner-executable file as executable.
-                let exec = meta.permissions().mode() & 0o100 != 0;
-                (oid, ObjectKind::blob(exec))
-            } else {
-                return Err(GitError::Import {
-                    path,
-                    message: "not a file, directory or symlink".to_string(),
-                });
+                DiskEntry::File { path, mode, len } => (
+                    write_file_blob(self.odb, &path, len)?,
+                    ObjectKind::blob(mode & 0o100 != 0),
+                ),
+                DiskEntry::Special(path) => {
+                    return Err(GitError::Import {
+                        path,
+                        message: "not a file, directory or symlink".to_string(),
+                    })
+                }
             };
             entries.push(entry_of(name, kind, oid));
         }

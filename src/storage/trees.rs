@@ -6,7 +6,6 @@
 use crate::tree_walk::DirPath;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
@@ -271,13 +270,6 @@ pub fn store_directory(cas: &Cas, dir: &Path) -> Result<StoredTree, TreeStoreErr
     })
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TreeStoreError + '_ {
-    move |source| TreeStoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Stores a directory on disk bottom-up without recursion: what an action
 /// writes may nest as deep as paths allow.
 struct DirectoryStore<'a> {
@@ -294,34 +286,25 @@ impl crate::tree_walk::PostOrder for DirectoryStore<'_> {
     type Error = TreeStoreError;
 
     fn visit(&mut self, key: &DirPath) -> crate::tree_walk::VisitResult<Self> {
-        let dir = &key.0;
+        use crate::tree_walk::DiskEntry;
+        let listing = crate::tree_walk::list_directory(&key.0)
+            .map_err(|(path, source)| TreeStoreError::Io { path, source })?;
         let mut nodes = Vec::new();
         let mut subdirs = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let path = entry.path();
-            let name = entry.file_name().as_bytes().to_vec();
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let ft = meta.file_type();
-            if ft.is_symlink() {
-                let target = fs::read_link(&path).map_err(io_err(&path))?;
-                nodes.push(Node::Symlink {
-                    name,
-                    target: target.as_os_str().as_bytes().to_vec(),
-                });
-            } else if ft.is_dir() {
-                subdirs.push((name, DirPath(path)));
-            } else if ft.is_file() {
-                let executable = meta.permissions().mode() & 0o111 != 0;
-                let kind = ObjectKind::blob(executable);
-                let digest = self.cas.put_file(kind, &path)?;
-                nodes.push(Node::File {
-                    name,
-                    digest,
-                    executable,
-                });
-            } else {
-                return Err(TreeStoreError::SpecialFile(path));
+        for (name, entry) in listing {
+            match entry {
+                DiskEntry::Symlink { target } => nodes.push(Node::Symlink { name, target }),
+                DiskEntry::Dir(sub) => subdirs.push((name, sub)),
+                DiskEntry::File { path, mode, .. } => {
+                    let executable = mode & 0o111 != 0;
+                    let digest = self.cas.put_file(ObjectKind::blob(executable), &path)?;
+                    nodes.push(Node::File {
+                        name,
+                        digest,
+                        executable,
+                    });
+                }
+                DiskEntry::Special(path) => return Err(TreeStoreError::SpecialFile(path)),
             }
         }
         let keys = subdirs.iter().map(|(_, key)| key.clone()).collect();
@@ -516,7 +499,7 @@ fn utf8_name(name: Vec<u8>) -> Result<String, TreeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn sample_dir(root: &Path) {
         fs::create_dir_all(root.join("sub/empty")).unwrap();

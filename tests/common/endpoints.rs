@@ -25,6 +25,20 @@ impl JserveServe {
         JserveServe::start_with_descriptors(dir, config, None)
     }
 
+    /// `jserve serve` with its build root in `dir/root` and its files in
+    /// `dir/serve`; `service` holds further `"remote service"` keys.
+    pub fn start_in(dir: &Path, service: Value, descriptors: Option<u64>) -> JserveServe {
+        let mut remote = serde_json::json!({"port": 0});
+        if let (Some(remote), Some(extra)) = (remote.as_object_mut(), service.as_object()) {
+            remote.extend(extra.clone());
+        }
+        let config = serde_json::json!({
+            "local build root": loc(&dir.join("root")),
+            "remote service": remote,
+        });
+        JserveServe::start_with_descriptors(&dir.join("serve"), config, descriptors)
+    }
+
     /// As [`JserveServe::start`], under a descriptor limit (soft and hard)
     /// of `descriptors`, when given.
     pub fn start_with_descriptors(

@@ -263,23 +263,7 @@ impl Endpoint {
 
     /// Executes and returns the final operation.
     pub async fn execute(&self, action: &reapi::Digest, skip_cache_lookup: bool) -> Operation {
-        let mut stream = self
-            .exec()
-            .execute(reapi::ExecuteRequest {
-                action_digest: Some(action.clone()),
-                skip_cache_lookup,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut last = None;
-        while let Some(op) = stream.message().await.unwrap() {
-            last = Some(op);
-        }
-        let op = last.expect("at least one operation");
-        assert!(op.done, "the stream ends with a finished operation");
-        op
+        execute(self.channel.clone(), action, skip_cache_lookup).await
     }
 
     pub async fn read_blob(&self, d: &reapi::Digest) -> Vec<u8> {
@@ -342,6 +326,31 @@ pub async fn batch_upload(channel: Channel, blobs: &[(&reapi::Digest, &[u8])]) {
             resp.digest, status.message
         );
     }
+}
+
+/// Executes `action` at the endpoint behind `channel`; returns the final
+/// operation.
+pub async fn execute(
+    channel: Channel,
+    action: &reapi::Digest,
+    skip_cache_lookup: bool,
+) -> Operation {
+    let mut stream = ExecutionClient::new(channel)
+        .execute(reapi::ExecuteRequest {
+            action_digest: Some(action.clone()),
+            skip_cache_lookup,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(op) = stream.message().await.unwrap() {
+        last = Some(op);
+    }
+    let op = last.expect("at least one operation");
+    assert!(op.done, "the stream ends with a finished operation");
+    op
 }
 
 pub fn response_of(op: &Operation) -> reapi::ExecuteResponse {
