@@ -255,12 +255,10 @@ impl SourceRoot {
                 repository: Some(path),
                 ignore_special,
             } => {
-                let repo = crate::git::RepoSet::new(path.clone(), Vec::new())
-                    .open(0)
-                    .map_err(|e| RootError::Open {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
+                let repo = crate::git::open_exact(path).map_err(|e| RootError::Open {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 let oid =
                     crate::git::parse_oid(tree).map_err(|_| RootError::BadTreeId(tree.clone()))?;
                 match repo.find_tree(oid) {

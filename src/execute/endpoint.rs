@@ -70,6 +70,12 @@ impl EndpointError {
     }
 }
 
+impl From<crate::blocking::WorkerFailed> for EndpointError {
+    fn from(e: crate::blocking::WorkerFailed) -> EndpointError {
+        EndpointError::Internal(e.to_string())
+    }
+}
+
 impl From<EndpointError> for tonic::Status {
     fn from(e: EndpointError) -> tonic::Status {
         e.to_status()

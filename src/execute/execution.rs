@@ -10,7 +10,6 @@ use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2::{self as reapi, execution_stage};
 use bazel_remote_apis::google::longrunning::{operation, Operation};
 use bazel_remote_apis::google::protobuf::Any;
-use bazel_remote_apis::google::rpc::Status as RpcStatus;
 use prost::Message;
 use tokio::sync::watch;
 use tonic::Code;
@@ -20,6 +19,7 @@ use super::operations::Started;
 use super::runner::{ActionSpec, Demand, Interest, Requested, RunError, StageError};
 use super::services::digest_function_of;
 use crate::digest::{Digest, ObjectKind};
+use crate::execute::rpc_status;
 use crate::storage::trees::TreeStoreError;
 
 const TYPE_PREFIX: &str = "type.googleapis.com/build.bazel.remote.execution.v2.";
@@ -42,14 +42,6 @@ pub enum Execution {
 struct Loaded {
     action: reapi::Action,
     spec: ActionSpec,
-}
-
-fn rpc_status(code: Code, message: impl Into<String>) -> Option<RpcStatus> {
-    Some(RpcStatus {
-        code: code as i32,
-        message: message.into(),
-        details: Vec::new(),
-    })
 }
 
 impl LocalEndpoint {

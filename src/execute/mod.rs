@@ -22,6 +22,18 @@ use bazel_remote_apis::google::longrunning::operations_server::OperationsServer;
 use tonic::server::NamedService;
 use tonic::transport::server::Router;
 
+/// A `google.rpc.Status` as REAPI messages carry it (per blob, per action).
+pub(crate) fn rpc_status(
+    code: tonic::Code,
+    message: impl Into<String>,
+) -> Option<bazel_remote_apis::google::rpc::Status> {
+    Some(bazel_remote_apis::google::rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: Vec::new(),
+    })
+}
+
 /// The names of the services `add_services` adds, for reflection.
 pub const SERVICE_NAMES: [&str; 6] = [
     <CapabilitiesServer<()> as NamedService>::NAME,

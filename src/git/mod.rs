@@ -6,7 +6,7 @@ mod import;
 mod repo_set;
 
 pub use import::{commit_and_keep, import_directory, import_to_git, keep_tree};
-pub use repo_set::{reopen_repositories, Found, RepoSet, TreeItem};
+pub use repo_set::{open_exact, reopen_repositories, Found, RepoSet, TreeItem};
 
 use std::path::PathBuf;
 

@@ -60,6 +60,11 @@ impl RepoSet {
         open_exact(&self.paths[index])
     }
 
+    /// Opens the git cache, the set's first repository, where imports go.
+    pub fn open_git_cache(&self) -> Result<Repository, GitError> {
+        self.open(0)
+    }
+
     /// Runs `probe` on each repository in order until it yields a value.
     /// Repositories stay open per thread: opening one costs more than most look-ups.
     fn first<T>(
@@ -334,7 +339,7 @@ fn drop_open_repo(path: &Path) {
 }
 
 /// Opens exactly the repository at `path` (bare, or a work tree with `.git`).
-pub(crate) fn open_exact(path: &Path) -> Result<Repository, GitError> {
+pub fn open_exact(path: &Path) -> Result<Repository, GitError> {
     Repository::open_ext(
         path,
         git2::RepositoryOpenFlags::NO_SEARCH,

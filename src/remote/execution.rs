@@ -27,8 +27,7 @@ use crate::execute::operations::wait_done;
 use crate::execute::runner::Interest;
 use crate::execute::LocalEndpoint;
 
-/// The largest answer accepted from the endpoint (a result naming many outputs).
-const MAX_DECODING_BYTES: usize = 64 << 20;
+use crate::remote::MAX_DECODING_BYTES;
 /// Re-attachments to a running operation that made progress before its
 /// stream broke; beyond that something is wrong with the connection.
 const MAX_REATTACH: u32 = 100;

@@ -25,12 +25,11 @@ fn refused(hash: &str, e: EndpointError) -> RemoteError {
     }
 }
 
+/// [`crate::blocking::run`] with this module's error type.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RemoteError> + Send + 'static,
 ) -> Result<T, RemoteError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| RemoteError::Other(format!("worker task failed: {e}")))?
+    crate::blocking::run(f).await
 }
 
 #[tonic::async_trait]

@@ -13,9 +13,16 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::Directory;
 
 use crate::digest::{Digest, HashFunction};
 
+/// The largest answer accepted from an endpoint (an action result naming
+/// many outputs, a page of a large tree).
+pub const MAX_DECODING_BYTES: usize = 64 << 20;
+
 /// Errors talking to the endpoint's CAS.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// Blocking work on the local side was lost.
+    #[error(transparent)]
+    Worker(#[from] crate::blocking::WorkerFailed),
     /// The endpoint could not be reached or answered with an error status.
     #[error("remote CAS call {call} failed: {status}")]
     Status {

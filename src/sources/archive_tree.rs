@@ -15,7 +15,7 @@ use super::{blocking, Sources};
 use crate::archive::{ArchiveFormat, Unpacking};
 use crate::digest::{Digest, ObjectKind};
 use crate::git::{import_to_git, keep_tree, parse_oid};
-use crate::storage::{ArchiveKind, IdMap};
+use crate::storage::IdMap;
 
 /// Serialises work on the same archive (or resolved tree): the second caller
 /// waits and then finds the first one's result in the maps.
@@ -85,7 +85,7 @@ enum ArchiveSource {
 }
 
 impl Sources {
-    fn tree_map(&self, kind: ArchiveKind) -> IdMap {
+    fn tree_map(&self, kind: ArchiveFormat) -> IdMap {
         self.build_root.archive_tree_map(kind)
     }
 
@@ -107,14 +107,11 @@ impl Sources {
         if parse_oid(content).is_err() {
             return ArchiveAnswer::internal(format!("invalid archive id {content:?}"));
         }
-        let kind = match format {
-            ArchiveFormat::Tar => ArchiveKind::Archive,
-            ArchiveFormat::Zip => ArchiveKind::Zip,
-        };
+        let kind = format;
         let root = {
             let _once = self
                 .once
-                .lock(&format!("{}/{content}", kind.dir_name()))
+                .lock(&format!("{}/{content}", kind.justbuild_name()))
                 .await;
             match self.unpacked_root(content, kind).await {
                 Ok(Some(root)) => root,
@@ -175,7 +172,7 @@ impl Sources {
                     return Ok(Ok(known.trim().to_string()));
                 }
                 let source = repos.open(repo).map_err(|e| e.to_string())?;
-                let cache = repos.open(0).map_err(|e| e.to_string())?;
+                let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
                 let oid = Oid::from_str(&id).map_err(|e| e.to_string())?;
                 let resolved = match resolve_tree(&source, &cache, oid, mode) {
                     Ok(r) => r,
@@ -202,7 +199,7 @@ impl Sources {
     async fn unpacked_root(
         &self,
         content: &str,
-        kind: ArchiveKind,
+        kind: ArchiveFormat,
     ) -> Result<Option<String>, String> {
         let (map, repos, id) = (self.tree_map(kind), self.repos.clone(), content.to_string());
         blocking(move || {
@@ -225,7 +222,7 @@ impl Sources {
         &self,
         content: &str,
         format: ArchiveFormat,
-        kind: ArchiveKind,
+        kind: ArchiveFormat,
         unpacking: &Unpacking,
     ) -> Result<String, ArchiveAnswer> {
         let (repos, cas, id) = (
@@ -340,7 +337,7 @@ impl Sources {
             self.repos.clone(),
             self.tree_map(kind),
         );
-        let (id, kind_name) = (content.to_string(), kind.dir_name());
+        let (id, kind_name) = (content.to_string(), kind.justbuild_name());
         let result =
             tokio::task::spawn_blocking(move || -> Result<Result<String, String>, String> {
                 let dir = tempdir_in(&tmp_root).map_err(|e| e.to_string())?;
@@ -348,7 +345,7 @@ impl Sources {
                 if let Err(e) = unpacking.unpack(&archive_path, format, dir.path()) {
                     return Ok(Err(e.to_string()));
                 }
-                let cache = repos.open(0).map_err(|e| e.to_string())?;
+                let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
                 let root =
                     import_to_git(&cache, dir.path(), &format!("Content of {kind_name} {id}"))
                         .map_err(|e| e.to_string())?;

@@ -19,6 +19,8 @@ use crate::storage::Cas;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
+    #[error(transparent)]
+    Worker(#[from] crate::blocking::WorkerFailed),
     #[error("{0} is not available")]
     Missing(String),
     #[error("{0}")]
@@ -105,12 +107,11 @@ pub async fn remote_tree_to_git(
     Ok(root_oid)
 }
 
+/// [`crate::blocking::run`] with this module's error type.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CopyError> + Send + 'static,
 ) -> Result<T, CopyError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| CopyError::Invalid(format!("worker task failed: {e}")))?
+    crate::blocking::run(f).await
 }
 
 /// The git object id of `data` as an object of `kind`.

@@ -36,13 +36,11 @@ pub struct Sources {
     once: archive_tree::OnceMap,
 }
 
-/// Runs blocking git and file work off the async workers; errors as text.
+/// [`crate::blocking::run`] with this module's error type.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("worker task failed: {e}"))?
+    crate::blocking::run(f).await
 }
 
 impl Sources {

@@ -239,7 +239,7 @@ impl Sources {
             if !cas.contains(ObjectKind::Tree, &id) {
                 return Ok(None);
             }
-            let cache = repos.open(0).map_err(|e| e.to_string())?;
+            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
             native_cas_tree_to_git(&cas, &cache, &id).map_err(|e| e.to_string())?;
             commit_and_keep(&cache, oid, &message).map_err(|e| e.to_string())?;
             Ok(Some(0))
@@ -336,7 +336,7 @@ impl Sources {
         let id = tree.to_string();
         let result = blocking(move || {
             let source = repos.open(repo).map_err(|e| e.to_string())?;
-            let cache = repos.open(0).map_err(|e| e.to_string())?;
+            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
             let oid = parse_oid(&id).map_err(|e| e.to_string())?;
             let structure = super::tree_structure::compute(&source, &cache, oid, &memo)
                 .map_err(|e| e.to_string())?;
@@ -458,7 +458,7 @@ impl Sources {
         let message = format!("Content of distdir {content_id}");
         let id = tree_id.clone();
         let written = blocking(move || {
-            let cache = repos.open(0).map_err(|e| e.to_string())?;
+            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
             let odb = cache.odb().map_err(|e| e.to_string())?;
             let mut remote_blobs = remote_blobs.into_iter();
             for (f, s) in files.iter().zip(sources) {

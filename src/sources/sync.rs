@@ -125,7 +125,7 @@ impl Syncer {
         let rehash = self.rehash.clone();
         let path = repo_path.clone();
         let plan = tokio::task::spawn_blocking(move || -> Result<Plan, SyncError> {
-            let repo = crate::git::RepoSet::new(path, vec![]).open(0)?;
+            let repo = crate::git::open_exact(&path)?;
             let oid = crate::git::parse_oid(&id)?;
             let mut planner = Planner {
                 repo: &repo,
@@ -178,7 +178,7 @@ impl Syncer {
             let rest: Vec<(Digest, Content)> = todo[start..].to_vec();
             let group = tokio::task::spawn_blocking(
                 move || -> Result<Vec<(Digest, Vec<u8>)>, SyncError> {
-                    let repo = crate::git::RepoSet::new(path, vec![]).open(0)?;
+                    let repo = crate::git::open_exact(&path)?;
                     let odb = repo.odb()?;
                     let mut group = Vec::new();
                     let mut bytes = 0usize;

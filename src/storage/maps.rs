@@ -7,23 +7,6 @@ use std::path::PathBuf;
 
 use super::atomic::write_atomic;
 
-/// The archive families whose unpacked trees are remembered separately.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArchiveKind {
-    /// Tar archives, compressed or not.
-    Archive,
-    Zip,
-}
-
-impl ArchiveKind {
-    pub fn dir_name(self) -> &'static str {
-        match self {
-            ArchiveKind::Archive => "archive",
-            ArchiveKind::Zip => "zip",
-        }
-    }
-}
-
 /// A directory of `<key>` files holding values.
 #[derive(Clone, Debug)]
 pub struct IdMap {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::HashFunction;
 pub use action_cache::{ActionCache, ActionCacheError};
 pub use cas::{Cas, CasError};
-pub use maps::{ArchiveKind, IdMap};
+pub use maps::IdMap;
 
 /// Removes a directory tree, making read-only directories writable first
 /// (actions and archives may leave such behind). Failures are only logged.
@@ -194,8 +194,8 @@ impl BuildRoot {
     }
 
     /// Archive content id -> root tree of the unpacked archive.
-    pub fn archive_tree_map(&self, kind: ArchiveKind) -> IdMap {
-        self.repository_map(&format!("tree-map/{}", kind.dir_name()))
+    pub fn archive_tree_map(&self, kind: crate::archive::ArchiveFormat) -> IdMap {
+        self.repository_map(&format!("tree-map/{}", kind.justbuild_name()))
     }
 
     /// The lock `just gc` takes exclusively to rotate the CAS and caches;

@@ -496,13 +496,17 @@ impl TargetServer {
     }
 }
 
-/// Runs file-system work off the async workers.
+/// [`crate::blocking::value`] with the Target service's error type.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, TargetError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Internal(format!("worker task failed: {e}")))
+    crate::blocking::value(f).await
+}
+
+impl From<crate::blocking::WorkerFailed> for TargetError {
+    fn from(e: crate::blocking::WorkerFailed) -> TargetError {
+        Internal(e.to_string())
+    }
 }
 
 fn with_message(e: TargetError, msg: String) -> TargetError {

@@ -22,6 +22,7 @@ use tonic::{Code, Request, Response, Status};
 use super::super::endpoint::{EndpointError, LocalEndpoint};
 use super::{blocking, digest_function_of, MAX_BATCH_BYTES};
 use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::execute::rpc_status;
 
 /// Chunk sizes for SplitBlob (FastCDC 2020): small enough to share content
 /// between versions of a large blob, large enough to keep the chunk count low.
@@ -37,14 +38,6 @@ impl CasService {
     pub fn new(endpoint: Arc<LocalEndpoint>) -> Self {
         CasService { endpoint }
     }
-}
-
-fn rpc_status(code: Code, message: impl Into<String>) -> Option<RpcStatus> {
-    Some(RpcStatus {
-        code: code as i32,
-        message: message.into(),
-        details: Vec::new(),
-    })
 }
 
 fn status_of(e: &EndpointError) -> Option<RpcStatus> {

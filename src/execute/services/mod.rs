@@ -22,8 +22,5 @@ pub const MAX_BATCH_BYTES: usize = 3 * 1024 * 1024;
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EndpointError> + Send + 'static,
 ) -> Result<T, tonic::Status> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_status()),
-        Err(e) => Err(tonic::Status::internal(format!("worker task failed: {e}"))),
-    }
+    Ok(crate::blocking::run(f).await?)
 }

@@ -52,8 +52,7 @@ const ENTRY_OVERHEAD: usize = 256;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Digests per FindMissingBlobs call (about 1 MB of request).
 const FIND_MISSING_BATCH: usize = 10_000;
-/// The largest answer accepted from the endpoint.
-const MAX_DECODING_BYTES: usize = 64 << 20;
+use crate::remote::MAX_DECODING_BYTES;
 
 /// TLS material for the connection; its presence switches to https.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
