@@ -42,10 +42,10 @@ use jserve::build::keys::export_target_key;
 use jserve::build::names::NamedTarget;
 use jserve::build::repo_config::RepositoryConfig;
 use jserve::config::{Environment, ServeConfig};
+use jserve::context::ServeContext;
 use jserve::digest::HashFunction;
 use jserve::proto::target_client::TargetClient;
 use jserve::proto::ServeTargetRequest;
-use jserve::serve::ServeContext;
 use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 

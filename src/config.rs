@@ -225,6 +225,18 @@ impl Default for ArchiveLimits {
 /// How long a graceful stop waits for running calls by default.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which endpoint is associated with serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Associated<'a> {
+    /// jserve's own, in-process (no address configured).
+    Own,
+    /// An external REAPI server.
+    External {
+        address: &'a Address,
+        instance_name: &'a str,
+    },
+}
+
 /// The whole serve configuration, defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeConfig {
@@ -301,9 +313,22 @@ impl ServeConfig {
 
     /// True when jserve serves the REAPI itself (no endpoint address configured).
     pub fn is_own_endpoint(&self) -> bool {
-        self.execution_endpoint
-            .as_ref()
-            .is_none_or(|e| e.address.is_none())
+        matches!(self.associated_endpoint(), Associated::Own)
+    }
+
+    /// The endpoint ServeTarget builds on and SourceTree syncs to.
+    pub fn associated_endpoint(&self) -> Associated<'_> {
+        match &self.execution_endpoint {
+            Some(ExecutionEndpointConfig {
+                address: Some(address),
+                instance_name,
+                ..
+            }) => Associated::External {
+                address,
+                instance_name,
+            },
+            _ => Associated::Own,
+        }
     }
 
     /// The configuration with every default, as with no config file at all.

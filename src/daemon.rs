@@ -12,11 +12,12 @@ use tonic::server::NamedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::RemoteServiceConfig;
+use crate::context::ServeContext;
 use crate::execute::LocalEndpoint;
 use crate::proto::configuration_server::ConfigurationServer;
 use crate::proto::source_tree_server::SourceTreeServer;
 use crate::proto::target_server::TargetServer;
-use crate::serve::{ConfigurationService, ServeContext, SourceTreeService, TargetService};
+use crate::serve::{ConfigurationService, SourceTreeService, TargetService};
 use crate::storage::atomic::write_atomic;
 
 /// Errors starting or running the daemon.

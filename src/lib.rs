@@ -6,6 +6,7 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod context;
 pub mod daemon;
 pub mod digest;
 pub mod execute;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::{run_daemon, EXIT_CONFIG};
 use crate::config::{Environment, ServeConfig};
-use crate::serve::ServeContext;
+use crate::context::ServeContext;
 
 pub fn run(config_path: Option<&Path>) -> ExitCode {
     let env = Environment::current();

@@ -8,6 +8,7 @@ pub mod local;
 pub mod upload;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::Directory;
 
@@ -75,39 +76,36 @@ pub trait RemoteCas: Send + Sync {
     async fn get_tree(&self, root: &Digest) -> Result<Option<Vec<Directory>>, RemoteError>;
 }
 
-/// Stands in for an external endpoint jserve cannot talk to yet: every call
-/// fails with a clear message.
-pub struct Unconnected {
-    pub hash: HashFunction,
-}
+/// The CAS and Execution clients of one endpoint.
+pub type EndpointClients = (Arc<dyn RemoteCas>, Arc<dyn execution::RemoteExecutor>);
 
-fn not_connected() -> RemoteError {
-    RemoteError::Other(
-        "talking to an external execution endpoint is not implemented yet".to_string(),
-    )
-}
-
-#[tonic::async_trait]
-impl RemoteCas for Unconnected {
-    fn hash_function(&self) -> HashFunction {
-        self.hash
-    }
-    async fn find_missing(&self, _: Vec<Digest>) -> Result<Vec<Digest>, RemoteError> {
-        Err(not_connected())
-    }
-    async fn upload_blobs(&self, _: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
-        Err(not_connected())
-    }
-    async fn upload_file(&self, _: &Digest, _: &Path) -> Result<(), RemoteError> {
-        Err(not_connected())
-    }
-    async fn read_blob(&self, _: &Digest) -> Result<Option<Vec<u8>>, RemoteError> {
-        Err(not_connected())
-    }
-    async fn download_to_file(&self, _: &Digest, _: &Path) -> Result<bool, RemoteError> {
-        Err(not_connected())
-    }
-    async fn get_tree(&self, _: &Digest) -> Result<Option<Vec<Directory>>, RemoteError> {
-        Err(not_connected())
-    }
+/// The CAS and Execution clients of one external REAPI endpoint, over one
+/// channel that connects on first use (a slow endpoint does not hold up
+/// whoever asks). The one way jserve connects to an endpoint: the associated
+/// one and those of dispatch lists.
+pub fn connect(
+    address: &crate::config::Address,
+    instance_name: &str,
+    hash: HashFunction,
+    auth: &crate::config::AuthConfig,
+    retry: &crate::config::RetryConfig,
+) -> Result<EndpointClients, RemoteError> {
+    let cas = grpc::GrpcCas::connect_lazy(grpc::GrpcCasConfig {
+        address: address.clone(),
+        instance_name: instance_name.to_string(),
+        hash,
+        tls: grpc::GrpcTls::from_auth(auth),
+        retry: retry.clone(),
+        timeouts: grpc::GrpcTimeouts::default(),
+    })?;
+    let executor = execution::GrpcExecutor::new(
+        cas.channel(),
+        execution::GrpcExecutorConfig {
+            address: address.to_string(),
+            instance_name: instance_name.to_string(),
+            hash,
+            retry: retry.clone(),
+        },
+    );
+    Ok((Arc::new(cas), Arc::new(executor)))
 }

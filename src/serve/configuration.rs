@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::ServeContext;
+use crate::context::ServeContext;
 use crate::proto::configuration_server::Configuration;
 use crate::proto::{
     CompatibilityRequest, CompatibilityResponse, RemoteExecutionEndpointRequest,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::ServeContext;
+use crate::context::ServeContext;
 use crate::proto::source_tree_server::SourceTree;
 use crate::proto::*;
 use crate::sources::{ArchiveOutcome, Distfile, Outcome, Sources, TreeAnswer};

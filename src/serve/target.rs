@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::ServeContext;
+use crate::context::ServeContext;
 use crate::proto::target_server::Target;
 use crate::proto::*;
 use crate::sources::ExportInfoError;
@@ -19,7 +19,7 @@ pub struct TargetService {
 
 impl TargetService {
     pub fn new(ctx: Arc<ServeContext>) -> TargetService {
-        let server = TargetServer::new(ctx.clone(), ctx.executor.clone());
+        let server = TargetServer::new(ctx.target_deps());
         TargetService { ctx, server }
     }
 }

@@ -141,7 +141,7 @@ pub(super) async fn build_and_store(
     })?;
     let desc: Json = serde_json::from_slice(&desc_bytes)
         .map_err(|e| FailedPrecondition(format!("repository description is not JSON: {e}")))?;
-    let repos = server.ctx.repos.clone();
+    let repos = server.deps.repos.clone();
     fetch_unknown_roots(server, &desc).await;
     let config = {
         let repos = repos.clone();
@@ -175,7 +175,7 @@ pub(super) async fn build_and_store(
         cache: cache.clone(),
         hash,
     });
-    let jobs = server.ctx.config.jobs;
+    let jobs = server.deps.jobs;
     let name = EntityName::Named(target.clone());
     let conf = Value::from_json(&key.effective_config);
     let analysed = tokio::task::spawn_blocking(move || {
@@ -250,7 +250,7 @@ pub(super) async fn build_and_store(
     let settings = ExecutionSettings {
         hash,
         base_properties: request.properties.clone(),
-        base_timeout: server.ctx.config.build.action_timeout,
+        base_timeout: server.deps.build.action_timeout,
         mode: RequestMode::for_endpoint(
             hash,
             ApiVersion { major: 2, minor: 0 },
@@ -263,9 +263,9 @@ pub(super) async fn build_and_store(
         BuildContext {
             settings,
             cas: server.remote().clone(),
-            executor: server.executor.clone().for_interest(interest),
+            executor: server.deps.executor.clone().for_interest(interest),
             local: server.local_objects(),
-            jobs: server.ctx.config.build.build_jobs.max(1),
+            jobs: server.deps.build.build_jobs.max(1),
             dispatch,
         },
     );
@@ -331,7 +331,7 @@ async fn write_entries(
     exports: &[ExportRecord],
     replacements: &Replacements,
 ) {
-    let strategy = server.ctx.config.build.target_cache_write_strategy;
+    let strategy = server.deps.build.target_cache_write_strategy;
     if strategy == TargetCacheWriteStrategy::Disable {
         return;
     }
@@ -427,9 +427,9 @@ async fn fetch_unknown_roots(server: &TargetServer, desc: &Json) {
             }
         }
     }
-    let sources = &server.ctx.sources;
+    let sources = &server.deps.sources;
     for tree in trees {
-        let repos = server.ctx.repos.clone();
+        let repos = server.deps.repos.clone();
         let id = tree.clone();
         let known =
             tokio::task::spawn_blocking(move || repos.find_tree(&id).ok().flatten().is_some())
@@ -461,7 +461,7 @@ async fn sync_roots(server: &TargetServer, config: &RepositoryConfig) -> Result<
                     continue;
                 }
                 server
-                    .ctx
+                    .deps
                     .sources
                     .syncer
                     .sync(path.clone(), tree.clone(), true)
@@ -493,7 +493,7 @@ pub(super) async fn keep_artifact_root(
     fetch_to_local(&cas, server.remote().as_ref(), &objects)
         .await
         .map_err(|e: ObjectsError| e.to_string())?;
-    let build_root = server.ctx.build_root.clone();
+    let build_root = server.deps.build_root.clone();
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

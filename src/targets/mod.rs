@@ -18,9 +18,6 @@ use crate::build::builder::{DispatchTarget, LocalObjects};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::runner::Interest;
 use crate::remote::execution::RemoteExecutor;
-use crate::remote::execution::{GrpcExecutor, GrpcExecutorConfig};
-use crate::remote::grpc::{GrpcCas, GrpcCasConfig, GrpcTimeouts, GrpcTls};
-use crate::serve::ServeContext;
 use crate::storage::target_cache::{
     BackendDescription, CachedEntry, TargetCache, TargetCacheError,
 };
@@ -107,10 +104,32 @@ impl TargetStats {
     }
 }
 
+/// What ServeTarget needs from the daemon, and nothing more.
+pub struct TargetDeps {
+    pub hash: HashFunction,
+    pub build_root: crate::storage::BuildRoot,
+    pub repos: crate::git::RepoSet,
+    /// The SourceTree logic: syncing roots to the endpoint, fetching trees.
+    pub sources: Arc<crate::sources::Sources>,
+    /// The associated endpoint's Execution service.
+    pub executor: Arc<dyn RemoteExecutor>,
+    /// Whether that endpoint is jserve's own (sharing the local CAS).
+    pub own_endpoint: bool,
+    /// The associated endpoint's address, for the backend description.
+    pub endpoint_address: Option<String>,
+    /// Analysis threads.
+    pub jobs: usize,
+    pub build: crate::config::BuildConfig,
+    /// For connections to dispatch endpoints.
+    pub authentication: crate::config::AuthConfig,
+    pub retry: crate::config::RetryConfig,
+    pub gc: Arc<crate::storage::gc::GcLocks>,
+    pub stats: Arc<TargetStats>,
+}
+
 /// The Target service's state.
 pub struct TargetServer {
-    ctx: Arc<ServeContext>,
-    executor: Arc<dyn RemoteExecutor>,
+    deps: TargetDeps,
     /// Computations under way, by shard and key.
     inflight: Arc<SingleFlight<(String, String), Outcome>>,
     /// The target cache of each shard met, opened once.
@@ -127,13 +146,12 @@ pub struct TargetServer {
 }
 
 /// The CAS and Execution clients of one dispatch endpoint.
-type DispatchClient = (Arc<dyn crate::remote::RemoteCas>, Arc<dyn RemoteExecutor>);
+type DispatchClient = crate::remote::EndpointClients;
 
 impl TargetServer {
-    pub fn new(ctx: Arc<ServeContext>, executor: Arc<dyn RemoteExecutor>) -> Arc<TargetServer> {
+    pub fn new(deps: TargetDeps) -> Arc<TargetServer> {
         Arc::new(TargetServer {
-            ctx,
-            executor,
+            deps,
             inflight: Arc::default(),
             dispatch_clients: Mutex::new(HashMap::new()),
             dispatch_lists: Mutex::new(HashMap::new()),
@@ -144,29 +162,26 @@ impl TargetServer {
     }
 
     fn hash(&self) -> HashFunction {
-        self.ctx.hash
+        self.deps.hash
     }
 
     fn local_cas(&self) -> crate::storage::Cas {
-        self.ctx.build_root.cas(self.hash())
+        self.deps.build_root.cas(self.hash())
     }
 
     fn remote(&self) -> &Arc<dyn crate::remote::RemoteCas> {
-        &self.ctx.sources.remote
+        &self.deps.sources.remote
     }
 
     /// Answers one request; identical concurrent requests are computed once.
     pub async fn serve(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
-        self.ctx
-            .target_stats
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        self.deps.stats.requests.fetch_add(1, Ordering::Relaxed);
         self.serve_fetched(request).await
     }
 
     /// Forgets remembered entries once a rotation was noticed.
     fn forget_if_rotated(&self) {
-        let rotations = self.ctx.gc.rotations();
+        let rotations = self.deps.gc.rotations();
         if self.entries_rotations.swap(rotations, Ordering::SeqCst) != rotations {
             self.entries.lock().expect("entries lock").clear();
         }
@@ -178,15 +193,11 @@ impl TargetServer {
             Some(d) if d.size > 0 || !d.hash.is_empty() => self.dispatch_list(d).await?,
             _ => Vec::new(),
         };
-        let address = self
-            .ctx
-            .config
-            .execution_endpoint
-            .as_ref()
-            .and_then(|e| e.address.as_ref())
-            .map(|a| a.to_string());
-        let backend =
-            BackendDescription::describe(address.as_deref(), &request.properties, &dispatch);
+        let backend = BackendDescription::describe(
+            self.deps.endpoint_address.as_deref(),
+            &request.properties,
+            &dispatch,
+        );
         let shard = backend.shard(self.hash());
         let key = (shard, request.key.hash.clone());
         // Counted as waiting until this call ends (or its client goes away);
@@ -195,7 +206,7 @@ impl TargetServer {
         let target = request.key.hash.clone();
         let start = move |interest| async move {
             // Goes on after its clients left: no rotation meanwhile.
-            let _hold = this.ctx.gc.hold().await;
+            let _hold = this.deps.gc.hold().await;
             this.clone()
                 .compute(request, backend, dispatch, interest)
                 .await
@@ -285,7 +296,7 @@ impl TargetServer {
         interest: Interest,
     ) -> Outcome {
         let started = std::time::Instant::now();
-        let stats = &self.ctx.target_stats;
+        let stats = &self.deps.stats;
         stats.computations.fetch_add(1, Ordering::Relaxed);
         let (cache, found) = self.look_up(backend, &request.key.hash).await?;
         if let Some(answer) = self.answer_hit(&cache, &request, found).await? {
@@ -371,7 +382,7 @@ impl TargetServer {
                 return Ok((cache.clone(), Ok(Some(entry.clone()))));
             }
         }
-        let (root, hash, k) = (self.ctx.build_root.clone(), self.hash(), key.to_string());
+        let (root, hash, k) = (self.deps.build_root.clone(), self.hash(), key.to_string());
         let (cache, found) = blocking(move || {
             let cache = opened.unwrap_or_else(|| TargetCache::open(&root, hash, backend));
             let found = cache.read(&k);
@@ -431,7 +442,7 @@ impl TargetServer {
         });
         // jserve's own endpoint shares the local CAS: entries are written
         // only with their objects there, so there is nothing to upload.
-        if self.ctx.endpoint.is_none() {
+        if !self.deps.own_endpoint {
             ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
                 .await
                 .map_err(|e| Unavailable(format!("uploading the cached artifacts: {e}")))?;
@@ -446,7 +457,7 @@ impl TargetServer {
 
     /// Clients for the endpoints of a dispatch list (kept per address).
     fn dispatch_targets(&self, list: &DispatchList) -> Result<Vec<DispatchTarget>, TargetError> {
-        let config = &self.ctx.config;
+        let deps = &self.deps;
         // The name justbuild (1.5 and 1.6) gives every dispatch endpoint, so
         // endpoints set up for the reference serve accept jserve's calls.
         let instance_name = DISPATCH_INSTANCE.to_string();
@@ -458,27 +469,16 @@ impl TargetServer {
             let (cas, executor) = match known.get(address) {
                 Some(c) => c.clone(),
                 None => {
-                    let cas = GrpcCas::connect_lazy(GrpcCasConfig {
-                        address: parsed,
-                        instance_name: instance_name.clone(),
-                        hash: self.hash(),
-                        tls: GrpcTls::from_auth(&config.authentication),
-                        retry: config.retry.clone(),
-                        timeouts: GrpcTimeouts::default(),
-                    })
+                    let clients = crate::remote::connect(
+                        &parsed,
+                        &instance_name,
+                        self.hash(),
+                        &deps.authentication,
+                        &deps.retry,
+                    )
                     .map_err(|e| Unavailable(format!("dispatch endpoint {address}: {e}")))?;
-                    let executor: Arc<dyn RemoteExecutor> = Arc::new(GrpcExecutor::new(
-                        cas.channel(),
-                        GrpcExecutorConfig {
-                            address: address.clone(),
-                            instance_name: instance_name.clone(),
-                            hash: self.hash(),
-                            retry: config.retry.clone(),
-                        },
-                    ));
-                    let cas: Arc<dyn crate::remote::RemoteCas> = Arc::new(cas);
-                    known.insert(address.clone(), (cas.clone(), executor.clone()));
-                    (cas, executor)
+                    known.insert(address.clone(), clients.clone());
+                    clients
                 }
             };
             out.push(DispatchTarget {
@@ -492,7 +492,7 @@ impl TargetServer {
     }
 
     fn local_objects(&self) -> Arc<dyn LocalObjects> {
-        objects::serve_objects(self.local_cas(), self.ctx.repos.clone())
+        objects::serve_objects(self.local_cas(), self.deps.repos.clone())
     }
 }
 
@@ -551,28 +551,4 @@ pub fn parse_dispatch(bytes: &[u8]) -> Result<DispatchList, String> {
         out.push((props, address.to_string()));
     }
     Ok(out)
-}
-
-/// The executor when there is no endpoint to execute at.
-pub struct NoExecutor;
-
-#[tonic::async_trait]
-impl RemoteExecutor for NoExecutor {
-    fn for_interest(
-        self: Arc<Self>,
-        _: &crate::execute::runner::Interest,
-    ) -> Arc<dyn RemoteExecutor> {
-        self
-    }
-
-    async fn execute(
-        &self,
-        action: &Digest,
-        _: bool,
-    ) -> Result<crate::remote::execution::Executed, crate::remote::execution::ExecError> {
-        Err(crate::remote::execution::ExecError::Transport {
-            action: action.hash.clone(),
-            status: tonic::Status::unavailable("no execution endpoint is configured"),
-        })
-    }
 }

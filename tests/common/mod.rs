@@ -14,8 +14,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use jserve::config::{Environment, ServeConfig};
+use jserve::context::ServeContext;
 use jserve::daemon::RunningServer;
-use jserve::serve::ServeContext;
 use serde_json::{json, Value};
 
 /// Location object for an absolute path.
