@@ -11,7 +11,7 @@ use crate::digest::HashFunction;
 use crate::execute::runner::RunnerConfig;
 use crate::execute::{EndpointConfig, LocalEndpoint};
 use crate::git::RepoSet;
-use crate::remote::execution::{LocalExecutor, RemoteExecutor};
+use crate::remote::executor::{LocalExecutor, RemoteExecutor};
 use crate::remote::{local::LocalRemote, EndpointClients};
 use crate::sources::Sources;
 use crate::storage::BuildRoot;

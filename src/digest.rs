@@ -93,6 +93,16 @@ const NATIVE_BLOB_PREFIX: &str = "62";
 const NATIVE_TREE_PREFIX: &str = "74";
 
 impl HashFunction {
+    /// The REAPI `DigestFunction.Value` of this mode: native git ids travel
+    /// as SHA1, as justbuild announces them.
+    pub fn reapi_digest_function(self) -> i32 {
+        use bazel_remote_apis::build::bazel::remote::execution::v2::digest_function;
+        match self {
+            HashFunction::GitSha1 => digest_function::Value::Sha1 as i32,
+            HashFunction::Sha256 => digest_function::Value::Sha256 as i32,
+        }
+    }
+
     /// Length of a hash in raw bytes.
     pub fn raw_len(self) -> usize {
         match self {

@@ -16,7 +16,7 @@ use jserve::build::artifact::{tree_id, ArtifactDescription};
 use jserve::build::names::{NamedTarget, ReferenceKind};
 use jserve::build::repo_config::{FileRoot, RepositoryConfig, RepositoryInfo};
 use jserve::build::roots::{Lookup, SourceRoot};
-use jserve::build::sources::{FileKind, SourceError, SourceTarget, Sources};
+use jserve::build::sources::{FileKind, RepoReader, SourceError, SourceTarget};
 use jserve::digest::{HashFunction, ObjectKind};
 use serde_json::{json, Value as Json};
 
@@ -122,11 +122,11 @@ impl Fixture {
     }
 }
 
-fn sources_for(root: FileRoot) -> Sources {
+fn sources_for(root: FileRoot) -> RepoReader {
     sources_with(root, HashFunction::GitSha1)
 }
 
-fn sources_with(root: FileRoot, hash: HashFunction) -> Sources {
+fn sources_with(root: FileRoot, hash: HashFunction) -> RepoReader {
     let mut config = RepositoryConfig {
         main: "main".into(),
         repositories: BTreeMap::new(),
@@ -134,7 +134,7 @@ fn sources_with(root: FileRoot, hash: HashFunction) -> Sources {
     config
         .repositories
         .insert("main".into(), RepositoryInfo::new(root));
-    Sources::new(Arc::new(config), hash)
+    RepoReader::new(Arc::new(config), hash)
 }
 
 fn name(module: &str, n: &str, kind: ReferenceKind) -> NamedTarget {
@@ -619,7 +619,7 @@ fn malformed_and_renamed_files() {
         main: "main".into(),
         repositories: BTreeMap::from([("main".to_string(), info)]),
     };
-    let s = Sources::new(Arc::new(config), HashFunction::GitSha1);
+    let s = RepoReader::new(Arc::new(config), HashFunction::GitSha1);
     assert!(s
         .read_json_file(FileKind::Targets, "main", "renamed")
         .unwrap()
@@ -821,7 +821,7 @@ fn source_targets_match_just_analyse() {
         }});
         std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
         let parsed = RepositoryConfig::from_json(&config, None).unwrap();
-        let s = Sources::new(Arc::new(parsed), HashFunction::GitSha1);
+        let s = RepoReader::new(Arc::new(parsed), HashFunction::GitSha1);
         let current = NamedTarget::new("main", "", "cmp");
         for (i, dep) in all.as_array().unwrap().iter().enumerate() {
             let n = jserve::build::names::parse_entity_name(dep, &current, &|_, _| None).unwrap();

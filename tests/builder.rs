@@ -18,7 +18,7 @@ use jserve::build::graph::ActionGraph;
 use jserve::digest::{Digest, HashFunction, ObjectKind};
 use jserve::execute::runner::RunnerConfig;
 use jserve::execute::{EndpointConfig, LocalEndpoint};
-use jserve::remote::execution::{GrpcExecutor, GrpcExecutorConfig, LocalExecutor};
+use jserve::remote::executor::{GrpcExecutor, GrpcExecutorConfig, LocalExecutor};
 use jserve::remote::grpc::{GrpcCas, GrpcCasConfig};
 use jserve::remote::local::LocalRemote;
 use jserve::remote::RemoteCas;
@@ -898,7 +898,7 @@ impl bazel_remote_apis::build::bazel::remote::execution::v2::execution_server::E
 
 #[tokio::test]
 async fn grpc_executor_retries_and_follows_a_lost_stream() {
-    use jserve::remote::execution::RemoteExecutor;
+    use jserve::remote::executor::RemoteExecutor;
     use std::sync::atomic::Ordering;
     let service = Arc::new(FlakyExecution::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

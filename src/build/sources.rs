@@ -176,7 +176,7 @@ pub type ModuleFile = Arc<JsonMap<String, Json>>;
 
 /// Reads module files and analyses source targets of one repository
 /// configuration. Shareable between threads; files and roots are read once.
-pub struct Sources {
+pub struct RepoReader {
     config: Arc<RepositoryConfig>,
     hash: HashFunction,
     roots: RootCache,
@@ -184,9 +184,9 @@ pub struct Sources {
     id_scheme: IdScheme,
 }
 
-impl Sources {
-    pub fn new(config: Arc<RepositoryConfig>, hash: HashFunction) -> Sources {
-        Sources {
+impl RepoReader {
+    pub fn new(config: Arc<RepositoryConfig>, hash: HashFunction) -> RepoReader {
+        RepoReader {
             config,
             hash,
             roots: RootCache::new(),
@@ -196,7 +196,7 @@ impl Sources {
     }
 
     /// Identifies the trees it builds by `scheme`.
-    pub fn with_id_scheme(mut self, scheme: IdScheme) -> Sources {
+    pub fn with_id_scheme(mut self, scheme: IdScheme) -> RepoReader {
         self.id_scheme = scheme;
         self
     }

@@ -15,7 +15,7 @@ use crate::build::artifact::IdScheme;
 use crate::build::json::{dump_compact_as_stored, dump_pretty_as_stored};
 use crate::build::names::{EntityName, NamedTarget};
 use crate::build::repo_config::RepositoryConfig;
-use crate::build::sources::Sources;
+use crate::build::sources::RepoReader;
 use crate::build::value::Value;
 use crate::digest::HashFunction;
 
@@ -132,7 +132,7 @@ fn analyse(args: &AnalyseArgs) -> anyhow::Result<()> {
     } else {
         IdScheme::Current
     };
-    let sources = Arc::new(Sources::new(Arc::new(repo_config), hash).with_id_scheme(ids));
+    let sources = Arc::new(RepoReader::new(Arc::new(repo_config), hash).with_id_scheme(ids));
     let analyser = Analyser::new(sources, ids);
     let target = EntityName::Named(NamedTarget::new(&main, &module, &name));
     let config = Value::from_json(&config);

@@ -2,7 +2,7 @@
 //! (git SHA-1 ids, git trees) or compatible (SHA-256, Directory) mode.
 
 pub mod endpoint;
-pub mod execution;
+pub mod execute_action;
 pub mod operations;
 pub mod resource;
 pub mod runner;

@@ -2,7 +2,7 @@
 //! to sync objects to and from, reached in-process (jserve's own endpoint) or
 //! over gRPC (any REAPI server).
 
-pub mod execution;
+pub mod executor;
 pub mod grpc;
 pub mod local;
 pub mod upload;
@@ -77,7 +77,7 @@ pub trait RemoteCas: Send + Sync {
 }
 
 /// The CAS and Execution clients of one endpoint.
-pub type EndpointClients = (Arc<dyn RemoteCas>, Arc<dyn execution::RemoteExecutor>);
+pub type EndpointClients = (Arc<dyn RemoteCas>, Arc<dyn executor::RemoteExecutor>);
 
 /// The CAS and Execution clients of one external REAPI endpoint, over one
 /// channel that connects on first use (a slow endpoint does not hold up
@@ -98,9 +98,9 @@ pub fn connect(
         retry: retry.clone(),
         timeouts: grpc::GrpcTimeouts::default(),
     })?;
-    let executor = execution::GrpcExecutor::new(
+    let executor = executor::GrpcExecutor::new(
         cas.channel(),
-        execution::GrpcExecutorConfig {
+        executor::GrpcExecutorConfig {
             address: address.to_string(),
             instance_name: instance_name.to_string(),
             hash,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::context::ServeContext;
 use crate::proto::target_server::Target;
 use crate::proto::*;
-use crate::sources::ExportInfoError;
+use crate::targets::export_info::{self, ExportInfoError};
 use crate::targets::{TargetAnswer, TargetError, TargetRequest, TargetServer};
 
 pub struct TargetService {
@@ -108,12 +108,14 @@ impl Target for TargetService {
         request: Request<ServeTargetVariablesRequest>,
     ) -> Result<Response<ServeTargetVariablesResponse>, Status> {
         let r = request.into_inner();
-        let flexible_config = self
-            .ctx
-            .sources
-            .target_variables(&r.root_tree, &r.target_file, &r.target)
-            .await
-            .map_err(|e| status("ServeTargetVariables", e))?;
+        let flexible_config = export_info::target_variables(
+            &self.ctx.sources,
+            &r.root_tree,
+            &r.target_file,
+            &r.target,
+        )
+        .await
+        .map_err(|e| status("ServeTargetVariables", e))?;
         tracing::info!(
             "ServeTargetVariables({}, {}, {}): {flexible_config:?}",
             r.root_tree,
@@ -130,11 +132,14 @@ impl Target for TargetService {
         request: Request<ServeTargetDescriptionRequest>,
     ) -> Result<Response<ServeTargetDescriptionResponse>, Status> {
         let r = request.into_inner();
-        let sources = &self.ctx.sources;
-        let digest = sources
-            .target_description(&r.root_tree, &r.target_file, &r.target)
-            .await
-            .map_err(|e| status("ServeTargetDescription", e))?;
+        let digest = export_info::target_description(
+            &self.ctx.sources,
+            &r.root_tree,
+            &r.target_file,
+            &r.target,
+        )
+        .await
+        .map_err(|e| status("ServeTargetDescription", e))?;
         tracing::info!(
             "ServeTargetDescription({}, {}, {}): {}",
             r.root_tree,
@@ -143,7 +148,7 @@ impl Target for TargetService {
             digest.hash
         );
         Ok(Response::new(ServeTargetDescriptionResponse {
-            description_id: Some(digest.to_wire(sources.remote_hash())),
+            description_id: Some(digest.to_wire(self.ctx.sources.remote_hash())),
         }))
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use git2::Oid;
 
-use super::operations::{Outcome, TreeAnswer};
+use super::answers::{Outcome, TreeAnswer};
 use super::resolve::{resolve_tree, ResolveMode};
 use super::{blocking, Sources};
 use crate::archive::{ArchiveFormat, Unpacking};

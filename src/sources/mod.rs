@@ -4,17 +4,22 @@
 //! configured repositories in order, then the local native CAS (and, where
 //! the reference does, the endpoint's CAS).
 
+mod answers;
 mod archive_tree;
+mod check_root_tree;
+mod commit_tree;
+mod content;
 mod copy;
-mod export_info;
-mod operations;
+mod distdir;
+mod get_remote_tree;
 pub mod resolve;
 pub mod sync;
+mod tree;
 mod tree_structure;
 
+pub use answers::{Outcome, TreeAnswer};
 pub use archive_tree::{ArchiveAnswer, ArchiveOutcome};
-pub use export_info::ExportInfoError;
-pub use operations::{Distfile, Outcome, TreeAnswer};
+pub use distdir::Distfile;
 
 use std::sync::Arc;
 

@@ -1,15 +1,19 @@
 //! Tree structures: the same tree with every file, executable and symlink
 //! pointing at the empty blob (names and entry types kept), subtrees
-//! replaced by their structures. Results are remembered per tree.
+//! replaced by their structures. Results are remembered per tree. The
+//! ComputeTreeStructure RPC's logic is here too.
 
 use std::collections::HashMap;
 
 use git2::{ObjectType, Oid, Repository};
 
 use crate::digest::{parse_git_tree, serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
-use crate::git::GitError;
+use crate::git::{commit_and_keep, parse_oid, GitError};
 use crate::storage::IdMap;
 use crate::tree_walk::{PostOrder, Visit};
+
+use super::answers::{Outcome, TreeAnswer};
+use super::{blocking, Sources};
 
 /// Computes the structure of `tree` (read from `source`), writing every new
 /// object into `target`; returns the structure's tree id.
@@ -33,6 +37,42 @@ fn format_error(e: impl std::fmt::Display) -> GitError {
     GitError::Import {
         path: Default::default(),
         message: e.to_string(),
+    }
+}
+
+impl Sources {
+    /// ComputeTreeStructure: the tree's structure, kept in the git cache.
+    pub async fn compute_tree_structure(&self, tree: &str) -> TreeAnswer {
+        let repo = match self
+            .locate_tree(tree, format!("Content of tree {tree}"))
+            .await
+        {
+            Ok(Some(repo)) => repo,
+            Ok(None) => return TreeAnswer::outcome(Outcome::NotFound),
+            Err(e) => return TreeAnswer::internal(e),
+        };
+        let repos = self.repos.clone();
+        let memo = self.build_root.repository_map("tree_structure");
+        let id = tree.to_string();
+        let result = blocking(move || {
+            let source = repos.open(repo).map_err(|e| e.to_string())?;
+            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
+            let oid = parse_oid(&id).map_err(|e| e.to_string())?;
+            let structure = super::tree_structure::compute(&source, &cache, oid, &memo)
+                .map_err(|e| e.to_string())?;
+            commit_and_keep(&cache, structure, &format!("Import {structure}"))
+                .map_err(|e| e.to_string())?;
+            Ok(structure.to_string())
+        })
+        .await;
+        match result {
+            Ok(s) => TreeAnswer {
+                outcome: Outcome::Ok,
+                tree: Some(s),
+                digest: None,
+            },
+            Err(e) => TreeAnswer::internal(e),
+        }
     }
 }
 

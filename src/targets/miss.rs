@@ -170,7 +170,7 @@ pub(super) async fn build_and_store(
     ));
 
     // Analysis, on the analysis threads.
-    let sources = Arc::new(crate::build::sources::Sources::new(config.clone(), hash));
+    let sources = Arc::new(crate::build::sources::RepoReader::new(config.clone(), hash));
     let view = Arc::new(CacheView {
         cache: cache.clone(),
         hash,

@@ -6,6 +6,7 @@
 //! runs in its own task: a client that goes away does not stop a build
 //! another client waits for.
 
+pub mod export_info;
 mod miss;
 pub mod objects;
 mod single_flight;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use crate::build::builder::{DispatchTarget, LocalObjects};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::runner::Interest;
-use crate::remote::execution::RemoteExecutor;
+use crate::remote::executor::RemoteExecutor;
 use crate::storage::target_cache::{
     BackendDescription, CachedEntry, TargetCache, TargetCacheError,
 };

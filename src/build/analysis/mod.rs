@@ -5,7 +5,7 @@
 //! Every configured target is analysed once per requested configuration
 //! (memoised in the [`Analyser`]); a dependency that is requested again
 //! while it is being analysed on the same path is a cycle, reported with
-//! the chain of targets. Source-like targets come from [`Sources`];
+//! the chain of targets. Source-like targets come from [`RepoReader`];
 //! built-in rules live in `builtin`, user-defined rules and anonymous
 //! targets in `user_rule`, the functions only rules may call in
 //! `functions`.
@@ -31,7 +31,7 @@ use crate::build::graph::{ActionGraph, ActionNode, Tree, TreeOverlay};
 use crate::build::json::dump_compact;
 use crate::build::keys::KeyBlob;
 use crate::build::names::{AnonymousTarget, EntityName, NameError, NamedTarget, ReferenceKind};
-use crate::build::sources::{SourceError, SourceTarget, Sources};
+use crate::build::sources::{RepoReader, SourceError, SourceTarget};
 use crate::build::value::{Map, TargetResult, Value};
 use crate::digest::HashFunction;
 
@@ -304,7 +304,7 @@ pub fn configured_target_string(name: &EntityName, config: &Config) -> String {
 /// are shared by all callers; the analyser can be used from several
 /// threads.
 pub struct Analyser {
-    sources: Arc<Sources>,
+    sources: Arc<RepoReader>,
     settings: AnalysisSettings,
     memo: Mutex<HashMap<Key, Arc<AnalysedTarget>>>,
     /// The result map: every analysed target by its effective config.
@@ -325,7 +325,7 @@ pub struct Analyser {
 const ANALYSIS_STACK: usize = 256 << 20;
 
 impl Analyser {
-    pub fn new(sources: Arc<Sources>, ids: IdScheme) -> Analyser {
+    pub fn new(sources: Arc<RepoReader>, ids: IdScheme) -> Analyser {
         let settings = AnalysisSettings {
             hash: sources.hash_function(),
             ids,
@@ -356,7 +356,7 @@ impl Analyser {
         self
     }
 
-    pub fn sources(&self) -> &Sources {
+    pub fn sources(&self) -> &RepoReader {
         &self.sources
     }
 

@@ -11,7 +11,7 @@ use prost::Message;
 
 use super::tree::parse;
 use crate::digest::{Digest, HashFunction, ObjectKind};
-use crate::remote::execution::RemoteExecutor;
+use crate::remote::executor::RemoteExecutor;
 use crate::remote::RemoteCas;
 
 /// One entry of an endpoint-dispatch list, connected.

@@ -32,7 +32,7 @@ use crate::build::action::ExecutionSettings;
 use crate::build::artifact::ArtifactDescription;
 use crate::build::graph::ActionGraph;
 use crate::digest::{Digest, ObjectKind};
-use crate::remote::execution::{ExecError, RemoteExecutor};
+use crate::remote::executor::{ExecError, RemoteExecutor};
 use crate::remote::{RemoteCas, RemoteError};
 pub use dispatch::DispatchTarget;
 

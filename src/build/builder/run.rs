@@ -10,7 +10,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use crate::build::action::{rebase_path, ActionDescription};
 use crate::build::graph::ActionNode;
 use crate::digest::{Digest, ObjectKind};
-use crate::remote::execution::{ExecError, Executed};
+use crate::remote::executor::{ExecError, Executed};
 use crate::remote::RemoteCas;
 
 use super::dispatch::{copy_closure, copy_result, select, DispatchTarget};

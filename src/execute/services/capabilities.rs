@@ -3,15 +3,13 @@
 use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
-    self as reapi, capabilities_server::Capabilities, digest_function,
-    symlink_absolute_path_strategy,
+    self as reapi, capabilities_server::Capabilities, symlink_absolute_path_strategy,
 };
 use bazel_remote_apis::build::bazel::semver::SemVer;
 use tonic::{Request, Response, Status};
 
 use super::super::endpoint::LocalEndpoint;
 use super::MAX_BATCH_BYTES;
-use crate::digest::HashFunction;
 
 pub struct CapabilitiesService {
     endpoint: Arc<LocalEndpoint>,
@@ -20,14 +18,6 @@ pub struct CapabilitiesService {
 impl CapabilitiesService {
     pub fn new(endpoint: Arc<LocalEndpoint>) -> Self {
         CapabilitiesService { endpoint }
-    }
-}
-
-/// The REAPI digest function of a hash mode (native git ids travel as SHA1).
-pub fn digest_function_of(hash: HashFunction) -> i32 {
-    match hash {
-        HashFunction::GitSha1 => digest_function::Value::Sha1 as i32,
-        HashFunction::Sha256 => digest_function::Value::Sha256 as i32,
     }
 }
 
@@ -48,7 +38,7 @@ impl Capabilities for CapabilitiesService {
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
         self.endpoint
             .check_instance(&request.get_ref().instance_name)?;
-        let digest_function = digest_function_of(self.endpoint.hash);
+        let digest_function = self.endpoint.hash.reapi_digest_function();
         Ok(Response::new(reapi::ServerCapabilities {
             cache_capabilities: Some(reapi::CacheCapabilities {
                 digest_functions: vec![digest_function],
@@ -80,6 +70,7 @@ impl Capabilities for CapabilitiesService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::HashFunction;
     use prost::Message;
 
     /// CacheCapabilities as justbuild 1.5.x's patched proto declares fields 7-9.

@@ -20,7 +20,7 @@ use tokio_stream::Stream;
 use tonic::{Code, Request, Response, Status};
 
 use super::super::endpoint::{EndpointError, LocalEndpoint};
-use super::{blocking, digest_function_of, MAX_BATCH_BYTES};
+use super::{blocking, MAX_BATCH_BYTES};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::rpc_status;
 
@@ -382,7 +382,7 @@ fn check_split_field3(value: i32, hash: HashFunction) -> Result<(), EndpointErro
 
 /// An upstream digest_function field: unset, or the endpoint's own.
 fn check_digest_function(value: i32, hash: HashFunction) -> Result<(), EndpointError> {
-    let own = digest_function_of(hash);
+    let own = hash.reapi_digest_function();
     if value == digest_function::Value::Unknown as i32 || value == own {
         return Ok(());
     }

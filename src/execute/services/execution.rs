@@ -18,7 +18,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::super::endpoint::LocalEndpoint;
-use super::super::execution::Execution;
+use super::super::execute_action::Execution;
 use super::super::operations::wait_done;
 
 type OperationStream = Pin<Box<dyn Stream<Item = Result<Operation, Status>> + Send>>;

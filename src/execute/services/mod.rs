@@ -8,7 +8,7 @@ mod execution;
 
 pub use action_cache::ActionCacheService;
 pub use bytestream::ByteStreamService;
-pub use capabilities::{digest_function_of, CapabilitiesService};
+pub use capabilities::CapabilitiesService;
 pub use cas::CasService;
 pub use execution::{ExecutionService, OperationsService};
 

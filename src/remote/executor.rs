@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 
 use crate::config::RetryConfig;
 use crate::digest::{Digest, HashFunction};
-use crate::execute::execution::Execution;
+use crate::execute::execute_action::Execution;
 use crate::execute::operations::wait_done;
 use crate::execute::runner::Interest;
 use crate::execute::LocalEndpoint;

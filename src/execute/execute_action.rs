@@ -17,7 +17,6 @@ use tonic::Code;
 use super::endpoint::{EndpointError, LocalEndpoint};
 use super::operations::Started;
 use super::runner::{ActionSpec, Demand, Interest, Requested, RunError, StageError};
-use super::services::digest_function_of;
 use crate::digest::{Digest, ObjectKind};
 use crate::execute::rpc_status;
 use crate::storage::trees::TreeStoreError;
@@ -49,7 +48,7 @@ impl LocalEndpoint {
         let meta = reapi::ExecuteOperationMetadata {
             stage: stage as i32,
             action_digest: Some(digest.to_wire(self.hash)),
-            digest_function: digest_function_of(self.hash),
+            digest_function: self.hash.reapi_digest_function(),
             ..Default::default()
         };
         Operation {

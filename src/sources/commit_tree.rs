@@ -1,0 +1,52 @@
+//! ServeCommitTree: the tree at a subdirectory of a commit, found in the
+//! git cache or a configured repository (reference order), synced if asked.
+
+use git2::{ObjectType, Oid};
+
+use super::answers::{Outcome, TreeAnswer};
+use super::{blocking, Sources};
+
+impl Sources {
+    /// ServeCommitTree: the tree at `subdir` of `commit`.
+    pub async fn commit_tree(&self, commit: &str, subdir: &str, sync: bool) -> TreeAnswer {
+        let (repos, commit_id, subdir_owned) =
+            (self.repos.clone(), commit.to_string(), subdir.to_string());
+        let found = blocking(move || {
+            let Some(found) = repos.commit_tree(&commit_id).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let repo = repos.open(found.repo).map_err(|e| e.to_string())?;
+            let root = repo
+                .find_tree(Oid::from_str(&found.value).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let path: Vec<&str> = subdir_owned
+                .split('/')
+                .filter(|p| !p.is_empty() && *p != ".")
+                .collect();
+            if path.is_empty() {
+                return Ok(Some((found.repo, found.value)));
+            }
+            if path.contains(&"..") {
+                return Err(format!("subdir {subdir_owned:?} leaves the commit's tree"));
+            }
+            let entry = root
+                .get_path(std::path::Path::new(&path.join("/")))
+                .map_err(|_| format!("commit {commit_id} has no {subdir_owned:?}"))?;
+            if entry.kind() != Some(ObjectType::Tree) {
+                return Err(format!(
+                    "{subdir_owned:?} in commit {commit_id} is not a directory"
+                ));
+            }
+            Ok(Some((found.repo, entry.id().to_string())))
+        })
+        .await;
+        match found {
+            Ok(Some((repo, tree))) => {
+                self.answer(tree, true, self.repos.paths()[repo].clone(), sync)
+                    .await
+            }
+            Ok(None) => TreeAnswer::outcome(Outcome::NotFound),
+            Err(e) => TreeAnswer::internal(e),
+        }
+    }
+}

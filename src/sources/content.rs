@@ -1,0 +1,40 @@
+//! ServeContent: a known blob put into the endpoint's CAS, from the git
+//! repositories or the native CAS.
+
+use super::answers::{BlobSource, Outcome, TreeAnswer};
+use super::{blocking, Sources};
+use crate::digest::ObjectKind;
+use crate::git::parse_oid;
+
+impl Sources {
+    /// ServeContent: puts a known blob into the endpoint's CAS.
+    pub async fn content(&self, blob: &str) -> TreeAnswer {
+        let (repos, id, cas) = (
+            self.repos.clone(),
+            blob.to_string(),
+            self.native_cas.clone(),
+        );
+        let found = blocking(move || {
+            parse_oid(&id).map_err(|e| e.to_string())?;
+            if let Some(repo) = repos.find_blob(&id).map_err(|e| e.to_string())? {
+                return Ok(Some(BlobSource::Repo(repo)));
+            }
+            Ok(cas.find(ObjectKind::File, &id).map(BlobSource::NativeCas))
+        })
+        .await;
+        match found {
+            Ok(Some(BlobSource::Repo(repo))) => {
+                self.answer(
+                    blob.to_string(),
+                    false,
+                    self.repos.paths()[repo].clone(),
+                    true,
+                )
+                .await
+            }
+            Ok(Some(BlobSource::NativeCas(path))) => self.upload_cas_file(blob, path).await,
+            Ok(_) => TreeAnswer::outcome(Outcome::NotFound),
+            Err(e) => TreeAnswer::internal(e),
+        }
+    }
+}

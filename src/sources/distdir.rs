@@ -1,0 +1,165 @@
+//! ServeDistdirTree: a flat tree of known blobs, written to the git cache
+//! and kept there, synced if asked.
+
+use std::collections::BTreeMap;
+
+use git2::{ObjectType, Oid};
+
+use super::answers::{BlobSource, Outcome, TreeAnswer};
+use super::{blocking, Sources};
+use crate::digest::{serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind};
+use crate::git::{commit_and_keep, parse_oid};
+
+/// One file of a distdir request.
+#[derive(Clone, Debug)]
+pub struct Distfile {
+    pub name: String,
+    /// Git blob id of the content.
+    pub content: String,
+    pub executable: bool,
+}
+
+impl Sources {
+    /// ServeDistdirTree: a flat tree of known blobs.
+    pub async fn distdir(&self, files: Vec<Distfile>, sync: bool) -> TreeAnswer {
+        let native = self.remote_hash().is_native();
+        // Find every blob: (native) local CAS, git cache, repositories, (native) endpoint.
+        let mut sources = Vec::with_capacity(files.len());
+        for f in &files {
+            let (repos, cas, id) = (
+                self.repos.clone(),
+                self.native_cas.clone(),
+                f.content.clone(),
+            );
+            let local = blocking(move || {
+                parse_oid(&id).map_err(|e| e.to_string())?;
+                if native {
+                    if let Some(p) = cas.find(ObjectKind::File, &id) {
+                        return Ok(Some(BlobSource::NativeCas(p)));
+                    }
+                }
+                Ok(repos
+                    .find_blob(&id)
+                    .map_err(|e| e.to_string())?
+                    .map(BlobSource::Repo))
+            })
+            .await;
+            let source = match local {
+                Ok(Some(s)) => s,
+                Ok(None) if native => {
+                    let d = Digest {
+                        hash: f.content.clone(),
+                        size: 0,
+                        is_tree: false,
+                    };
+                    match self.remote.find_missing(vec![d]).await {
+                        Ok(m) if m.is_empty() => BlobSource::Remote,
+                        Ok(_) => return TreeAnswer::outcome(Outcome::NotFound),
+                        Err(e) => return TreeAnswer::internal(e.to_string()),
+                    }
+                }
+                Ok(None) => return TreeAnswer::outcome(Outcome::NotFound),
+                Err(e) => return TreeAnswer::internal(e),
+            };
+            sources.push(source);
+        }
+
+        // The distdir tree and its content id, as just-mr computes them.
+        let mut entries = Vec::new();
+        let mut content_map = BTreeMap::new();
+        for f in &files {
+            let mut id = [0u8; 20];
+            if hex::decode_to_slice(&f.content, &mut id).is_err() {
+                return TreeAnswer::internal(format!("invalid blob id {:?}", f.content));
+            }
+            entries.push(GitTreeEntry {
+                name: f.name.as_bytes().to_vec(),
+                kind: ObjectKind::blob(f.executable),
+                id,
+            });
+            content_map.insert(f.name.clone(), serde_json::json!([f.content, f.executable]));
+        }
+        let tree_bytes = match serialize_git_tree(entries) {
+            Ok(b) => b,
+            Err(e) => return TreeAnswer::internal(format!("invalid distdir: {e}")),
+        };
+        let tree_id = HashFunction::GitSha1.hash_bytes(true, &tree_bytes);
+        let content_id = HashFunction::GitSha1.hash_bytes(
+            false,
+            serde_json::to_string(&content_map)
+                .expect("JSON of strings")
+                .as_bytes(),
+        );
+
+        // Known already? Then sync from where it is.
+        let (repos, id) = (self.repos.clone(), tree_id.clone());
+        match blocking(move || repos.find_tree(&id).map_err(|e| e.to_string())).await {
+            Ok(Some(repo)) => {
+                return self
+                    .answer(tree_id, true, self.repos.paths()[repo].clone(), sync)
+                    .await
+            }
+            Ok(None) => {}
+            Err(e) => return TreeAnswer::internal(e),
+        }
+
+        // Otherwise write blobs and tree into the git cache and keep it.
+        let mut remote_blobs = Vec::new();
+        for (f, s) in files.iter().zip(&sources) {
+            if let BlobSource::Remote = s {
+                let d = Digest {
+                    hash: f.content.clone(),
+                    size: 0,
+                    is_tree: false,
+                };
+                match self.remote.read_blob(&d).await {
+                    Ok(Some(data)) => remote_blobs.push(data),
+                    Ok(None) => return TreeAnswer::outcome(Outcome::NotFound),
+                    Err(e) => return TreeAnswer::internal(e.to_string()),
+                }
+            }
+        }
+        let repos = self.repos.clone();
+        let message = format!("Content of distdir {content_id}");
+        let id = tree_id.clone();
+        let written = blocking(move || {
+            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
+            let odb = cache.odb().map_err(|e| e.to_string())?;
+            let mut remote_blobs = remote_blobs.into_iter();
+            for (f, s) in files.iter().zip(sources) {
+                let oid = Oid::from_str(&f.content).map_err(|e| e.to_string())?;
+                if odb.exists(oid) {
+                    continue;
+                }
+                let data = match s {
+                    BlobSource::Repo(r) => {
+                        let repo = repos.open(r).map_err(|e| e.to_string())?;
+                        let blob = repo.find_blob(oid).map_err(|e| e.to_string())?;
+                        blob.content().to_vec()
+                    }
+                    BlobSource::NativeCas(p) => std::fs::read(&p).map_err(|e| e.to_string())?,
+                    BlobSource::Remote => remote_blobs.next().unwrap_or_default(),
+                };
+                let written = odb
+                    .write(ObjectType::Blob, &data)
+                    .map_err(|e| e.to_string())?;
+                if written != oid {
+                    return Err(format!("blob {oid} has other content than its id says"));
+                }
+            }
+            let tree = odb
+                .write(ObjectType::Tree, &tree_bytes)
+                .map_err(|e| e.to_string())?;
+            if tree.to_string() != id {
+                return Err(format!("distdir tree {tree} differs from {id}"));
+            }
+            commit_and_keep(&cache, tree, &message).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await;
+        if let Err(e) = written {
+            return TreeAnswer::internal(e);
+        }
+        self.answer(tree_id, true, self.git_cache(), sync).await
+    }
+}
