@@ -5,8 +5,10 @@
 //! local CAS and names the target-cache entry by the key's hash. Skipped (with
 //! a `SKIPPED:` line) when the reference is not installed, except under CI.
 
-#[path = "common/reference.rs"]
-mod reference;
+mod common;
+
+use common::git::git;
+use common::reference;
 
 use jserve::build::keys::{bisimulation, export_target_key};
 use jserve::build::names::NamedTarget;
@@ -16,21 +18,6 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// A git repository with an export target `t` and one file; its tree id.
 fn make_repo(dir: &Path, text: &str) -> String {

@@ -4,8 +4,10 @@
 //! TARGETS files; plus, where the reference `just` is installed, the results
 //! compared with `just analyse --dump-result`.
 
-#[path = "common/reference.rs"]
-mod reference;
+mod common;
+
+use common::git::git;
+use common::reference;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,24 +21,6 @@ use jserve::build::roots::{Lookup, SourceRoot};
 use jserve::build::sources::{FileKind, RepoReader, SourceError, SourceTarget};
 use jserve::digest::{HashFunction, ObjectKind};
 use serde_json::{json, Value as Json};
-
-fn run(dir: &Path, cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("command runs");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    run(dir, "git", args)
-}
 
 /// Writes the fixture: files, an executable, symlinks (one upwards), a
 /// nested directory, a TARGETS file.

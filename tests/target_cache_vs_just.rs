@@ -7,13 +7,14 @@
 //! build root) is serialised with those replacements instead. Skipped (with a
 //! `SKIPPED:` line) when the reference is not installed, except under CI.
 
-#[path = "common/reference.rs"]
-mod reference;
+mod common;
+
+use common::git::git;
+use common::reference;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use jserve::build::artifact::ArtifactDescription;
 use jserve::build::cache_entry::{
@@ -195,21 +196,6 @@ const RULES: &str = r#"
   }
 }
 "#;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// The project as a git repository; returns the path of its repos.json,
 /// whose only repository has the committed tree as its root.
@@ -587,20 +573,12 @@ fn start_execute(just: &Path, dir: &Path) -> Execute {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let port = loop {
-        if let Ok(text) = std::fs::read_to_string(&info) {
-            if let Ok(v) = serde_json::from_str::<Json>(&text) {
-                break v["port"].as_u64().unwrap() as u16;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "just execute did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Execute { child, port }
+    let mut exec = Execute { child, port: 0 };
+    exec.port = common::procs::wait_for_info_port(&info, || {
+        let status = exec.child.try_wait().ok().flatten()?;
+        Some(format!("just execute exited ({status})"))
+    });
+    exec
 }
 
 #[test]

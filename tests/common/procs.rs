@@ -76,26 +76,10 @@ impl Group {
 
     /// Waits for the `port` of the info file the process writes.
     pub fn wait_for_port(&mut self, info: &Path) -> u16 {
-        let start = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(info).unwrap_or_default();
-            if let Some(port) = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["port"].as_u64())
-            {
-                return port as u16;
-            }
-            if let Some(status) = self.try_wait() {
-                panic!("{:?} exited ({status}):\n{}", self.log, self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{:?}: no info file after a minute:\n{}",
-                self.log,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_info_port(info, || {
+            self.try_wait()
+                .map(|status| format!("{:?} exited ({status}):\n{}", self.log, self.log()))
+        })
     }
 }
 
@@ -174,6 +158,29 @@ pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> Output {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// Waits (a minute at most) for a server's info file and returns its port;
+/// `exited` says why the server is gone, if it is.
+pub fn wait_for_info_port(info: &Path, mut exited: impl FnMut() -> Option<String>) -> u16 {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(info).unwrap_or_default();
+        if let Some(port) = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["port"].as_u64())
+        {
+            return port as u16;
+        }
+        if let Some(why) = exited() {
+            panic!("{why}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no info file {info:?} after a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reports a missing tool: visible locally, a failure under CI (which
