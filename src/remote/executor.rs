@@ -10,7 +10,6 @@
 //! client does.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::{
     self as reapi, execution_client::ExecutionClient,
@@ -26,6 +25,7 @@ use crate::execute::execute_action::Execution;
 use crate::execute::operations::wait_done;
 use crate::execute::runner::Interest;
 use crate::execute::LocalEndpoint;
+use crate::remote::retry::{self, is_retryable, Random};
 
 use crate::remote::MAX_DECODING_BYTES;
 /// Re-attachments to a running operation that made progress before its
@@ -210,6 +210,8 @@ pub struct GrpcExecutorConfig {
 pub struct GrpcExecutor {
     channel: Channel,
     config: GrpcExecutorConfig,
+    /// Jitter for retry waits.
+    random: Random,
 }
 
 /// How following one stream ended without a final operation.
@@ -221,33 +223,15 @@ struct Lost {
     status: Status,
 }
 
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
-    )
-}
-
-/// Doubling backoff from the initial wait up to the maximum, plus up to three
-/// times that at random, the policy the CAS client follows.
-fn retry_wait(retry: &RetryConfig, attempt: u32) -> Duration {
-    let mut wait = retry.initial_backoff;
-    for _ in 1..attempt {
-        wait = wait.saturating_mul(2).min(retry.max_backoff);
-    }
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let unit = f64::from(nanos % 1_000_000) / 1_000_000.0;
-    wait + wait.mul_f64(3.0 * unit)
-}
-
 impl GrpcExecutor {
     /// An executor on an established (possibly lazy) channel, typically the
     /// one the CAS client of the same endpoint uses.
     pub fn new(channel: Channel, config: GrpcExecutorConfig) -> GrpcExecutor {
-        GrpcExecutor { channel, config }
+        GrpcExecutor {
+            channel,
+            config,
+            random: Random::new(),
+        }
     }
 
     fn client(&self) -> ExecutionClient<Channel> {
@@ -328,7 +312,7 @@ impl GrpcExecutor {
         if *attempt >= max {
             return false;
         }
-        let wait = retry_wait(&self.config.retry, *attempt);
+        let wait = retry::wait(&self.config.retry, *attempt, &self.random);
         tracing::info!(
             "{what} at {}: attempt {}/{max} failed: {why}; retrying in {wait:.1?}",
             self.config.address,
@@ -389,7 +373,8 @@ impl RemoteExecutor for GrpcExecutor {
                         continue;
                     }
                     // A broken connection in mid-stream may surface as UNKNOWN.
-                    let recoverable = transient(code) || (lost.progressed && code == Code::Unknown);
+                    let recoverable =
+                        is_retryable(code) || (lost.progressed && code == Code::Unknown);
                     if !recoverable {
                         return Err(ExecError::Transport {
                             action: action.hash.clone(),
@@ -509,19 +494,5 @@ mod tests {
             outcome_of(&digest(), wrong_type),
             Err(ExecError::Malformed { .. })
         ));
-    }
-
-    #[test]
-    fn retry_waits_grow_and_stay_bounded() {
-        let retry = RetryConfig {
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(300),
-        };
-        for attempt in 1..6 {
-            let base = Duration::from_millis([100, 200, 300, 300, 300][attempt as usize - 1]);
-            let wait = retry_wait(&retry, attempt);
-            assert!(wait >= base && wait <= base * 4, "{attempt}: {wait:?}");
-        }
     }
 }

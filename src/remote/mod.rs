@@ -5,6 +5,7 @@
 pub mod executor;
 pub mod grpc;
 pub mod local;
+mod retry;
 pub mod upload;
 
 use std::path::Path;

@@ -12,8 +12,6 @@
 //! * Every call has a time limit: unary calls must be answered within
 //!   [`GrpcTimeouts::call`], streams must make progress within it.
 
-mod retry;
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -35,10 +33,10 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use self::retry::{backoff, is_retryable, with_jitter, Random};
 use super::{RemoteCas, RemoteError};
 use crate::config::{Address, AuthConfig, RetryConfig};
 use crate::digest::{Digest, HashFunction, ObjectHasher};
+use crate::remote::retry::{backoff, is_retryable, with_jitter, Random};
 
 /// Batch size when the endpoint announces none (or Capabilities fail).
 pub const DEFAULT_BATCH_BYTES: usize = 3 << 20;

@@ -1,6 +1,6 @@
 //! When and how long to wait before calling the endpoint again, following
-//! justbuild's rules, and a small random source for the jitter and for
-//! upload ids.
+//! justbuild's rules (the one policy of the CAS client and the executor),
+//! and a small random source for the jitter and for upload ids.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -12,7 +12,7 @@ use crate::config::RetryConfig;
 
 /// Status codes worth another attempt: the endpoint is (maybe briefly)
 /// unreachable, overloaded or too slow. Everything else is an answer.
-pub(super) fn is_retryable(code: Code) -> bool {
+pub(crate) fn is_retryable(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
@@ -21,7 +21,7 @@ pub(super) fn is_retryable(code: Code) -> bool {
 
 /// The base wait after failed attempt number `attempt` (1-based): the
 /// initial backoff, doubled for every further attempt, at most the maximum.
-pub(super) fn backoff(config: &RetryConfig, attempt: u32) -> Duration {
+pub(crate) fn backoff(config: &RetryConfig, attempt: u32) -> Duration {
     let mut wait = config.initial_backoff;
     for _ in 1..attempt {
         wait = wait.saturating_mul(2);
@@ -34,13 +34,19 @@ pub(super) fn backoff(config: &RetryConfig, attempt: u32) -> Duration {
 
 /// Adds up to three times the base wait at random (`unit` in [0, 1)), as
 /// justbuild does, so that many clients do not retry in lock-step.
-pub(super) fn with_jitter(base: Duration, unit: f64) -> Duration {
+pub(crate) fn with_jitter(base: Duration, unit: f64) -> Duration {
     base + base.mul_f64(3.0 * unit.clamp(0.0, 1.0))
+}
+
+/// The wait before the attempt after failed attempt `attempt`: the
+/// backoff with its jitter.
+pub(crate) fn wait(config: &RetryConfig, attempt: u32, random: &Random) -> Duration {
+    with_jitter(backoff(config, attempt), random.unit())
 }
 
 /// A xorshift64* generator, seeded per client from the clock, the process id
 /// and a process-wide counter. Not for secrets; good for jitter and ids.
-pub(super) struct Random(Mutex<u64>);
+pub(crate) struct Random(Mutex<u64>);
 
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -52,7 +58,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl Random {
-    pub(super) fn new() -> Random {
+    pub(crate) fn new() -> Random {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -70,7 +76,7 @@ impl Random {
         }))
     }
 
-    pub(super) fn next_u64(&self) -> u64 {
+    pub(crate) fn next_u64(&self) -> u64 {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut x = *state;
         x ^= x >> 12;
@@ -81,12 +87,12 @@ impl Random {
     }
 
     /// A value in [0, 1).
-    pub(super) fn unit(&self) -> f64 {
+    pub(crate) fn unit(&self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A random (version 4) UUID in its usual text form.
-    pub(super) fn uuid(&self) -> String {
+    pub(crate) fn uuid(&self) -> String {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.next_u64().to_be_bytes());
         bytes[8..].copy_from_slice(&self.next_u64().to_be_bytes());
