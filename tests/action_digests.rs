@@ -22,6 +22,7 @@ use jserve::build::action::{
     rebase_path, scale_timeout_ms, serve_action_timeout, ActionDescription, ApiVersion,
     ExecutionSettings, RequestMode,
 };
+use jserve::build::graph::ActionNode;
 use jserve::digest::{Digest, HashFunction};
 use prost::Message;
 use serde_json::{json, Value};
@@ -109,9 +110,16 @@ fn tree_digest(hash: HashFunction) -> Digest {
     }
 }
 
+/// A graph file's action entry as the builder reads it (the production
+/// parser), staged on `root`.
+fn described(entry: &Value, hash: HashFunction, root: Digest) -> ActionDescription {
+    let node = ActionNode::from_json("test", entry, hash).expect("a valid action entry");
+    ActionDescription::of_spec(&node, root)
+}
+
 #[test]
 fn message_layout() {
-    let desc = ActionDescription::from_graph_json(
+    let desc = described(
         &json!({
             "command": ["sh", "-c", "true"],
             "output": ["w/x/f", "top", "w/g"],
@@ -123,9 +131,9 @@ fn message_layout() {
             "may_fail": "tolerated",
             "no_cache": true,
         }),
+        HashFunction::GitSha1,
         tree_digest(HashFunction::GitSha1),
-    )
-    .unwrap();
+    );
     let mut settings = ExecutionSettings::new(HashFunction::GitSha1);
     settings.base_properties = BTreeMap::from([
         ("k".to_string(), "base".to_string()),
@@ -193,11 +201,11 @@ fn message_layout() {
     // Empty cwd and no properties: no working_directory bytes, but an empty
     // platform message (field 5, length 0) in the command and (field 10) in
     // the action, and a timeout message even when it is zero.
-    let bare = ActionDescription::from_graph_json(
+    let bare = described(
         &json!({"command": ["x"], "output": ["o"], "timeout scaling": 0}),
+        HashFunction::Sha256,
         tree_digest(HashFunction::Sha256),
-    )
-    .unwrap();
+    );
     let ra = bare.to_remote(&ExecutionSettings::new(HashFunction::Sha256));
     assert_eq!(ra.command_blob, b"\x0a\x01x\x1a\x01o\x2a\x00");
     assert!(
@@ -257,7 +265,7 @@ fn recorded_vectors_are_reproduced() {
             .hash
             .digest_from_wire(&wire(&v["input_root"]))
             .unwrap();
-        let desc = ActionDescription::from_graph_json(&v["action"], root).unwrap();
+        let desc = described(&v["action"], settings.hash, root);
         let ra = desc.to_remote(&settings);
         let name = v["name"].as_str().unwrap();
         assert_eq!(
@@ -569,9 +577,7 @@ async fn reference_client_digests_are_reproduced() {
                 for (id, entry) in actions {
                     // The command does not depend on the input root: find
                     // the client's upload by it, then take the root from it.
-                    let probe = ActionDescription::from_graph_json(entry, tree_digest(hash))
-                        .unwrap()
-                        .to_remote(&settings);
+                    let probe = described(entry, hash, tree_digest(hash)).to_remote(&settings);
                     let cmd_wire = probe.command_digest.to_wire(hash);
                     let Some((action_digest, action)) = uploaded.get(&cmd_wire.hash) else {
                         panic!(
@@ -585,7 +591,7 @@ async fn reference_client_digests_are_reproduced() {
                     };
                     let root_wire = action.input_root_digest.clone().unwrap();
                     let root = hash.digest_from_wire(&root_wire).unwrap();
-                    let desc = ActionDescription::from_graph_json(entry, root).unwrap();
+                    let desc = described(entry, hash, root);
                     let ra = desc.to_remote(&settings);
                     assert_eq!(ra.action, *action, "{target}: action message");
                     assert_eq!(&ra.action_digest.to_wire(hash), action_digest, "{target}");

@@ -37,7 +37,6 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 };
 use bazel_remote_apis::google::protobuf::Duration as ProtoDuration;
 use prost::Message;
-use serde_json::Value;
 
 use crate::digest::{Digest, HashFunction, ObjectKind};
 
@@ -157,98 +156,25 @@ impl RemoteAction {
     }
 }
 
-/// Errors reading an action from a graph description.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ActionError {
-    #[error("action description is not an object")]
-    NotAnObject,
-    #[error("action field {field:?}: {reason}")]
-    BadField { field: &'static str, reason: String },
-}
-
 impl ActionDescription {
-    /// Reads one entry of a graph file's `"actions"` (`just-graph-file(5)`),
-    /// defaults applied as `just traverse` applies them; `input` is ignored,
-    /// the root digest is given instead.
-    pub fn from_graph_json(
-        desc: &Value,
+    /// The action of a graph node (parsed by `ActionNode::from_json`, the
+    /// one reader of graph actions), staged on `input_root`.
+    pub fn of_spec(
+        spec: &crate::build::graph::ActionSpec,
         input_root: Digest,
-    ) -> Result<ActionDescription, ActionError> {
-        let obj = desc.as_object().ok_or(ActionError::NotAnObject)?;
-        let bad = |field: &'static str, reason: &str| ActionError::BadField {
-            field,
-            reason: reason.to_string(),
-        };
-        let strings = |field: &'static str| -> Result<Vec<String>, ActionError> {
-            match obj.get(field) {
-                None => Ok(Vec::new()),
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .map(|v| {
-                        v.as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| bad(field, "must be a list of strings"))
-                    })
-                    .collect(),
-                Some(_) => Err(bad(field, "must be a list of strings")),
-            }
-        };
-        let string_map = |field: &'static str| -> Result<BTreeMap<String, String>, ActionError> {
-            match obj.get(field) {
-                None | Some(Value::Null) => Ok(BTreeMap::new()),
-                Some(Value::Object(m)) => m
-                    .iter()
-                    .map(|(k, v)| {
-                        v.as_str()
-                            .map(|s| (k.clone(), s.to_string()))
-                            .ok_or_else(|| bad(field, "values must be strings"))
-                    })
-                    .collect(),
-                Some(_) => Err(bad(field, "must be a map of strings")),
-            }
-        };
-        let command = strings("command")?;
-        if command.is_empty() {
-            return Err(bad("command", "must be a non-empty list"));
-        }
-        let output_files = strings("output")?;
-        let output_dirs = strings("output_dirs")?;
-        if output_files.is_empty() && output_dirs.is_empty() {
-            return Err(bad("output", "output and output_dirs are both empty"));
-        }
-        let cwd = match obj.get("cwd") {
-            None => String::new(),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(bad("cwd", "must be a string")),
-        };
-        let may_fail = match obj.get("may_fail") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(bad("may_fail", "must be null or a string")),
-        };
-        let no_cache = match obj.get("no_cache") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(bad("no_cache", "must be a boolean")),
-        };
-        let timeout_scale = match obj.get("timeout scaling") {
-            None | Some(Value::Null) => 1.0,
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad("timeout scaling", "must be a number"))?,
-        };
-        Ok(ActionDescription {
-            command,
-            env: string_map("env")?,
-            cwd,
-            output_files,
-            output_dirs,
-            execution_properties: string_map("execution properties")?,
-            timeout_scale,
-            may_fail,
-            no_cache,
+    ) -> ActionDescription {
+        ActionDescription {
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            output_files: spec.outputs.clone(),
+            output_dirs: spec.output_dirs.clone(),
+            execution_properties: spec.execution_properties.clone(),
+            timeout_scale: spec.timeout_scale,
+            may_fail: spec.may_fail.clone(),
+            no_cache: spec.no_cache,
             input_root,
-        })
+        }
     }
 
     /// The platform properties the action runs with.

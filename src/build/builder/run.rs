@@ -214,18 +214,7 @@ impl Inner {
         failed_inputs: bool,
     ) -> Result<Outputs, BuildError> {
         let cas = self.ctx.cas.as_ref();
-        let description = ActionDescription {
-            command: node.command.clone(),
-            env: node.env.clone(),
-            cwd: node.cwd.clone(),
-            output_files: node.outputs.clone(),
-            output_dirs: node.output_dirs.clone(),
-            execution_properties: node.execution_properties.clone(),
-            timeout_scale: node.timeout_scale,
-            may_fail: node.may_fail.clone(),
-            no_cache: node.no_cache,
-            input_root,
-        };
+        let description = ActionDescription::of_spec(node, input_root);
         let remote = description.to_remote(&self.ctx.settings);
         let blobs = remote
             .blobs()
