@@ -20,7 +20,6 @@ use std::fmt;
 use serde_json::{Map as JsonMap, Value as Json};
 
 use crate::build::artifact::{ArtifactDescription, ArtifactError};
-use crate::build::json::{format_double, write_string};
 use crate::build::value::{Kind, Node, TargetResult, Value};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 
@@ -249,53 +248,7 @@ pub fn entry_text(
 /// integer sizes of artifacts stay integers while numbers of the language
 /// (floats) print as doubles, which is how the reference's JSON holds them.
 pub fn dump_entry(entry: &Json) -> String {
-    let mut out = String::new();
-    write_pretty(&mut out, entry, 0);
-    out
-}
-
-fn write_pretty(out: &mut String, v: &Json, level: usize) {
-    let newline = |out: &mut String, level: usize| {
-        out.push('\n');
-        out.extend(std::iter::repeat_n(' ', 2 * level));
-    };
-    match v {
-        Json::Null => out.push_str("null"),
-        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Json::Number(n) if n.is_i64() || n.is_u64() => out.push_str(&n.to_string()),
-        Json::Number(n) => out.push_str(&format_double(n.as_f64().unwrap_or(f64::NAN))),
-        Json::String(s) => write_string(out, s),
-        Json::Array(items) if items.is_empty() => out.push_str("[]"),
-        Json::Object(map) if map.is_empty() => out.push_str("{}"),
-        Json::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline(out, level + 1);
-                write_pretty(out, item, level + 1);
-            }
-            newline(out, level);
-            out.push(']');
-        }
-        Json::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline(out, level + 1);
-                write_string(out, key);
-                out.push_str(": ");
-                write_pretty(out, &map[key.as_str()], level + 1);
-            }
-            newline(out, level);
-            out.push('}');
-        }
-    }
+    crate::build::json::dump_pretty_as_stored(entry)
 }
 
 fn artifact_map<'a>(v: &'a Value, part: &str) -> Result<&'a BTreeMap<String, Value>, EntryError> {
