@@ -147,9 +147,24 @@ impl HashFunction {
         h.finish_hex()
     }
 
+    /// Whether objects of `kind` are hashed and named as git trees: trees in
+    /// native mode only (compatible mode hashes a Directory like any blob).
+    pub fn hashes_as_tree(self, kind: ObjectKind) -> bool {
+        kind.is_tree() && self.is_native()
+    }
+
+    /// The digest of an object of `kind` known by its id and size.
+    pub fn digest(self, kind: ObjectKind, hash: impl Into<String>, size: u64) -> Digest {
+        Digest {
+            hash: hash.into(),
+            size,
+            is_tree: self.hashes_as_tree(kind),
+        }
+    }
+
     /// Digest of an in-memory object of the given kind.
     pub fn digest_bytes(self, kind: ObjectKind, data: &[u8]) -> Digest {
-        let is_tree = kind.is_tree() && self.is_native();
+        let is_tree = self.hashes_as_tree(kind);
         Digest {
             hash: self.hash_bytes(is_tree, data),
             size: data.len() as u64,

@@ -115,11 +115,7 @@ impl ObjectInfo {
                 file_type,
                 ..
             } => Some(ObjectInfo {
-                digest: Digest {
-                    hash: id.clone(),
-                    size: *size,
-                    is_tree: file_type.is_tree() && hash.is_native(),
-                },
+                digest: hash.digest(*file_type, id.clone(), *size),
                 kind: *file_type,
             }),
             _ => None,

@@ -242,7 +242,7 @@ impl Cas {
         reader: impl Read,
         expected: Option<&str>,
     ) -> Result<Digest, CasError> {
-        let is_tree = kind.is_tree() && self.hash.is_native();
+        let is_tree = self.hash.hashes_as_tree(kind);
         // An object the store has already needs neither copy nor check.
         if let Some(hash) = expected {
             if self.hash.check_hex(hash).is_ok() && self.path(kind, hash).is_file() {
@@ -292,7 +292,7 @@ impl Cas {
     /// Starts an upload of `len` bytes that arrive in pieces (e.g. a ByteStream
     /// write). With `len` unknown (`None`) the content is hashed once complete.
     pub fn begin_upload(&self, kind: ObjectKind, len: Option<u64>) -> Result<Upload, CasError> {
-        let is_tree = kind.is_tree() && self.hash.is_native();
+        let is_tree = self.hash.hashes_as_tree(kind);
         Ok(Upload {
             cas: self.clone(),
             kind,
@@ -404,7 +404,7 @@ impl Upload {
         }
         let tmp_path = self.tmp.path().to_path_buf();
         self.tmp.flush().map_err(io_err(&tmp_path))?;
-        let is_tree = self.kind.is_tree() && self.cas.hash.is_native();
+        let is_tree = self.cas.hash.hashes_as_tree(self.kind);
         let hash = match self.hasher.take() {
             Some(h) => h.finish_hex(),
             None => {

@@ -19,7 +19,7 @@ use super::atomic::write_atomic;
 use super::{BuildRoot, Cas, CasError};
 use crate::build::cache_entry::{self, CacheEntry, EntryError, ObjectInfo};
 use crate::build::json::dump_pretty;
-use crate::digest::{Digest, HashFunction, ObjectKind};
+use crate::digest::{HashFunction, ObjectKind};
 
 /// Errors of the target cache.
 #[derive(Debug, thiserror::Error)]
@@ -301,11 +301,7 @@ pub fn parse_object_info(s: &str, hash: HashFunction) -> Option<ObjectInfo> {
     hash.check_hex(id).ok()?;
     let kind = crate::build::artifact::file_type_from_char(kind.chars().next().unwrap_or('f'));
     Some(ObjectInfo {
-        digest: Digest {
-            hash: id.to_string(),
-            size,
-            is_tree: kind.is_tree() && hash.is_native(),
-        },
+        digest: hash.digest(kind, id, size),
         kind,
     })
 }

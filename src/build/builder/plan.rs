@@ -30,11 +30,7 @@ pub struct Plan {
 
 /// The digest a `KNOWN` artifact names in the endpoint's representation.
 pub fn known_digest(hash: HashFunction, id: &str, size: u64, kind: ObjectKind) -> Digest {
-    Digest {
-        hash: id.to_string(),
-        size,
-        is_tree: kind.is_tree() && hash.is_native(),
-    }
+    hash.digest(kind, id, size)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
