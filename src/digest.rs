@@ -128,12 +128,13 @@ impl HashFunction {
         }
     }
 
-    /// Starts hashing an object of `len` bytes; native mode frames it as a git object.
-    pub fn hasher(self, is_tree: bool, len: u64) -> ObjectHasher {
+    /// Starts hashing an object of `kind` and `len` bytes; native mode frames
+    /// it as a git object (a tree or a blob), compatible mode hashes it plain.
+    pub fn hasher(self, kind: ObjectKind, len: u64) -> ObjectHasher {
         match self {
             HashFunction::GitSha1 => {
                 let mut h = sha1::Sha1::new();
-                h.update(git_header(is_tree, len));
+                h.update(git_header(kind.is_tree(), len));
                 ObjectHasher::Sha1(h)
             }
             HashFunction::Sha256 => ObjectHasher::Sha256(sha2::Sha256::new()),
@@ -141,8 +142,8 @@ impl HashFunction {
     }
 
     /// Hex id of an in-memory object.
-    pub fn hash_bytes(self, is_tree: bool, data: &[u8]) -> String {
-        let mut h = self.hasher(is_tree, data.len() as u64);
+    pub fn hash_bytes(self, kind: ObjectKind, data: &[u8]) -> String {
+        let mut h = self.hasher(kind, data.len() as u64);
         h.update(data);
         h.finish_hex()
     }
@@ -164,17 +165,16 @@ impl HashFunction {
 
     /// Digest of an in-memory object of the given kind.
     pub fn digest_bytes(self, kind: ObjectKind, data: &[u8]) -> Digest {
-        let is_tree = self.hashes_as_tree(kind);
         Digest {
-            hash: self.hash_bytes(is_tree, data),
+            hash: self.hash_bytes(kind, data),
             size: data.len() as u64,
-            is_tree,
+            is_tree: self.hashes_as_tree(kind),
         }
     }
 
     /// Hex id of `len` bytes read from `reader` (streams; never holds the content).
-    pub fn hash_reader(self, is_tree: bool, len: u64, reader: impl Read) -> io::Result<String> {
-        let mut h = self.hasher(is_tree, len);
+    pub fn hash_reader(self, kind: ObjectKind, len: u64, reader: impl Read) -> io::Result<String> {
+        let mut h = self.hasher(kind, len);
         let copied = io::copy(&mut reader.take(len), &mut h)?;
         if copied != len {
             return Err(io::Error::new(
@@ -306,12 +306,22 @@ pub struct Digest {
 }
 
 impl Digest {
+    /// The kind its id frames in native mode: a tree for git tree ids, else
+    /// a blob (compatible ids frame nothing).
+    pub fn framing(&self) -> ObjectKind {
+        if self.is_tree {
+            ObjectKind::Tree
+        } else {
+            ObjectKind::File
+        }
+    }
+
     /// Whether `size` is the content's real size. Only the empty object has
     /// size 0, so 0 with any other hash means "unknown": git ids come without
     /// sizes, and clients before justbuild 1.6.2 name a repository
     /// description by its hash alone, in either mode.
     pub fn size_known(&self, hf: HashFunction) -> bool {
-        self.size != 0 || self.hash == hf.hash_bytes(self.is_tree && hf.is_native(), b"")
+        self.size != 0 || self.hash == hf.hash_bytes(self.framing(), b"")
     }
 
     /// The Remote Execution API form: native ids get their blob/tree prefix.
@@ -446,16 +456,16 @@ mod tests {
         // `git hash-object -t blob /dev/null` and `git mktree </dev/null`
         let hf = HashFunction::GitSha1;
         assert_eq!(
-            hf.hash_bytes(false, b""),
+            hf.hash_bytes(ObjectKind::File, b""),
             "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
         );
         assert_eq!(
-            hf.hash_bytes(true, b""),
+            hf.hash_bytes(ObjectKind::Tree, b""),
             "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
         );
         // `sha256sum /dev/null`
         assert_eq!(
-            HashFunction::Sha256.hash_bytes(false, b""),
+            HashFunction::Sha256.hash_bytes(ObjectKind::File, b""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }
@@ -482,11 +492,11 @@ mod tests {
     fn blob_vectors() {
         // `printf 'hello\n' | git hash-object --stdin` and `printf 'hello\n' | sha256sum`
         assert_eq!(
-            HashFunction::GitSha1.hash_bytes(false, b"hello\n"),
+            HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"hello\n"),
             "ce013625030ba8dba906f756967f9e9ca394464a"
         );
         assert_eq!(
-            HashFunction::Sha256.hash_bytes(false, b"hello\n"),
+            HashFunction::Sha256.hash_bytes(ObjectKind::File, b"hello\n"),
             "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
         );
     }
@@ -497,7 +507,7 @@ mod tests {
         //   printf '100644 blob ce0136...\thello\n100755 blob ce0136...\trun\n
         //           120000 blob <id of "hello">\tlink\n' | git mktree
         let hello = "ce013625030ba8dba906f756967f9e9ca394464a";
-        let link_target = HashFunction::GitSha1.hash_bytes(false, b"hello");
+        let link_target = HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"hello");
         assert_eq!(link_target, "b6fc4c620b67d95f953a5c1c1230aaab5db5a1b0");
         let entries = vec![
             GitTreeEntry {
@@ -518,7 +528,7 @@ mod tests {
         ];
         let bytes = serialize_git_tree(entries.clone()).unwrap();
         assert_eq!(
-            HashFunction::GitSha1.hash_bytes(true, &bytes),
+            HashFunction::GitSha1.hash_bytes(ObjectKind::Tree, &bytes),
             "48f00e45b213a0d753774d3579d58d4c31cacda9"
         );
         let parsed = parse_git_tree(&bytes).unwrap();
@@ -633,9 +643,13 @@ mod tests {
     fn streaming_hash_matches_and_detects_short_input() {
         let data = vec![7u8; 100_000];
         for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
-            let streamed = hf.hash_reader(false, data.len() as u64, &data[..]).unwrap();
-            assert_eq!(streamed, hf.hash_bytes(false, &data));
-            assert!(hf.hash_reader(false, 100_001, &data[..]).is_err());
+            let streamed = hf
+                .hash_reader(ObjectKind::File, data.len() as u64, &data[..])
+                .unwrap();
+            assert_eq!(streamed, hf.hash_bytes(ObjectKind::File, &data));
+            assert!(hf
+                .hash_reader(ObjectKind::File, 100_001, &data[..])
+                .is_err());
         }
     }
 }

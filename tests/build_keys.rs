@@ -11,7 +11,7 @@ use jserve::build::names::{
     normal_module_name, parse_entity_name, EntityName, NameError, NamedTarget, ReferenceKind,
 };
 use jserve::build::repo_config::{FileRoot, RepoConfigError, RepositoryConfig};
-use jserve::digest::HashFunction;
+use jserve::digest::{HashFunction, ObjectKind};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
@@ -419,7 +419,7 @@ fn repository_key_single_repo() {
     assert_eq!(k.json, want);
     assert_eq!(
         k.digest.hash,
-        HashFunction::GitSha1.hash_bytes(false, want.as_bytes())
+        HashFunction::GitSha1.hash_bytes(ObjectKind::File, want.as_bytes())
     );
     assert_eq!(k.digest.size, want.len() as u64);
     let k256 = repository_key(&c, "m", HashFunction::Sha256).unwrap();
@@ -565,7 +565,7 @@ fn target_cache_key_text() {
     assert_eq!(k.json, want);
     assert_eq!(
         k.digest.hash,
-        HashFunction::GitSha1.hash_bytes(false, want.as_bytes())
+        HashFunction::GitSha1.hash_bytes(ObjectKind::File, want.as_bytes())
     );
     assert!(!k.digest.is_tree);
 }

@@ -278,7 +278,7 @@ fn compatible_mode_rehashes_blobs_and_expands_trees() {
     let f = fixture(false);
     let s = sources_with(f.git_root(false), HashFunction::Sha256);
     let r = s.source_file(&file("", "a.txt")).unwrap();
-    let want = HashFunction::Sha256.hash_bytes(false, b"hello\n");
+    let want = HashFunction::Sha256.hash_bytes(ObjectKind::File, b"hello\n");
     assert_eq!(stage_json(&r), json!({"a.txt": known(&want, 6, "f")}));
     let t = s.tree(&name("", "sub", ReferenceKind::Tree)).unwrap();
     assert!(matches!(t.stage["sub"], ArtifactDescription::Tree { .. }));

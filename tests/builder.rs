@@ -163,7 +163,7 @@ fn digest_of(hash: HashFunction, artifact: &ArtifactDescription) -> (Digest, Obj
 
 fn known_blob(hash: HashFunction, content: &str) -> Value {
     json!({"type": "KNOWN", "data": {
-        "id": hash.hash_bytes(false, content.as_bytes()),
+        "id": hash.hash_bytes(ObjectKind::File, content.as_bytes()),
         "size": content.len(), "file_type": "f"}})
 }
 
@@ -284,7 +284,7 @@ async fn tree_artifacts_as_inputs_and_requested() {
             "trees": {"t": {"x/y.txt": known_blob(hash, "x\n"),
                             "gen.txt": action_artifact("gen", "gen.txt"),
                             "link": {"type": "KNOWN", "data": {
-                                "id": hash.hash_bytes(false, b"y"), "size": 1, "file_type": "l"}}},
+                                "id": hash.hash_bytes(ObjectKind::File, b"y"), "size": 1, "file_type": "l"}}},
                       "whole": {".": tree_artifact("t")}},
             "actions": {
                 "gen": {"command": sh("echo generated > gen.txt"), "env": {"PATH": PATH},
@@ -493,7 +493,7 @@ async fn local_files_and_known_objects_from_serve() {
         let fx = Fixture::new(hash);
         // A tree only serve has: {inner/deep: "deep\n"}.
         let deep = b"deep\n".to_vec();
-        let deep_id = hash.hash_bytes(false, &deep);
+        let deep_id = hash.hash_bytes(ObjectKind::File, &deep);
         let (inner, root) = match hash {
             HashFunction::GitSha1 => {
                 let entry = |name: &str, kind, id: &str| GitTreeEntry {
@@ -503,7 +503,7 @@ async fn local_files_and_known_objects_from_serve() {
                 };
                 let inner =
                     serialize_git_tree(vec![entry("deep", ObjectKind::File, &deep_id)]).unwrap();
-                let inner_id = hash.hash_bytes(true, &inner);
+                let inner_id = hash.hash_bytes(ObjectKind::Tree, &inner);
                 let root =
                     serialize_git_tree(vec![entry("inner", ObjectKind::Tree, &inner_id)]).unwrap();
                 (inner, root)
@@ -531,8 +531,7 @@ async fn local_files_and_known_objects_from_serve() {
                 (inner, root)
             }
         };
-        let is_tree = hash.is_native();
-        let root_id = hash.hash_bytes(is_tree, &root);
+        let root_id = hash.hash_bytes(ObjectKind::Tree, &root);
         let source = Source {
             files: [
                 (
@@ -554,7 +553,7 @@ async fn local_files_and_known_objects_from_serve() {
             .collect(),
             objects: [
                 (deep_id, deep),
-                (hash.hash_bytes(is_tree, &inner), inner),
+                (hash.hash_bytes(ObjectKind::Tree, &inner), inner),
                 (root_id.clone(), root.clone()),
             ]
             .into_iter()

@@ -28,7 +28,7 @@ const SUPPORTED: usize = 10_500;
 fn chain(depth: usize, salt: &str) -> (String, Vec<(String, bool, Vec<u8>)>) {
     let hf = HashFunction::GitSha1;
     let blob = salt.as_bytes().to_vec();
-    let blob_id = hf.hash_bytes(false, &blob);
+    let blob_id = hf.hash_bytes(ObjectKind::File, &blob);
     let mut objects = vec![(blob_id.clone(), false, blob)];
     let mut inner = (blob_id, ObjectKind::File, "f");
     for _ in 0..depth {
@@ -40,7 +40,7 @@ fn chain(depth: usize, salt: &str) -> (String, Vec<(String, bool, Vec<u8>)>) {
             id,
         }])
         .unwrap();
-        let tree_id = hf.hash_bytes(true, &bytes);
+        let tree_id = hf.hash_bytes(ObjectKind::Tree, &bytes);
         objects.push((tree_id.clone(), true, bytes));
         inner = (tree_id, ObjectKind::Tree, "d");
     }

@@ -285,7 +285,7 @@ fn git_tree(entries: &[(&str, ObjectKind, &str)]) -> (reapi::Digest, Vec<u8>) {
         .collect();
     let bytes = serialize_git_tree(entries).unwrap();
     let d = Digest {
-        hash: HashFunction::GitSha1.hash_bytes(true, &bytes),
+        hash: HashFunction::GitSha1.hash_bytes(ObjectKind::Tree, &bytes),
         size: bytes.len() as u64,
         is_tree: true,
     };
@@ -295,7 +295,7 @@ fn git_tree(entries: &[(&str, ObjectKind, &str)]) -> (reapi::Digest, Vec<u8>) {
 #[tokio::test]
 async fn native_trees_need_their_content_first() {
     let ep = start_execute(HashFunction::GitSha1, 2).await;
-    let blob_hash = HashFunction::GitSha1.hash_bytes(false, b"leaf");
+    let blob_hash = HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"leaf");
     let (tree, bytes) = git_tree(&[("leaf.txt", ObjectKind::File, &blob_hash)]);
     assert!(tree.hash.starts_with("74"));
     let r = ep

@@ -396,7 +396,10 @@ fn analysed_result(
     hf: HashFunction,
 ) -> TargetResult {
     // Unique per mode, target and configuration.
-    let tag = hf.hash_bytes(false, format!("{mode:?}{config}{target}").as_bytes());
+    let tag = hf.hash_bytes(
+        ObjectKind::File,
+        format!("{mode:?}{config}{target}").as_bytes(),
+    );
     let result_file = dir.join(format!("result-{tag}.json"));
     let lbr = dir.join(format!("analyse-{tag}"));
     let mut args = vec!["analyse", "-C", repos.to_str().unwrap()];

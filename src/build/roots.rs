@@ -522,7 +522,7 @@ impl SourceRoot {
                         return Ok(None);
                     }
                     if !hash.is_native() {
-                        let id = hash.hash_bytes(false, &data);
+                        let id = hash.hash_bytes(ObjectKind::File, &data);
                         return Ok(Some(ArtifactDescription::known(
                             id,
                             data.len() as u64,

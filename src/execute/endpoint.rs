@@ -254,7 +254,7 @@ impl LocalEndpoint {
     pub fn store(&self, digest: &Digest, data: &[u8]) -> Result<Digest, EndpointError> {
         self.check_size(digest, data.len() as u64)?;
         if digest.is_tree {
-            let actual = self.hash.hash_bytes(true, data);
+            let actual = self.hash.hash_bytes(ObjectKind::Tree, data);
             if actual != digest.hash {
                 return Err(CasError::HashMismatch {
                     expected: digest.hash.clone(),

@@ -229,7 +229,7 @@ fn import_keeps_git_magic_names() {
     let config = dot_git.get_name("config").unwrap();
     assert_eq!(
         config.id().to_string(),
-        HashFunction::GitSha1.hash_bytes(false, b"[core]\n")
+        HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"[core]\n")
     );
     // The rest is as git writes it.
     fs::remove_dir_all(work.join(".git")).unwrap();

@@ -108,7 +108,7 @@ impl Sources {
             let file = std::fs::File::open(&p).map_err(|e| e.to_string())?;
             let len = file.metadata().map_err(|e| e.to_string())?.len();
             let hex = hash
-                .hash_reader(false, len, file)
+                .hash_reader(ObjectKind::File, len, file)
                 .map_err(|e| e.to_string())?;
             Ok(Digest {
                 hash: hex,

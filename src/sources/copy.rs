@@ -116,7 +116,12 @@ async fn blocking<T: Send + 'static>(
 
 /// The git object id of `data` as an object of `kind`.
 fn git_id(kind: ObjectType, data: &[u8]) -> Result<Oid, CopyError> {
-    let hex = HashFunction::GitSha1.hash_bytes(kind == ObjectType::Tree, data);
+    let framing = if kind == ObjectType::Tree {
+        ObjectKind::Tree
+    } else {
+        ObjectKind::File
+    };
+    let hex = HashFunction::GitSha1.hash_bytes(framing, data);
     Ok(Oid::from_str(&hex)?)
 }
 
@@ -183,7 +188,7 @@ async fn directories_to_git(
     if let Some(listed) = remote.get_tree(root).await? {
         for dir in listed {
             dirs.insert(
-                HashFunction::Sha256.hash_bytes(false, &dir.encode_to_vec()),
+                HashFunction::Sha256.hash_bytes(ObjectKind::File, &dir.encode_to_vec()),
                 dir,
             );
         }
@@ -229,7 +234,7 @@ async fn directories_to_git(
                     .read_blob(&digest)
                     .await?
                     .ok_or_else(|| CopyError::Missing(format!("blob {}", digest.hash)))?;
-                if HashFunction::Sha256.hash_bytes(false, &data) != digest.hash {
+                if HashFunction::Sha256.hash_bytes(ObjectKind::File, &data) != digest.hash {
                     return Err(CopyError::Invalid(format!(
                         "blob {} has other content",
                         digest.hash

@@ -83,9 +83,9 @@ impl Sources {
             Ok(b) => b,
             Err(e) => return TreeAnswer::internal(format!("invalid distdir: {e}")),
         };
-        let tree_id = HashFunction::GitSha1.hash_bytes(true, &tree_bytes);
+        let tree_id = HashFunction::GitSha1.hash_bytes(ObjectKind::Tree, &tree_bytes);
         let content_id = HashFunction::GitSha1.hash_bytes(
-            false,
+            ObjectKind::File,
             serde_json::to_string(&content_map)
                 .expect("JSON of strings")
                 .as_bytes(),

@@ -136,7 +136,7 @@ impl PostOrder for Structures<'_> {
         let structure = self.target.odb()?.write(ObjectType::Tree, &bytes)?;
         debug_assert_eq!(
             structure.to_string(),
-            HashFunction::GitSha1.hash_bytes(true, &bytes)
+            HashFunction::GitSha1.hash_bytes(ObjectKind::Tree, &bytes)
         );
         let _ = self.memo.set(&tree.to_string(), &structure.to_string());
         Ok(structure)

@@ -198,7 +198,7 @@ mod tests {
         let hf = HashFunction::Sha256;
         let cas = Cas::new(hf, dir.path().join("s"), dir.path().join("tmp"));
         let ac = ActionCache::new(cas.clone(), dir.path().join("s/ac"), dir.path().join("tmp"));
-        let action = hf.hash_bytes(false, b"action");
+        let action = hf.hash_bytes(ObjectKind::File, b"action");
         assert!(ac.get(&action).unwrap().is_none());
         let result = ActionResult {
             exit_code: 0,

@@ -253,7 +253,7 @@ impl Cas {
                 });
             }
         }
-        let mut hasher = self.hash.hasher(is_tree, len);
+        let mut hasher = self.hash.hasher(kind, len);
         let mut tmp = TempFile::new_in(&self.tmp).map_err(io_err(&self.tmp))?;
         let mut reader = reader.take(len);
         let mut buf = vec![0u8; 256 * 1024];
@@ -292,13 +292,12 @@ impl Cas {
     /// Starts an upload of `len` bytes that arrive in pieces (e.g. a ByteStream
     /// write). With `len` unknown (`None`) the content is hashed once complete.
     pub fn begin_upload(&self, kind: ObjectKind, len: Option<u64>) -> Result<Upload, CasError> {
-        let is_tree = self.hash.hashes_as_tree(kind);
         Ok(Upload {
             cas: self.clone(),
             kind,
             len,
             written: 0,
-            hasher: len.map(|len| self.hash.hasher(is_tree, len)),
+            hasher: len.map(|len| self.hash.hasher(kind, len)),
             tmp: TempFile::new_in(&self.tmp).map_err(io_err(&self.tmp))?,
         })
     }
@@ -411,7 +410,7 @@ impl Upload {
                 let file = File::open(&tmp_path).map_err(io_err(&tmp_path))?;
                 self.cas
                     .hash
-                    .hash_reader(is_tree, self.written, file)
+                    .hash_reader(self.kind, self.written, file)
                     .map_err(io_err(&tmp_path))?
             }
         };
@@ -523,7 +522,7 @@ mod tests {
         for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
             let (dir, c) = cas(hf);
             let d = c.put_bytes(ObjectKind::File, b"hello\n").unwrap();
-            assert_eq!(d.hash, hf.hash_bytes(false, b"hello\n"));
+            assert_eq!(d.hash, hf.hash_bytes(ObjectKind::File, b"hello\n"));
             assert_eq!(d.size, 6);
             assert_eq!(
                 c.read(ObjectKind::File, &d.hash).unwrap().unwrap(),
@@ -591,7 +590,7 @@ mod tests {
         ));
         assert!(!c.contains(
             ObjectKind::File,
-            &HashFunction::GitSha1.hash_bytes(false, b"abc")
+            &HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"abc")
         ));
         assert!(!dir.path().join("store").exists());
         assert!(tmp_is_empty(&dir));
@@ -617,7 +616,7 @@ mod tests {
     fn piecewise_upload_checks_length_and_hash() {
         let (dir, c) = cas(HashFunction::GitSha1);
         let data = b"hello world";
-        let want = HashFunction::GitSha1.hash_bytes(false, data);
+        let want = HashFunction::GitSha1.hash_bytes(ObjectKind::File, data);
         let mut up = c
             .begin_upload(ObjectKind::File, Some(data.len() as u64))
             .unwrap();
@@ -646,7 +645,7 @@ mod tests {
         assert!(refused.is_err());
         assert!(!c.contains(
             ObjectKind::File,
-            &HashFunction::GitSha1.hash_bytes(false, b"xyz")
+            &HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"xyz")
         ));
         // Unknown length: hashed once complete.
         let mut up = c.begin_upload(ObjectKind::File, None).unwrap();
@@ -712,7 +711,7 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        let hash = HashFunction::GitSha1.hash_bytes(false, &data);
+        let hash = HashFunction::GitSha1.hash_bytes(ObjectKind::File, &data);
         assert_eq!(c.read(ObjectKind::File, &hash).unwrap().unwrap(), *data);
         assert!(tmp_is_empty(&dir));
     }
@@ -723,7 +722,7 @@ mod tests {
         let (_dir, c) = cas(HashFunction::Sha256);
         let c = Arc::new(c);
         let data: Arc<Vec<u8>> = Arc::new(vec![42u8; 4 << 20]);
-        let hash = HashFunction::Sha256.hash_bytes(false, &data);
+        let hash = HashFunction::Sha256.hash_bytes(ObjectKind::File, &data);
         let reader = {
             let (c, hash, len) = (c.clone(), hash.clone(), data.len());
             std::thread::spawn(move || loop {

@@ -97,7 +97,7 @@ impl BackendDescription {
 
     /// The shard name in a storage of hash function `hash`.
     pub fn shard(&self, hash: HashFunction) -> String {
-        hash.hash_bytes(false, self.text.as_bytes())
+        hash.hash_bytes(ObjectKind::File, self.text.as_bytes())
     }
 }
 

@@ -553,7 +553,7 @@ mod tests {
             dir.path().join("cas"),
             dir.path().join("tmp"),
         );
-        let blob = HashFunction::GitSha1.hash_bytes(false, b"absent");
+        let blob = HashFunction::GitSha1.hash_bytes(ObjectKind::File, b"absent");
         let mut id = [0u8; 20];
         hex::decode_to_slice(&blob, &mut id).unwrap();
         let bytes = serialize_git_tree(vec![GitTreeEntry {

@@ -174,7 +174,7 @@ impl Endpoint {
                 }
                 let bytes = serialize_git_tree(entries).unwrap();
                 let d = Digest {
-                    hash: self.hash.hash_bytes(true, &bytes),
+                    hash: self.hash.hash_bytes(ObjectKind::Tree, &bytes),
                     size: bytes.len() as u64,
                     is_tree: true,
                 }

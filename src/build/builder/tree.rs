@@ -372,7 +372,7 @@ mod tests {
             assert_eq!(a.digest.hash, blobs[1].digest.hash);
             let link = &top[b"e".as_slice()];
             assert_eq!(link.kind, ObjectKind::Symlink);
-            assert_eq!(link.digest.hash, hash.hash_bytes(false, b"e"));
+            assert_eq!(link.digest.hash, hash.hash_bytes(ObjectKind::File, b"e"));
             // Round trip: serialising the parsed level gives the same object
             // (git trees parse without sizes, which they do not store).
             assert_eq!(serialize(hash, &top).unwrap().digest.hash, root.hash);
@@ -396,7 +396,7 @@ mod tests {
         assert!(input_root(hash, &[(".".to_string(), file.clone())]).is_err());
         // An empty input map is the empty directory.
         let (empty, blobs) = input_root(hash, &[]).unwrap();
-        assert_eq!(empty.hash, hash.hash_bytes(false, b""));
+        assert_eq!(empty.hash, hash.hash_bytes(ObjectKind::File, b""));
         assert_eq!(blobs.len(), 1);
         assert_eq!(
             input_root(HashFunction::GitSha1, &[]).unwrap().0.hash,

@@ -109,7 +109,7 @@ async fn read_checked(
             id: known.digest.hash.clone(),
             kind: known.kind,
         })?;
-    if hash.hash_bytes(known.digest.is_tree, &data) != known.digest.hash {
+    if hash.hash_bytes(known.digest.framing(), &data) != known.digest.hash {
         return Err(BuildError::LocalSource {
             id: known.digest.hash.clone(),
             message: "the local source gave content of another id".into(),

@@ -13,6 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use crate::digest::ObjectKind;
 use crate::storage::trees::{check_out_tree, TreeStoreError};
 use crate::storage::{Cas, CasError};
 
@@ -99,7 +100,7 @@ impl LinkedInputs {
             let file = fs::File::open(path).map_err(io_err(path))?;
             let actual = cas
                 .hash_function()
-                .hash_reader(false, meta.len(), file)
+                .hash_reader(ObjectKind::File, meta.len(), file)
                 .map_err(io_err(path))?;
             if actual == *hash {
                 // Only metadata changed: restore the read-only mode.

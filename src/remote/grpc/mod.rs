@@ -524,11 +524,10 @@ impl GrpcCas {
             Some(h) => Some(h.finish_hex()),
             None => {
                 // Unknown size: the git header needs the length, so hash afterwards.
-                let (hf, is_tree, path) =
-                    (self.hash, is_git_tree(self.hash, digest), tmp.to_path_buf());
+                let (hf, kind, path) = (self.hash, digest.framing(), tmp.to_path_buf());
                 let hashed = tokio::task::spawn_blocking(move || {
                     let file = std::fs::File::open(&path)?;
-                    hf.hash_reader(is_tree, len, std::io::BufReader::new(file))
+                    hf.hash_reader(kind, len, std::io::BufReader::new(file))
                 })
                 .await
                 .map_err(|e| RemoteError::Other(format!("hashing task failed: {e}")))?;

@@ -205,7 +205,7 @@ impl Download {
             target,
             len: 0,
             expected: known.then_some(digest.size),
-            hasher: known.then(|| hf.hasher(is_git_tree(hf, digest), digest.size)),
+            hasher: known.then(|| hf.hasher(digest.framing(), digest.size)),
         }
     }
 
@@ -230,14 +230,10 @@ impl Download {
     }
 }
 
-pub(super) fn is_git_tree(hf: HashFunction, digest: &Digest) -> bool {
-    hf.is_native() && digest.is_tree
-}
-
 /// Checks downloaded bytes against their digest.
 pub(super) fn verify(hf: HashFunction, digest: &Digest, data: &[u8]) -> Result<(), RemoteError> {
     let size_ok = !digest.size_known(hf) || data.len() as u64 == digest.size;
-    if size_ok && hf.hash_bytes(is_git_tree(hf, digest), data) == digest.hash {
+    if size_ok && hf.hash_bytes(digest.framing(), data) == digest.hash {
         Ok(())
     } else {
         Err(RemoteError::Corrupt {
