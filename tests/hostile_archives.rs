@@ -7,12 +7,11 @@
 
 mod common;
 
+use common::clients::SourceTree;
 use common::endpoints::JserveServe;
 use jserve::digest::{HashFunction, ObjectKind};
 use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
 use jserve::proto::serve_archive_tree_response::ServeArchiveTreeStatus as S;
-use jserve::proto::source_tree_client::SourceTreeClient;
-use jserve::proto::ServeArchiveTreeRequest;
 use serde_json::json;
 
 /// A 7z whose plain header says NumFiles = 2^33 (sevenz-rust2 0.20 then
@@ -84,18 +83,9 @@ async fn upload(port: u16, data: &[u8]) -> String {
 }
 
 async fn serve_archive(port: u16, content: &str, kind: ArchiveType) -> (S, String) {
-    let mut c = SourceTreeClient::new(common::channel(port).await);
-    let r = c
-        .serve_archive_tree(ServeArchiveTreeRequest {
-            content: content.to_string(),
-            archive_type: kind as i32,
-            subdir: ".".to_string(),
-            resolve_symlinks: SymlinksResolve::None as i32,
-            sync_tree: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = SourceTree::new(common::channel(port).await)
+        .archive_tree(content, kind, ".", SymlinksResolve::None, false)
+        .await;
     (S::try_from(r.status).unwrap(), r.tree)
 }
 

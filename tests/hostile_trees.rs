@@ -7,6 +7,7 @@
 mod common;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use common::clients::SourceTree;
 use common::endpoints::JserveServe;
 use common::loc;
 use jserve::digest::{serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
@@ -14,8 +15,6 @@ use jserve::proto::check_root_tree_response::CheckRootTreeStatus;
 use jserve::proto::compute_tree_structure_response::ComputeTreeStructureStatus;
 use jserve::proto::get_remote_tree_response::GetRemoteTreeStatus;
 use jserve::proto::serve_tree_response::ServeTreeStatus;
-use jserve::proto::source_tree_client::SourceTreeClient;
-use jserve::proto::*;
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -74,46 +73,19 @@ async fn upload(channel: Channel, objects: &[(String, bool, Vec<u8>)]) {
 /// The statuses of the tree-walking RPCs for `root`, in the order asked:
 /// GetRemoteTree (imports it from the CAS into the git cache), CheckRootTree,
 /// ServeTree, ComputeTreeStructure.
-async fn walk_all(c: &mut SourceTreeClient<Channel>, root: &str, size: u64) -> [i32; 4] {
+async fn walk_all(c: &mut SourceTree, root: &str, size: u64) -> [i32; 4] {
     let digest = jserve::digest::Digest {
         hash: root.to_string(),
         size,
         is_tree: true,
     }
     .to_wire(HashFunction::GitSha1);
-    let remote = c
-        .get_remote_tree(GetRemoteTreeRequest {
-            digest: Some(digest),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    let check = c
-        .check_root_tree(CheckRootTreeRequest {
-            tree: root.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    let serve = c
-        .serve_tree(ServeTreeRequest {
-            tree: root.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    let structure = c
-        .compute_tree_structure(ComputeTreeStructureRequest {
-            tree: root.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    [remote, check, serve, structure]
+    [
+        c.get_remote_tree(digest).await.status,
+        c.check_root_tree(root).await.status,
+        c.tree(root).await.status,
+        c.tree_structure(root).await.status,
+    ]
 }
 
 /// Runs `true` with the tree `root` as input root, through the endpoint on
@@ -168,7 +140,7 @@ async fn deep_trees_are_served_and_deeper_ones_refused() {
         }),
     );
     let channel = common::channel(serve.port).await;
-    let mut c = SourceTreeClient::new(channel.clone());
+    let mut c = SourceTree::new(channel.clone());
 
     let (root, objects) = chain(SUPPORTED, "supported");
     upload(channel.clone(), &objects).await;

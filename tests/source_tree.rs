@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+use common::clients::SourceTree;
 use common::*;
-use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::*;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -70,8 +70,8 @@ impl Serve {
             .await
             .unwrap()
     }
-    async fn client(&self) -> SourceTreeClient<Channel> {
-        SourceTreeClient::new(self.channel().await)
+    async fn client(&self) -> SourceTree {
+        SourceTree::new(self.channel().await)
     }
     fn git_cache(&self) -> PathBuf {
         self.dir
@@ -148,29 +148,13 @@ async fn commit_tree_in_both_modes() {
     for compatible in [false, true] {
         let s = start_serve(compatible).await;
         let mut c = s.client().await;
-        let r = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit: s.commit.clone(),
-                subdir: ".".into(),
-                sync_tree: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.commit_tree(s.commit.clone(), ".", false).await;
         assert_eq!(r.status, 0);
         assert_eq!(r.tree, s.tree);
         assert!(r.digest.is_none(), "no digest without sync");
 
         let sub = git(&s.repo, &["rev-parse", "HEAD:sub"]);
-        let r = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit: s.commit.clone(),
-                subdir: "sub".into(),
-                sync_tree: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.commit_tree(s.commit.clone(), "sub", true).await;
         assert_eq!(
             (r.status, r.tree.as_str()),
             (0, sub.as_str()),
@@ -187,52 +171,20 @@ async fn commit_tree_in_both_modes() {
         assert_tree_readable(&s, &digest, 2).await;
 
         // The whole commit tree syncs too (symlinks, executables).
-        let r = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit: s.commit.clone(),
-                subdir: ".".into(),
-                sync_tree: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.commit_tree(s.commit.clone(), ".", true).await;
         assert_tree_readable(&s, &r.digest.unwrap(), 4).await;
 
-        let unknown = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit: "1".repeat(40),
-                subdir: ".".into(),
-                sync_tree: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let unknown = c.commit_tree("1".repeat(40), ".", false).await;
         assert_eq!(
             unknown.status,
             serve_commit_tree_response::ServeCommitTreeStatus::NotFound as i32
         );
-        let missing_dir = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit: s.commit.clone(),
-                subdir: "nope".into(),
-                sync_tree: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let missing_dir = c.commit_tree(s.commit.clone(), "nope", false).await;
         assert_eq!(
             missing_dir.status,
             serve_commit_tree_response::ServeCommitTreeStatus::InternalError as i32
         );
-        let bad = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit: "not-a-commit".into(),
-                subdir: ".".into(),
-                sync_tree: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let bad = c.commit_tree("not-a-commit", ".", false).await;
         assert_eq!(
             bad.status,
             serve_commit_tree_response::ServeCommitTreeStatus::InternalError as i32
@@ -247,58 +199,28 @@ async fn content_and_tree() {
         let s = start_serve(compatible).await;
         let mut c = s.client().await;
         let blob = git(&s.repo, &["rev-parse", "HEAD:README"]);
-        let r = c
-            .serve_content(ServeContentRequest {
-                content: blob.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.content(blob.clone()).await;
         assert_eq!(r.status, 0);
         let d = r.digest.unwrap();
         assert_eq!(s.read(&d).await.unwrap(), b"readme\n");
         if !compatible {
             assert_eq!(d.hash, format!("62{blob}"));
         }
-        let r = c
-            .serve_content(ServeContentRequest {
-                content: "2".repeat(40),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.content("2".repeat(40)).await;
         assert_eq!(
             r.status,
             serve_content_response::ServeContentStatus::NotFound as i32
         );
-        let r = c
-            .serve_content(ServeContentRequest {
-                content: "xyz".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.content("xyz").await;
         assert_eq!(
             r.status,
             serve_content_response::ServeContentStatus::InternalError as i32
         );
 
-        let r = c
-            .serve_tree(ServeTreeRequest {
-                tree: s.tree.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.tree(s.tree.clone()).await;
         assert_eq!(r.status, 0);
         assert_tree_readable(&s, &r.digest.unwrap(), 4).await;
-        let r = c
-            .serve_tree(ServeTreeRequest {
-                tree: "3".repeat(40),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.tree("3".repeat(40)).await;
         assert_eq!(
             r.status,
             serve_tree_response::ServeTreeStatus::NotFound as i32
@@ -326,14 +248,7 @@ async fn distdir_tree() {
                 executable: true,
             },
         ];
-        let r = c
-            .serve_distdir_tree(ServeDistdirTreeRequest {
-                distfiles: files.clone(),
-                sync_tree: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.distdir(files.clone(), true).await;
         assert_eq!(r.status, 0, "compatible={compatible}");
         let expected = {
             let input = format!("100755 blob {a}\ta.sh\n100644 blob {readme}\treadme.txt\n");
@@ -368,14 +283,7 @@ async fn distdir_tree() {
             content: "4".repeat(40),
             executable: false,
         });
-        let r = c
-            .serve_distdir_tree(ServeDistdirTreeRequest {
-                distfiles: unknown,
-                sync_tree: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.distdir(unknown, false).await;
         assert_eq!(
             r.status,
             serve_distdir_tree_response::ServeDistdirTreeStatus::NotFound as i32
@@ -390,21 +298,9 @@ async fn check_root_tree_and_get_remote_tree() {
     for compatible in [false, true] {
         let s = start_serve(compatible).await;
         let mut c = s.client().await;
-        let r = c
-            .check_root_tree(CheckRootTreeRequest {
-                tree: s.tree.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.check_root_tree(s.tree.clone()).await;
         assert_eq!(r.status, 0);
-        let r = c
-            .check_root_tree(CheckRootTreeRequest {
-                tree: "5".repeat(40),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.check_root_tree("5".repeat(40)).await;
         assert_eq!(
             r.status,
             check_root_tree_response::CheckRootTreeStatus::NotFound as i32
@@ -419,32 +315,18 @@ async fn check_root_tree_and_get_remote_tree() {
         let tree = jserve::git::import_directory(&scratch, &other)
             .unwrap()
             .to_string();
-        let r = c
-            .check_root_tree(CheckRootTreeRequest { tree: tree.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.check_root_tree(tree.clone()).await;
         assert_eq!(
             r.status,
             check_root_tree_response::CheckRootTreeStatus::NotFound as i32
         );
 
         let digest = upload_dir(&s, &other).await;
-        let r = c
-            .get_remote_tree(GetRemoteTreeRequest {
-                digest: Some(digest),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.get_remote_tree(digest).await;
         assert_eq!(r.status, 0, "compatible={compatible}");
         // Round trip: the git cache now has exactly the client's git tree.
         assert_eq!(git(&s.git_cache(), &["cat-file", "-t", &tree]), "tree");
-        let r = c
-            .check_root_tree(CheckRootTreeRequest { tree: tree.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.check_root_tree(tree.clone()).await;
         assert_eq!(r.status, 0);
 
         let absent = reapi::Digest {
@@ -455,13 +337,7 @@ async fn check_root_tree_and_get_remote_tree() {
             },
             size_bytes: 1,
         };
-        let r = c
-            .get_remote_tree(GetRemoteTreeRequest {
-                digest: Some(absent),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = c.get_remote_tree(absent).await;
         assert_eq!(
             r.status,
             get_remote_tree_response::GetRemoteTreeStatus::FailedPrecondition as i32
@@ -544,13 +420,7 @@ async fn upload_dir(s: &Serve, dir: &Path) -> reapi::Digest {
 async fn tree_structure() {
     let s = start_serve(false).await;
     let mut c = s.client().await;
-    let r = c
-        .compute_tree_structure(ComputeTreeStructureRequest {
-            tree: s.tree.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.tree_structure(s.tree.clone()).await;
     assert_eq!(r.status, 0);
     // Expected: the same shape with every file, executable and symlink on the empty blob.
     let empty = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391";
@@ -584,21 +454,9 @@ async fn tree_structure() {
     assert_eq!(r.tree_structure_hash, root);
     assert_eq!(git(&s.git_cache(), &["cat-file", "-t", &root]), "tree");
     // Asked again, the memo answers with the same.
-    let again = c
-        .compute_tree_structure(ComputeTreeStructureRequest {
-            tree: s.tree.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = c.tree_structure(s.tree.clone()).await;
     assert_eq!(again.tree_structure_hash, root);
-    let r = c
-        .compute_tree_structure(ComputeTreeStructureRequest {
-            tree: "7".repeat(40),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.tree_structure("7".repeat(40)).await;
     assert_eq!(
         r.status,
         compute_tree_structure_response::ComputeTreeStructureStatus::NotFound as i32
@@ -626,22 +484,8 @@ async fn sync_goes_to_an_external_endpoint() {
                    "execution endpoint": {"address": address, "compatible": compatible}}),
         );
         let server = start(&config).await;
-        let mut c = SourceTreeClient::new(
-            Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-        let r = c
-            .serve_commit_tree(ServeCommitTreeRequest {
-                commit,
-                subdir: ".".into(),
-                sync_tree: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut c = SourceTree::new(common::channel(server.addr.port()).await);
+        let r = c.commit_tree(commit, ".", true).await;
         assert_eq!(
             (r.status, r.tree.as_str()),
             (0, tree.as_str()),
@@ -689,22 +533,8 @@ async fn unreachable_endpoint_in(compatible: bool) {
                "max-attempts": 1}),
     );
     let server = start(&config).await;
-    let mut c = SourceTreeClient::new(
-        Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let r = c
-        .serve_commit_tree(ServeCommitTreeRequest {
-            commit: commit.clone(),
-            subdir: ".".into(),
-            sync_tree: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut c = SourceTree::new(common::channel(server.addr.port()).await);
+    let r = c.commit_tree(commit.clone(), ".", true).await;
     assert_eq!(
         r.status,
         serve_commit_tree_response::ServeCommitTreeStatus::SyncError as i32
@@ -712,31 +542,15 @@ async fn unreachable_endpoint_in(compatible: bool) {
     assert_eq!(r.tree, tree, "the tree is named even when the sync fails");
     assert!(r.digest.is_none());
     // Without sync the endpoint is not needed.
-    let r = c
-        .serve_commit_tree(ServeCommitTreeRequest {
-            commit,
-            subdir: ".".into(),
-            sync_tree: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.commit_tree(commit, ".", false).await;
     assert_eq!(r.status, 0);
     let blob = git(&repo, &["rev-parse", "HEAD:README"]);
-    let r = c
-        .serve_content(ServeContentRequest { content: blob })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.content(blob).await;
     assert_eq!(
         r.status,
         serve_content_response::ServeContentStatus::SyncError as i32
     );
-    let r = c
-        .serve_tree(ServeTreeRequest { tree: tree.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.tree(tree.clone()).await;
     assert_eq!(
         r.status,
         serve_tree_response::ServeTreeStatus::SyncError as i32
@@ -761,17 +575,15 @@ async fn unreachable_endpoint_in(compatible: bool) {
     );
     let readme = git(&repo, &["rev-parse", "HEAD:README"]);
     let r = c
-        .serve_distdir_tree(ServeDistdirTreeRequest {
-            distfiles: vec![serve_distdir_tree_request::Distfile {
+        .distdir(
+            vec![serve_distdir_tree_request::Distfile {
                 name: "r".into(),
                 content: readme,
                 executable: false,
             }],
-            sync_tree: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            true,
+        )
+        .await;
     assert_eq!(
         r.status,
         serve_distdir_tree_response::ServeDistdirTreeStatus::SyncError as i32
@@ -779,67 +591,49 @@ async fn unreachable_endpoint_in(compatible: bool) {
 
     // Malformed ids are internal errors, as in the reference.
     let bad = "not-a-git-id".to_string();
-    let r = c
-        .serve_tree(ServeTreeRequest { tree: bad.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.tree(bad.clone()).await;
     assert_eq!(
         r.status,
         serve_tree_response::ServeTreeStatus::InternalError as i32
     );
-    let r = c
-        .check_root_tree(CheckRootTreeRequest { tree: bad.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.check_root_tree(bad.clone()).await;
     assert_eq!(
         r.status,
         check_root_tree_response::CheckRootTreeStatus::InternalError as i32
     );
-    let r = c
-        .compute_tree_structure(ComputeTreeStructureRequest { tree: bad.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = c.tree_structure(bad.clone()).await;
     assert_eq!(
         r.status,
         compute_tree_structure_response::ComputeTreeStructureStatus::InternalError as i32
     );
     let r = c
-        .serve_distdir_tree(ServeDistdirTreeRequest {
-            distfiles: vec![serve_distdir_tree_request::Distfile {
+        .distdir(
+            vec![serve_distdir_tree_request::Distfile {
                 name: "x".into(),
                 content: bad,
                 executable: false,
             }],
-            sync_tree: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            false,
+        )
+        .await;
     assert_eq!(
         r.status,
         serve_distdir_tree_response::ServeDistdirTreeStatus::InternalError as i32
     );
     // GetRemoteTree with the endpoint down: a failed precondition.
     let r = c
-        .get_remote_tree(GetRemoteTreeRequest {
-            digest: Some(if compatible {
-                reapi::Digest {
-                    hash: "9".repeat(64),
-                    size_bytes: 10,
-                }
-            } else {
-                reapi::Digest {
-                    hash: format!("74{tree}"),
-                    size_bytes: 0,
-                }
-            }),
+        .get_remote_tree(if compatible {
+            reapi::Digest {
+                hash: "9".repeat(64),
+                size_bytes: 10,
+            }
+        } else {
+            reapi::Digest {
+                hash: format!("74{tree}"),
+                size_bytes: 0,
+            }
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(
         r.status,
         get_remote_tree_response::GetRemoteTreeStatus::FailedPrecondition as i32

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod analysis;
+pub mod clients;
 pub mod endpoints;
 pub mod git;
 pub mod pki;
