@@ -413,66 +413,67 @@ fn cas_file_of_kind(
     )
 }
 
-/// Stores a tree made of `nodes` (whose contents are already in the CAS).
-pub fn store_nodes(
-    cas: &Cas,
-    nodes: Vec<Node>,
-) -> Result<(Digest, Option<reapi::Directory>), TreeStoreError> {
-    let hash = cas.hash_function();
+/// One entry of a tree to encode. A symlink's `digest` names its target
+/// blob (what git trees hold); `target` is its text (what `Directory`
+/// messages hold, so required in compatible mode).
+pub struct TreeEntry<'a> {
+    pub name: &'a [u8],
+    pub kind: ObjectKind,
+    pub digest: &'a Digest,
+    pub target: Option<&'a [u8]>,
+}
+
+/// Encodes one tree level in the hash mode's representation: a git tree
+/// (native) or a `Directory` message with its entries sorted (compatible),
+/// the message returned too. The one encoder of both representations.
+pub fn encode_tree(
+    hash: HashFunction,
+    entries: &[TreeEntry<'_>],
+) -> Result<(Vec<u8>, Option<reapi::Directory>), TreeError> {
     match hash {
         HashFunction::GitSha1 => {
-            let mut entries = Vec::with_capacity(nodes.len());
-            for n in nodes {
-                let (name, kind, id_hex) = match n {
-                    Node::File {
-                        name,
-                        digest,
-                        executable,
-                    } => {
-                        let kind = ObjectKind::blob(executable);
-                        (name, kind, digest.hash)
-                    }
-                    Node::Dir { name, digest } => (name, ObjectKind::Tree, digest.hash),
-                    Node::Symlink { name, target } => {
-                        let d = cas.put_bytes(ObjectKind::File, &target)?;
-                        (name, ObjectKind::Symlink, d.hash)
-                    }
-                };
+            let mut git = Vec::with_capacity(entries.len());
+            for e in entries {
                 let mut id = [0u8; 20];
-                hex::decode_to_slice(&id_hex, &mut id).map_err(|_| {
-                    TreeStoreError::BadDigest(id_hex.clone(), "not a git id".into())
+                hex::decode_to_slice(&e.digest.hash, &mut id).map_err(|_| {
+                    TreeError::BadName(format!("{} is not a git object id", e.digest.hash))
                 })?;
-                entries.push(GitTreeEntry { name, kind, id });
+                git.push(GitTreeEntry {
+                    name: e.name.to_vec(),
+                    kind: e.kind,
+                    id,
+                });
             }
-            let bytes = serialize_git_tree(entries)?;
-            Ok((cas.put_bytes(ObjectKind::Tree, &bytes)?, None))
+            Ok((serialize_git_tree(git)?, None))
         }
         HashFunction::Sha256 => {
             let mut dir = reapi::Directory::default();
-            for n in nodes {
-                match n {
-                    Node::File {
+            for e in entries {
+                check_entry_name(e.name)?;
+                let name = utf8_name(e.name.to_vec())?;
+                match e.kind {
+                    ObjectKind::File | ObjectKind::Executable => dir.files.push(reapi::FileNode {
                         name,
-                        digest,
-                        executable,
-                    } => dir.files.push(reapi::FileNode {
-                        name: utf8_name(name)?,
-                        digest: Some(digest.to_wire(hash)),
-                        is_executable: executable,
+                        digest: Some(e.digest.to_wire(hash)),
+                        is_executable: e.kind == ObjectKind::Executable,
                         node_properties: None,
                     }),
-                    Node::Dir { name, digest } => dir.directories.push(reapi::DirectoryNode {
-                        name: utf8_name(name)?,
-                        digest: Some(digest.to_wire(hash)),
+                    ObjectKind::Tree => dir.directories.push(reapi::DirectoryNode {
+                        name,
+                        digest: Some(e.digest.to_wire(hash)),
                     }),
-                    Node::Symlink { name, target } => {
-                        // justbuild clients fetch symlink targets as blobs, in this mode too.
-                        cas.put_bytes(ObjectKind::File, &target)?;
+                    ObjectKind::Symlink => {
+                        let target = e.target.ok_or_else(|| {
+                            TreeError::BadName(format!(
+                                "the target of symlink {name:?} is not known"
+                            ))
+                        })?;
+                        let target = String::from_utf8(target.to_vec()).map_err(|_| {
+                            TreeError::BadName("symlink target is not UTF-8".into())
+                        })?;
                         dir.symlinks.push(reapi::SymlinkNode {
-                            name: utf8_name(name)?,
-                            target: String::from_utf8(target).map_err(|_| {
-                                TreeError::BadName("symlink target is not UTF-8".into())
-                            })?,
+                            name,
+                            target,
                             node_properties: None,
                         })
                     }
@@ -481,10 +482,62 @@ pub fn store_nodes(
             dir.files.sort_by(|a, b| a.name.cmp(&b.name));
             dir.directories.sort_by(|a, b| a.name.cmp(&b.name));
             dir.symlinks.sort_by(|a, b| a.name.cmp(&b.name));
-            let digest = cas.put_bytes(ObjectKind::Tree, &dir.encode_to_vec())?;
-            Ok((digest, Some(dir)))
+            let mut names: Vec<&str> = (dir.files.iter().map(|f| f.name.as_str()))
+                .chain(dir.directories.iter().map(|d| d.name.as_str()))
+                .chain(dir.symlinks.iter().map(|s| s.name.as_str()))
+                .collect();
+            names.sort_unstable();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                return Err(TreeError::Duplicate(w[0].to_string()));
+            }
+            Ok((dir.encode_to_vec(), Some(dir)))
         }
     }
+}
+
+/// Stores a tree made of `nodes` (whose contents are already in the CAS);
+/// symlink targets are stored as blobs, as justbuild clients fetch them so
+/// in either mode.
+pub fn store_nodes(
+    cas: &Cas,
+    nodes: Vec<Node>,
+) -> Result<(Digest, Option<reapi::Directory>), TreeStoreError> {
+    let hash = cas.hash_function();
+    let mut digests = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        digests.push(match n {
+            Node::File { digest, .. } | Node::Dir { digest, .. } => digest.clone(),
+            Node::Symlink { target, .. } => cas.put_bytes(ObjectKind::File, target)?,
+        });
+    }
+    let entries: Vec<TreeEntry<'_>> = nodes
+        .iter()
+        .zip(&digests)
+        .map(|(n, digest)| match n {
+            Node::File {
+                name, executable, ..
+            } => TreeEntry {
+                name,
+                kind: ObjectKind::blob(*executable),
+                digest,
+                target: None,
+            },
+            Node::Dir { name, .. } => TreeEntry {
+                name,
+                kind: ObjectKind::Tree,
+                digest,
+                target: None,
+            },
+            Node::Symlink { name, target } => TreeEntry {
+                name,
+                kind: ObjectKind::Symlink,
+                digest,
+                target: Some(target),
+            },
+        })
+        .collect();
+    let (bytes, directory) = encode_tree(hash, &entries)?;
+    Ok((cas.put_bytes(ObjectKind::Tree, &bytes)?, directory))
 }
 
 fn utf8_name(name: Vec<u8>) -> Result<String, TreeError> {

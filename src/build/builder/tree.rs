@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use prost::Message;
 
-use crate::digest::{
-    parse_git_tree, serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind,
-};
+use crate::digest::{parse_git_tree, Digest, HashFunction, ObjectKind};
+use crate::storage::trees::{directory_nodes, encode_tree, Node as StoredNode, TreeEntry};
 
 /// One entry of a directory: what it is and its digest; symlinks also carry
 /// their target in compatible mode, where a `Directory` holds it inline.
@@ -38,68 +37,19 @@ pub struct TreeBlob {
     pub data: Vec<u8>,
 }
 
-fn raw_git_id(digest: &Digest) -> Result<[u8; 20], String> {
-    hex::decode(&digest.hash)
-        .ok()
-        .and_then(|raw| <[u8; 20]>::try_from(raw).ok())
-        .ok_or_else(|| format!("{} is not a git object id", digest.hash))
-}
-
-fn utf8_name(name: &[u8]) -> Result<String, String> {
-    String::from_utf8(name.to_vec()).map_err(|_| {
-        format!(
-            "entry name {:?} is not UTF-8",
-            String::from_utf8_lossy(name)
-        )
-    })
-}
-
-/// Serialises one directory level.
+/// Serialises one directory level (through the one encoder of both
+/// representations, `storage::trees::encode_tree`).
 pub fn serialize(hash: HashFunction, entries: &Entries) -> Result<TreeBlob, String> {
-    let data = match hash {
-        HashFunction::GitSha1 => {
-            let git_entries = entries
-                .iter()
-                .map(|(name, e)| {
-                    Ok(GitTreeEntry {
-                        name: name.clone(),
-                        kind: e.kind,
-                        id: raw_git_id(&e.digest)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            serialize_git_tree(git_entries).map_err(|e| e.to_string())?
-        }
-        HashFunction::Sha256 => {
-            let mut dir = reapi::Directory::default();
-            for (name, e) in entries {
-                let name = utf8_name(name)?;
-                match e.kind {
-                    ObjectKind::File | ObjectKind::Executable => dir.files.push(reapi::FileNode {
-                        name,
-                        digest: Some(e.digest.to_wire(hash)),
-                        is_executable: e.kind == ObjectKind::Executable,
-                        node_properties: None,
-                    }),
-                    ObjectKind::Tree => dir.directories.push(reapi::DirectoryNode {
-                        name,
-                        digest: Some(e.digest.to_wire(hash)),
-                    }),
-                    ObjectKind::Symlink => {
-                        let target = e.target.clone().ok_or_else(|| {
-                            format!("the target of symlink {name:?} is not known")
-                        })?;
-                        dir.symlinks.push(reapi::SymlinkNode {
-                            name,
-                            target,
-                            node_properties: None,
-                        })
-                    }
-                }
-            }
-            dir.encode_to_vec()
-        }
-    };
+    let encoded: Vec<TreeEntry<'_>> = entries
+        .iter()
+        .map(|(name, e)| TreeEntry {
+            name,
+            kind: e.kind,
+            digest: &e.digest,
+            target: e.target.as_deref().map(str::as_bytes),
+        })
+        .collect();
+    let (data, _) = encode_tree(hash, &encoded).map_err(|e| e.to_string())?;
     Ok(TreeBlob {
         digest: hash.digest_bytes(ObjectKind::Tree, &data),
         data,
@@ -127,44 +77,45 @@ pub fn parse(hash: HashFunction, digest: &Digest, data: &[u8]) -> Result<Entries
         }
         HashFunction::Sha256 => {
             let dir = reapi::Directory::decode(data).map_err(|e| bad(e.to_string()))?;
-            let wire = |d: &Option<reapi::Digest>| {
-                hash.digest_from_wire(&d.clone().unwrap_or_default())
-                    .map_err(|e| bad(e.to_string()))
-            };
-            let mut add = |name: &str, entry: Entry| {
-                if entries.insert(name.as_bytes().to_vec(), entry).is_some() {
-                    return Err(bad(format!("duplicate entry {name:?}")));
-                }
-                Ok(())
-            };
-            for f in &dir.files {
-                let kind = ObjectKind::blob(f.is_executable);
-                add(
-                    &f.name,
-                    Entry {
-                        kind,
-                        digest: wire(&f.digest)?,
-                        target: None,
-                    },
-                )?;
-            }
-            for d in &dir.directories {
-                add(
-                    &d.name,
-                    Entry {
-                        kind: ObjectKind::Tree,
-                        digest: wire(&d.digest)?,
-                        target: None,
-                    },
-                )?;
-            }
-            for s in &dir.symlinks {
-                let entry = Entry {
-                    kind: ObjectKind::Symlink,
-                    digest: hash.digest_bytes(ObjectKind::File, s.target.as_bytes()),
-                    target: Some(s.target.clone()),
+            let nodes =
+                directory_nodes(hash, &digest.hash, &dir).map_err(|e| bad(e.to_string()))?;
+            for node in nodes {
+                let (name, entry) = match node {
+                    StoredNode::File {
+                        name,
+                        digest,
+                        executable,
+                    } => (
+                        name,
+                        Entry {
+                            kind: ObjectKind::blob(executable),
+                            digest,
+                            target: None,
+                        },
+                    ),
+                    StoredNode::Dir { name, digest } => (
+                        name,
+                        Entry {
+                            kind: ObjectKind::Tree,
+                            digest,
+                            target: None,
+                        },
+                    ),
+                    StoredNode::Symlink { name, target } => {
+                        let digest = hash.digest_bytes(ObjectKind::File, &target);
+                        let target = String::from_utf8(target)
+                            .map_err(|_| bad("symlink target is not UTF-8".into()))?;
+                        (
+                            name,
+                            Entry {
+                                kind: ObjectKind::Symlink,
+                                digest,
+                                target: Some(target),
+                            },
+                        )
+                    }
                 };
-                add(&s.name, entry)?;
+                entries.insert(name, entry);
             }
         }
     }
