@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use super::copy::native_cas_tree_to_git;
+use super::SourceTreeError;
 use super::{blocking, Sources};
 use crate::digest::{Digest, ObjectKind};
 use crate::git::{commit_and_keep, parse_oid};
@@ -105,11 +106,9 @@ impl Sources {
         let hash = self.remote_hash();
         let p = path.clone();
         let digest = blocking(move || {
-            let file = std::fs::File::open(&p).map_err(|e| e.to_string())?;
-            let len = file.metadata().map_err(|e| e.to_string())?.len();
-            let hex = hash
-                .hash_reader(ObjectKind::File, len, file)
-                .map_err(|e| e.to_string())?;
+            let file = std::fs::File::open(&p)?;
+            let len = file.metadata()?.len();
+            let hex = hash.hash_reader(ObjectKind::File, len, file)?;
             Ok(Digest {
                 hash: hex,
                 size: len,
@@ -146,23 +145,23 @@ impl Sources {
         &self,
         tree: &str,
         message: String,
-    ) -> Result<Option<usize>, String> {
+    ) -> Result<Option<usize>, SourceTreeError> {
         let (repos, id, cas) = (
             self.repos.clone(),
             tree.to_string(),
             self.native_cas.clone(),
         );
         blocking(move || {
-            let oid = parse_oid(&id).map_err(|e| e.to_string())?;
-            if let Some(repo) = repos.find_tree(&id).map_err(|e| e.to_string())? {
+            let oid = parse_oid(&id)?;
+            if let Some(repo) = repos.find_tree(&id)? {
                 return Ok(Some(repo));
             }
             if !cas.contains(ObjectKind::Tree, &id) {
                 return Ok(None);
             }
-            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
-            native_cas_tree_to_git(&cas, &cache, &id).map_err(|e| e.to_string())?;
-            commit_and_keep(&cache, oid, &message).map_err(|e| e.to_string())?;
+            let cache = repos.open_git_cache()?;
+            native_cas_tree_to_git(&cas, &cache, &id)?;
+            commit_and_keep(&cache, oid, &message)?;
             Ok(Some(0))
         })
         .await

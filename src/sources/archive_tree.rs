@@ -11,6 +11,7 @@ use git2::Oid;
 
 use super::answers::{Outcome, TreeAnswer};
 use super::resolve::{resolve_tree, ResolveMode};
+use super::SourceTreeError;
 use super::{blocking, Sources};
 use crate::archive::{ArchiveFormat, Unpacking};
 use crate::digest::{Digest, ObjectKind};
@@ -126,13 +127,11 @@ impl Sources {
         // The requested subdirectory, in whichever repository has the root.
         let (repos, sub) = (self.repos.clone(), subdir.to_string());
         let found = blocking(move || {
-            let Some(repo) = repos.find_tree(&root).map_err(|e| e.to_string())? else {
-                return Err(format!("unpacked tree {root} vanished from the git cache"));
+            let Some(repo) = repos.find_tree(&root)? else {
+                return Err(format!("unpacked tree {root} vanished from the git cache").into());
             };
-            let r = repos.open(repo).map_err(|e| e.to_string())?;
-            let tree = r
-                .find_tree(Oid::from_str(&root).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+            let r = repos.open(repo)?;
+            let tree = r.find_tree(Oid::from_str(&root)?)?;
             let path: Vec<&str> = sub
                 .split('/')
                 .filter(|p| !p.is_empty() && *p != ".")
@@ -144,7 +143,7 @@ impl Sources {
                 .get_path(std::path::Path::new(&path.join("/")))
                 .map_err(|_| format!("the archive has no directory {sub:?}"))?;
             if entry.kind() != Some(git2::ObjectType::Tree) {
-                return Err(format!("{sub:?} in the archive is not a directory"));
+                return Err(format!("{sub:?} in the archive is not a directory").into());
             }
             Ok((repo, entry.id().to_string()))
         })
@@ -168,19 +167,18 @@ impl Sources {
             let map = self.special_map(mode);
             let (repos, id) = (self.repos.clone(), tree.clone());
             blocking(move || {
-                if let Some(known) = map.get(&id).map_err(|e| e.to_string())? {
+                if let Some(known) = map.get(&id)? {
                     return Ok(Ok(known.trim().to_string()));
                 }
-                let source = repos.open(repo).map_err(|e| e.to_string())?;
-                let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
-                let oid = Oid::from_str(&id).map_err(|e| e.to_string())?;
+                let source = repos.open(repo)?;
+                let cache = repos.open_git_cache()?;
+                let oid = Oid::from_str(&id)?;
                 let resolved = match resolve_tree(&source, &cache, oid, mode) {
                     Ok(r) => r,
                     Err(e) => return Ok(Err(e.to_string())),
                 };
-                keep_tree(&cache, resolved).map_err(|e| e.to_string())?;
-                map.set(&id, &resolved.to_string())
-                    .map_err(|e| e.to_string())?;
+                keep_tree(&cache, resolved)?;
+                map.set(&id, &resolved.to_string())?;
                 Ok(Ok(resolved.to_string()))
             })
             .await
@@ -200,18 +198,15 @@ impl Sources {
         &self,
         content: &str,
         kind: ArchiveFormat,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, SourceTreeError> {
         let (map, repos, id) = (self.tree_map(kind), self.repos.clone(), content.to_string());
         blocking(move || {
-            let Some(root) = map.get(&id).map_err(|e| e.to_string())? else {
+            let Some(root) = map.get(&id)? else {
                 return Ok(None);
             };
             let root = root.trim().to_string();
             // A root that is gone (e.g. after a git-cache GC) is unpacked again.
-            Ok(repos
-                .find_tree(&root)
-                .map_err(|e| e.to_string())?
-                .map(|_| root))
+            Ok(repos.find_tree(&root)?.map(|_| root))
         })
         .await
     }
@@ -234,10 +229,7 @@ impl Sources {
             if let Some(p) = cas.find(ObjectKind::File, &id) {
                 return Ok(Some(ArchiveSource::File(p)));
             }
-            Ok(repos
-                .find_blob(&id)
-                .map_err(|e| e.to_string())?
-                .map(ArchiveSource::Repo))
+            Ok(repos.find_blob(&id)?.map(ArchiveSource::Repo))
         })
         .await
         .map_err(ArchiveAnswer::internal)?;
@@ -277,19 +269,17 @@ impl Sources {
                     content.to_string(),
                 );
                 blocking(move || {
-                    let repo = repos.open(r).map_err(|e| e.to_string())?;
-                    let oid = Oid::from_str(&id).map_err(|e| e.to_string())?;
-                    let odb = repo.odb().map_err(|e| e.to_string())?;
+                    let repo = repos.open(r)?;
+                    let oid = Oid::from_str(&id)?;
+                    let odb = repo.odb()?;
                     // Stream loose objects; packed ones libgit2 can only hand out whole.
                     match odb.reader(oid) {
                         Ok((reader, len, _)) => {
-                            cas.put_stream(ObjectKind::File, len as u64, reader, Some(&id))
-                                .map_err(|e| e.to_string())?;
+                            cas.put_stream(ObjectKind::File, len as u64, reader, Some(&id))?;
                         }
                         Err(_) => {
-                            let blob = repo.find_blob(oid).map_err(|e| e.to_string())?;
-                            cas.put_bytes_checked(ObjectKind::File, blob.content(), Some(&id))
-                                .map_err(|e| e.to_string())?;
+                            let blob = repo.find_blob(oid)?;
+                            cas.put_bytes_checked(ObjectKind::File, blob.content(), Some(&id))?;
                         }
                     }
                     Ok(cas.path(ObjectKind::File, &id))
@@ -320,9 +310,9 @@ impl Sources {
                 blocking(move || {
                     let stored = cas.put_file(ObjectKind::File, &tmp);
                     let _ = std::fs::remove_file(&tmp);
-                    let d = stored.map_err(|e| e.to_string())?;
+                    let d = stored?;
                     if d.hash != id {
-                        return Err(format!("the endpoint's {id} has other content"));
+                        return Err(format!("the endpoint's {id} has other content").into());
                     }
                     Ok(cas.path(ObjectKind::File, &id))
                 })
@@ -338,22 +328,22 @@ impl Sources {
             self.tree_map(kind),
         );
         let (id, kind_name) = (content.to_string(), kind.justbuild_name());
-        let result =
-            tokio::task::spawn_blocking(move || -> Result<Result<String, String>, String> {
-                let dir = tempdir_in(&tmp_root).map_err(|e| e.to_string())?;
+        let result = tokio::task::spawn_blocking(
+            move || -> Result<Result<String, String>, SourceTreeError> {
+                let dir = tempdir_in(&tmp_root)?;
                 tracing::info!(archive = %id, "unpacking");
                 if let Err(e) = unpacking.unpack(&archive_path, format, dir.path()) {
                     return Ok(Err(e.to_string()));
                 }
-                let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
+                let cache = repos.open_git_cache()?;
                 let root =
-                    import_to_git(&cache, dir.path(), &format!("Content of {kind_name} {id}"))
-                        .map_err(|e| e.to_string())?;
-                map.set(&id, &root.to_string()).map_err(|e| e.to_string())?;
+                    import_to_git(&cache, dir.path(), &format!("Content of {kind_name} {id}"))?;
+                map.set(&id, &root.to_string())?;
                 Ok(Ok(root.to_string()))
-            })
-            .await
-            .map_err(|e| ArchiveAnswer::internal(e.to_string()))?;
+            },
+        )
+        .await
+        .map_err(|e| ArchiveAnswer::internal(e.to_string()))?;
         match result {
             Ok(Ok(root)) => Ok(root),
             Ok(Err(unpack_error)) => Err(ArchiveAnswer::fail(ArchiveOutcome::Unpack(unpack_error))),

@@ -15,7 +15,7 @@ impl Sources {
             Ok(None) => Outcome::NotFound,
             Err(e) => {
                 tracing::error!("{e}");
-                Outcome::Internal(e)
+                Outcome::Internal(e.to_string())
             }
         }
     }

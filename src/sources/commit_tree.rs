@@ -12,13 +12,11 @@ impl Sources {
         let (repos, commit_id, subdir_owned) =
             (self.repos.clone(), commit.to_string(), subdir.to_string());
         let found = blocking(move || {
-            let Some(found) = repos.commit_tree(&commit_id).map_err(|e| e.to_string())? else {
+            let Some(found) = repos.commit_tree(&commit_id)? else {
                 return Ok(None);
             };
-            let repo = repos.open(found.repo).map_err(|e| e.to_string())?;
-            let root = repo
-                .find_tree(Oid::from_str(&found.value).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?;
+            let repo = repos.open(found.repo)?;
+            let root = repo.find_tree(Oid::from_str(&found.value)?)?;
             let path: Vec<&str> = subdir_owned
                 .split('/')
                 .filter(|p| !p.is_empty() && *p != ".")
@@ -27,15 +25,15 @@ impl Sources {
                 return Ok(Some((found.repo, found.value)));
             }
             if path.contains(&"..") {
-                return Err(format!("subdir {subdir_owned:?} leaves the commit's tree"));
+                return Err(format!("subdir {subdir_owned:?} leaves the commit's tree").into());
             }
             let entry = root
                 .get_path(std::path::Path::new(&path.join("/")))
                 .map_err(|_| format!("commit {commit_id} has no {subdir_owned:?}"))?;
             if entry.kind() != Some(ObjectType::Tree) {
-                return Err(format!(
-                    "{subdir_owned:?} in commit {commit_id} is not a directory"
-                ));
+                return Err(
+                    format!("{subdir_owned:?} in commit {commit_id} is not a directory").into(),
+                );
             }
             Ok(Some((found.repo, entry.id().to_string())))
         })

@@ -15,8 +15,8 @@ impl Sources {
             self.native_cas.clone(),
         );
         let found = blocking(move || {
-            parse_oid(&id).map_err(|e| e.to_string())?;
-            if let Some(repo) = repos.find_blob(&id).map_err(|e| e.to_string())? {
+            parse_oid(&id)?;
+            if let Some(repo) = repos.find_blob(&id)? {
                 return Ok(Some(BlobSource::Repo(repo)));
             }
             Ok(cas.find(ObjectKind::File, &id).map(BlobSource::NativeCas))

@@ -32,16 +32,13 @@ impl Sources {
                 f.content.clone(),
             );
             let local = blocking(move || {
-                parse_oid(&id).map_err(|e| e.to_string())?;
+                parse_oid(&id)?;
                 if native {
                     if let Some(p) = cas.find(ObjectKind::File, &id) {
                         return Ok(Some(BlobSource::NativeCas(p)));
                     }
                 }
-                Ok(repos
-                    .find_blob(&id)
-                    .map_err(|e| e.to_string())?
-                    .map(BlobSource::Repo))
+                Ok(repos.find_blob(&id)?.map(BlobSource::Repo))
             })
             .await;
             let source = match local {
@@ -93,7 +90,7 @@ impl Sources {
 
         // Known already? Then sync from where it is.
         let (repos, id) = (self.repos.clone(), tree_id.clone());
-        match blocking(move || repos.find_tree(&id).map_err(|e| e.to_string())).await {
+        match blocking(move || Ok(repos.find_tree(&id)?)).await {
             Ok(Some(repo)) => {
                 return self
                     .answer(tree_id, true, self.repos.paths()[repo].clone(), sync)
@@ -123,37 +120,33 @@ impl Sources {
         let message = format!("Content of distdir {content_id}");
         let id = tree_id.clone();
         let written = blocking(move || {
-            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
-            let odb = cache.odb().map_err(|e| e.to_string())?;
+            let cache = repos.open_git_cache()?;
+            let odb = cache.odb()?;
             let mut remote_blobs = remote_blobs.into_iter();
             for (f, s) in files.iter().zip(sources) {
-                let oid = Oid::from_str(&f.content).map_err(|e| e.to_string())?;
+                let oid = Oid::from_str(&f.content)?;
                 if odb.exists(oid) {
                     continue;
                 }
                 let data = match s {
                     BlobSource::Repo(r) => {
-                        let repo = repos.open(r).map_err(|e| e.to_string())?;
-                        let blob = repo.find_blob(oid).map_err(|e| e.to_string())?;
+                        let repo = repos.open(r)?;
+                        let blob = repo.find_blob(oid)?;
                         blob.content().to_vec()
                     }
-                    BlobSource::NativeCas(p) => std::fs::read(&p).map_err(|e| e.to_string())?,
+                    BlobSource::NativeCas(p) => std::fs::read(&p)?,
                     BlobSource::Remote => remote_blobs.next().unwrap_or_default(),
                 };
-                let written = odb
-                    .write(ObjectType::Blob, &data)
-                    .map_err(|e| e.to_string())?;
+                let written = odb.write(ObjectType::Blob, &data)?;
                 if written != oid {
-                    return Err(format!("blob {oid} has other content than its id says"));
+                    return Err(format!("blob {oid} has other content than its id says").into());
                 }
             }
-            let tree = odb
-                .write(ObjectType::Tree, &tree_bytes)
-                .map_err(|e| e.to_string())?;
+            let tree = odb.write(ObjectType::Tree, &tree_bytes)?;
             if tree.to_string() != id {
-                return Err(format!("distdir tree {tree} differs from {id}"));
+                return Err(format!("distdir tree {tree} differs from {id}").into());
             }
-            commit_and_keep(&cache, tree, &message).map_err(|e| e.to_string())?;
+            commit_and_keep(&cache, tree, &message)?;
             Ok(())
         })
         .await;

@@ -36,13 +36,13 @@ impl Sources {
         };
         let message = format!("Content of tree {}", digest.hash);
         let done = blocking(move || {
-            let repo = Repository::open_bare(&cache).map_err(|e| e.to_string())?;
-            commit_and_keep(&repo, tree, &message).map_err(|e| e.to_string())
+            let repo = Repository::open_bare(&cache)?;
+            Ok(commit_and_keep(&repo, tree, &message)?)
         })
         .await;
         match done {
             Ok(_) => Outcome::Ok,
-            Err(e) => Outcome::Internal(e),
+            Err(e) => Outcome::Internal(e.to_string()),
         }
     }
 }

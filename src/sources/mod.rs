@@ -41,10 +41,45 @@ pub struct Sources {
     once: archive_tree::OnceMap,
 }
 
+/// What went wrong inside a SourceTree operation: the text of its
+/// INTERNAL_ERROR (or sync error) answer. Which status the RPC answers is
+/// decided by the operation's outcome, not by this type.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceTreeError {
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
+    #[error("git: {0}")]
+    Git2(#[from] git2::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Cas(#[from] crate::storage::CasError),
+    #[error(transparent)]
+    Copy(#[from] copy::CopyError),
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
+    #[error(transparent)]
+    Worker(#[from] crate::blocking::WorkerFailed),
+    #[error("{0}")]
+    Message(String),
+}
+
+impl From<SourceTreeError> for String {
+    fn from(e: SourceTreeError) -> String {
+        e.to_string()
+    }
+}
+
+impl From<String> for SourceTreeError {
+    fn from(message: String) -> SourceTreeError {
+        SourceTreeError::Message(message)
+    }
+}
+
 /// [`crate::blocking::run`] with this module's error type.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, SourceTreeError> + Send + 'static,
+) -> Result<T, SourceTreeError> {
     crate::blocking::run(f).await
 }
 

@@ -55,13 +55,11 @@ impl Sources {
         let memo = self.build_root.repository_map("tree_structure");
         let id = tree.to_string();
         let result = blocking(move || {
-            let source = repos.open(repo).map_err(|e| e.to_string())?;
-            let cache = repos.open_git_cache().map_err(|e| e.to_string())?;
-            let oid = parse_oid(&id).map_err(|e| e.to_string())?;
-            let structure = super::tree_structure::compute(&source, &cache, oid, &memo)
-                .map_err(|e| e.to_string())?;
-            commit_and_keep(&cache, structure, &format!("Import {structure}"))
-                .map_err(|e| e.to_string())?;
+            let source = repos.open(repo)?;
+            let cache = repos.open_git_cache()?;
+            let oid = parse_oid(&id)?;
+            let structure = super::tree_structure::compute(&source, &cache, oid, &memo)?;
+            commit_and_keep(&cache, structure, &format!("Import {structure}"))?;
             Ok(structure.to_string())
         })
         .await;
