@@ -7,8 +7,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::rule_files::ExpressionFunction;
 use super::stage::{normalise_keys, normalise_keys_first_wins, stage_descriptions, tree_conflict};
-use super::user_rule::ExpressionFunction;
 use super::{empty_map_expr, entity_of_name_json, name_value, AnalysedTarget, AnalysisSettings};
 use crate::build::artifact::ArtifactDescription;
 use crate::build::expr::path::{is_non_upwards, to_normal_path};

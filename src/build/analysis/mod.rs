@@ -16,6 +16,7 @@
 
 mod builtin;
 mod functions;
+mod rule_files;
 pub mod stage;
 mod user_rule;
 
@@ -35,7 +36,7 @@ use crate::build::sources::{RepoReader, SourceError, SourceTarget};
 use crate::build::value::{Map, TargetResult, Value};
 use crate::digest::HashFunction;
 
-pub use user_rule::{ExpressionFunction, UserRule};
+pub use rule_files::{ExpressionFunction, UserRule};
 
 /// An analysis failure: a message with the chain of contexts it happened
 /// in, outermost first, as `just` prints it.
