@@ -330,7 +330,7 @@ impl Sources {
         let (id, kind_name) = (content.to_string(), kind.justbuild_name());
         let result = tokio::task::spawn_blocking(
             move || -> Result<Result<String, String>, SourceTreeError> {
-                let dir = tempdir_in(&tmp_root)?;
+                let dir = crate::storage::staging::scratch_dir(&tmp_root, "unpack")?;
                 tracing::info!(archive = %id, "unpacking");
                 if let Err(e) = unpacking.unpack(&archive_path, format, dir.path()) {
                     return Ok(Err(e.to_string()));
@@ -349,34 +349,5 @@ impl Sources {
             Ok(Err(unpack_error)) => Err(ArchiveAnswer::fail(ArchiveOutcome::Unpack(unpack_error))),
             Err(e) => Err(ArchiveAnswer::internal(e)),
         }
-    }
-}
-
-/// A fresh directory below `parent`, removed when dropped.
-fn tempdir_in(parent: &std::path::Path) -> std::io::Result<TempDir> {
-    std::fs::create_dir_all(parent)?;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = parent.join(format!("unpack-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&path) {
-            Ok(()) => return Ok(TempDir(path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        crate::storage::remove_tree(&self.0);
     }
 }

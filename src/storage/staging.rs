@@ -83,6 +83,39 @@ fn fresh_dir(tmp: &Path) -> io::Result<PathBuf> {
     unreachable!("some name is free")
 }
 
+/// A fresh directory `<prefix>-<pid>-<n>` below `parent` (a staging
+/// directory) for one piece of work, removed with its content when dropped.
+pub fn scratch_dir(parent: &Path, prefix: &str) -> io::Result<ScratchDir> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(parent)?;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = parent.join(format!("{prefix}-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(ScratchDir(path)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// See [`scratch_dir`].
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        super::remove_tree(&self.0);
+    }
+}
+
 /// Removes from `tmp` the directories of processes that are gone (their
 /// lock is free) and flat entries untouched for an hour; `own` is kept.
 /// Returns how many entries went.

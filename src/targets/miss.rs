@@ -473,85 +473,109 @@ async fn sync_roots(server: &TargetServer, config: &RepositoryConfig) -> Result<
     Ok(())
 }
 
+/// Why the artifact stage of an entry could not be kept in the git cache.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    #[error("reading the entry: {0}")]
+    Entry(#[from] crate::build::cache_entry::EntryError),
+    #[error("an artifact of the entry: {0}")]
+    Artifact(#[from] crate::build::artifact::ArtifactError),
+    #[error("artifact {0} is not KNOWN")]
+    NotKnown(String),
+    #[error("fetching the artifacts: {0}")]
+    Fetch(#[from] ObjectsError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("blob {0} is not in the CAS")]
+    Missing(String),
+    #[error(transparent)]
+    Cas(#[from] crate::storage::CasError),
+    #[error(transparent)]
+    Tree(#[from] crate::storage::trees::TreeStoreError),
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
+    #[error("git: {0}")]
+    Git2(#[from] git2::Error),
+    #[error(transparent)]
+    Worker(#[from] crate::blocking::WorkerFailed),
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeepError + '_ {
+    move |source| KeepError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 /// Imports the artifact stage of a cache entry into the git cache (and
 /// keeps it), so that roots computed from it are known to serve.
 pub(super) async fn keep_artifact_root(
     server: &TargetServer,
     entry: &CachedEntry,
-) -> Result<(), String> {
+) -> Result<(), KeepError> {
     let hash = server.hash();
-    let parsed = entry.parse(hash).map_err(|e| e.to_string())?;
+    let parsed = entry.parse(hash)?;
     let mut objects = Vec::new();
     let mut stage = Vec::new();
     for (path, v) in parsed.result.artifact_stage.as_map().into_iter().flatten() {
-        let a = ArtifactDescription::from_value(v, hash).map_err(|e| e.to_string())?;
-        let info = ObjectInfo::of_known(&a, hash).ok_or("artifact is not KNOWN")?;
+        let a = ArtifactDescription::from_value(v, hash)?;
+        let info =
+            ObjectInfo::of_known(&a, hash).ok_or_else(|| KeepError::NotKnown(path.clone()))?;
         objects.push(info.clone());
         stage.push((path.clone(), info));
     }
     let cas = server.local_cas();
-    fetch_to_local(&cas, server.remote().as_ref(), &objects)
-        .await
-        .map_err(|e: ObjectsError| e.to_string())?;
+    fetch_to_local(&cas, server.remote().as_ref(), &objects).await?;
     let build_root = server.deps.build_root.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = build_root
-            .tmp_dir()
-            .join(format!("keep-artifacts-stage-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-        let result = (|| {
-            for (path, info) in &stage {
-                materialise(&cas, info, &tmp.join(path))?;
-            }
-            let repo = build_root.init_git_cache().map_err(|e| e.to_string())?;
-            crate::git::import_to_git(&repo, &tmp, "Keep artifact stage")
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })();
-        crate::storage::remove_tree(&tmp);
-        result
+    crate::blocking::run(move || {
+        let staging = build_root.tmp_dir();
+        let scratch = crate::storage::staging::scratch_dir(&staging, "keep-artifacts-stage")
+            .map_err(write_err(&staging))?;
+        for (path, info) in &stage {
+            materialise(&cas, info, &scratch.path().join(path))?;
+        }
+        let repo = build_root.init_git_cache()?;
+        crate::git::import_to_git(&repo, scratch.path(), "Keep artifact stage")?;
+        Ok(())
     })
     .await
-    .map_err(|e| e.to_string())?
 }
 
 /// Writes object `info` from the CAS to `dest`.
-fn materialise(cas: &crate::storage::Cas, info: &ObjectInfo, dest: &Path) -> Result<(), String> {
+fn materialise(cas: &crate::storage::Cas, info: &ObjectInfo, dest: &Path) -> Result<(), KeepError> {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(parent).map_err(write_err(parent))?;
     }
     let d = &info.digest;
     match info.kind {
         ObjectKind::Tree => {
-            std::fs::create_dir_all(dest).map_err(|e| e.to_string())?;
-            crate::storage::trees::check_out_tree(cas, d, dest)
-                .map(drop)
-                .map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dest).map_err(write_err(dest))?;
+            crate::storage::trees::check_out_tree(cas, d, dest)?;
         }
         ObjectKind::Symlink => {
             let target = cas
-                .read(ObjectKind::File, &d.hash)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("blob {} is not in the CAS", d.hash))?;
+                .read(ObjectKind::File, &d.hash)?
+                .ok_or_else(|| KeepError::Missing(d.hash.clone()))?;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), dest)
-                .map_err(|e| e.to_string())?;
+                .map_err(write_err(dest))?;
         }
         kind => {
             let source = cas
                 .find(kind, &d.hash)
-                .ok_or_else(|| format!("blob {} is not in the CAS", d.hash))?;
-            std::fs::copy(&source, dest).map_err(|e| e.to_string())?;
+                .ok_or_else(|| KeepError::Missing(d.hash.clone()))?;
+            std::fs::copy(&source, dest).map_err(write_err(dest))?;
             let mode = if kind == ObjectKind::Executable {
                 0o755
             } else {
                 0o644
             };
-            use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| e.to_string())?;
+                .map_err(write_err(dest))?;
         }
     }
     Ok(())
