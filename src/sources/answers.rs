@@ -64,11 +64,11 @@ impl Sources {
     pub(super) async fn answer(
         &self,
         id: String,
-        is_tree: bool,
+        kind: ObjectKind,
         repo: PathBuf,
         sync: bool,
     ) -> TreeAnswer {
-        let tree = is_tree.then(|| id.clone());
+        let tree = kind.is_tree().then(|| id.clone());
         if !sync {
             return TreeAnswer {
                 outcome: Outcome::Ok,
@@ -76,7 +76,7 @@ impl Sources {
                 digest: None,
             };
         }
-        match self.syncer.sync(repo, id.clone(), is_tree).await {
+        match self.syncer.sync(repo, id.clone(), kind).await {
             Ok(digest) => TreeAnswer {
                 outcome: Outcome::Ok,
                 tree,

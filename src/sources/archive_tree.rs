@@ -155,7 +155,12 @@ impl Sources {
 
         let Some(mode) = mode else {
             return self
-                .answer(tree, true, self.repos.paths()[repo].clone(), sync)
+                .answer(
+                    tree,
+                    ObjectKind::Tree,
+                    self.repos.paths()[repo].clone(),
+                    sync,
+                )
                 .await
                 .into();
         };
@@ -185,7 +190,7 @@ impl Sources {
         };
         match resolved {
             Ok(Ok(tree)) => self
-                .answer(tree, true, self.repos.paths()[0].clone(), sync)
+                .answer(tree, ObjectKind::Tree, self.repos.paths()[0].clone(), sync)
                 .await
                 .into(),
             Ok(Err(e)) => ArchiveAnswer::fail(ArchiveOutcome::Resolve(e)),

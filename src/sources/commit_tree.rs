@@ -5,6 +5,7 @@ use git2::{ObjectType, Oid};
 
 use super::answers::{Outcome, TreeAnswer};
 use super::{blocking, Sources};
+use crate::digest::ObjectKind;
 
 impl Sources {
     /// ServeCommitTree: the tree at `subdir` of `commit`.
@@ -40,8 +41,13 @@ impl Sources {
         .await;
         match found {
             Ok(Some((repo, tree))) => {
-                self.answer(tree, true, self.repos.paths()[repo].clone(), sync)
-                    .await
+                self.answer(
+                    tree,
+                    ObjectKind::Tree,
+                    self.repos.paths()[repo].clone(),
+                    sync,
+                )
+                .await
             }
             Ok(None) => TreeAnswer::outcome(Outcome::NotFound),
             Err(e) => TreeAnswer::internal(e),

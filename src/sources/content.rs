@@ -26,7 +26,7 @@ impl Sources {
             Ok(Some(BlobSource::Repo(repo))) => {
                 self.answer(
                     blob.to_string(),
-                    false,
+                    ObjectKind::File,
                     self.repos.paths()[repo].clone(),
                     true,
                 )

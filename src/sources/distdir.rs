@@ -93,7 +93,12 @@ impl Sources {
         match blocking(move || Ok(repos.find_tree(&id)?)).await {
             Ok(Some(repo)) => {
                 return self
-                    .answer(tree_id, true, self.repos.paths()[repo].clone(), sync)
+                    .answer(
+                        tree_id,
+                        ObjectKind::Tree,
+                        self.repos.paths()[repo].clone(),
+                        sync,
+                    )
                     .await
             }
             Ok(None) => {}
@@ -153,6 +158,7 @@ impl Sources {
         if let Err(e) = written {
             return TreeAnswer::internal(e);
         }
-        self.answer(tree_id, true, self.git_cache(), sync).await
+        self.answer(tree_id, ObjectKind::Tree, self.git_cache(), sync)
+            .await
     }
 }

@@ -96,13 +96,9 @@ impl Syncer {
     /// The endpoint digest of a git object, if already known without hashing:
     /// native ids are their own digests (size unknown, 0); compatible ones come
     /// from the rehash map.
-    pub fn known_digest(&self, id: &str, is_tree: bool) -> Option<Digest> {
+    pub fn known_digest(&self, id: &str, kind: ObjectKind) -> Option<Digest> {
         match self.hash_function() {
-            HashFunction::GitSha1 => Some(Digest {
-                hash: id.to_string(),
-                size: 0,
-                is_tree,
-            }),
+            hash @ HashFunction::GitSha1 => Some(hash.digest(kind, id, 0)),
             HashFunction::Sha256 => self
                 .rehash
                 .get(id)
@@ -119,7 +115,7 @@ impl Syncer {
         &self,
         repo_path: std::path::PathBuf,
         id: String,
-        is_tree: bool,
+        kind: ObjectKind,
     ) -> Result<Digest, SyncError> {
         let hash = self.hash_function();
         let rehash = self.rehash.clone();
@@ -134,7 +130,7 @@ impl Syncer {
                 seen: HashSet::new(),
                 objects: Vec::new(),
             };
-            let root = if is_tree {
+            let root = if kind.is_tree() {
                 planner.tree(oid)?
             } else {
                 planner.blob(oid, ObjectKind::File)?

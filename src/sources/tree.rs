@@ -3,6 +3,7 @@
 
 use super::answers::{Outcome, TreeAnswer};
 use super::Sources;
+use crate::digest::ObjectKind;
 
 impl Sources {
     /// ServeTree: puts a known tree (and its content) into the endpoint's CAS.
@@ -15,7 +16,7 @@ impl Sources {
                 let mut answer = self
                     .answer(
                         tree.to_string(),
-                        true,
+                        ObjectKind::Tree,
                         self.repos.paths()[repo].clone(),
                         true,
                     )

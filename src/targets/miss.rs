@@ -438,7 +438,7 @@ async fn fetch_unknown_roots(server: &TargetServer, desc: &Json) {
         if known {
             continue;
         }
-        let Some(digest) = sources.syncer.known_digest(&tree, true) else {
+        let Some(digest) = sources.syncer.known_digest(&tree, ObjectKind::Tree) else {
             continue;
         };
         let outcome = sources.get_remote_tree(&digest).await;
@@ -464,7 +464,7 @@ async fn sync_roots(server: &TargetServer, config: &RepositoryConfig) -> Result<
                     .deps
                     .sources
                     .syncer
-                    .sync(path.clone(), tree.clone(), true)
+                    .sync(path.clone(), tree.clone(), ObjectKind::Tree)
                     .await
                     .map_err(|e| TargetError::Unavailable(format!("uploading root {tree}: {e}")))?;
             }
