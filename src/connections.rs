@@ -162,11 +162,6 @@ impl ConnState {
         self.active.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
-
-    /// The peer's address.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
-    }
 }
 
 /// A request in flight on a connection.

@@ -71,11 +71,7 @@ fn starts_logs_and_stops_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     let info_path = dir.path().join("info.json");
-    let start = Instant::now();
-    while !info_path.exists() {
-        assert!(start.elapsed() < TIMEOUT, "no info file written");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    procs::wait_for_info_port(&info_path, || None);
     let info = read_info(&info_path);
     assert_eq!(info["pid"], child.id());
     assert!(info["port"].as_u64().unwrap() > 0);
@@ -124,11 +120,7 @@ fn execute_starts_and_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !info_path.exists() {
-        assert!(start.elapsed() < TIMEOUT, "no info file written");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    procs::wait_for_info_port(&info_path, || None);
     assert_eq!(read_info(&info_path)["pid"], child.id());
     // The empty blob is always present, as with `just execute`.
     let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -236,11 +228,7 @@ async fn a_stop_is_bounded_and_a_second_signal_forces_it() {
             .spawn()
             .unwrap();
         let info_path = dir.path().join("info.json");
-        let start = Instant::now();
-        while !info_path.exists() {
-            assert!(start.elapsed() < TIMEOUT, "no info file written");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        procs::wait_for_info_port(&info_path, || None);
         let port = read_info(&info_path)["port"].as_u64().unwrap() as u16;
         let _held = hold_a_call(port).await;
         // The write has reached the daemon once its partial upload exists.

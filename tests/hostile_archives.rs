@@ -29,17 +29,21 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM in /proc status")
 }
 
+/// A tar archive holding one regular file.
+fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, name, content).unwrap();
+    tar.into_inner().unwrap()
+}
+
 /// A valid .tar.xz of one small file whose LZMA2 dictionary byte is then
 /// set to 40 (4 GiB), the block header's CRC32 fixed up.
 fn xz_with_huge_dictionary() -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(6);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "hello.txt", &b"hello\n"[..])
-        .unwrap();
-    let tar = tar.into_inner().unwrap();
+    let tar = one_file_tar("hello.txt", b"hello\n");
     let mut xz = Vec::new();
     {
         use std::io::Write;
@@ -119,16 +123,7 @@ async fn hostile_archives_answer_unpack_error_and_the_daemon_stays_small() {
         assert_eq!(status, S::UnpackError, "{name}: {tree:?}\n{}", serve.log());
     }
     // Still serving, and a good archive still unpacks.
-    let good = {
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(3);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, "ok.txt", &b"ok\n"[..])
-            .unwrap();
-        tar.into_inner().unwrap()
-    };
+    let good = one_file_tar("ok.txt", b"ok\n");
     let id = upload(port, &good).await;
     let (status, tree) = serve_archive(port, &id, ArchiveType::Tar).await;
     assert_eq!(status, S::Ok, "{}", serve.log());

@@ -36,7 +36,6 @@ use crate::remote::executor::{ExecError, RemoteExecutor};
 use crate::remote::{RemoteCas, RemoteError};
 pub use dispatch::DispatchTarget;
 
-use self::plan::known_digest;
 use self::tree::Entry;
 
 /// How often progress is logged while actions run.
@@ -403,7 +402,7 @@ impl Inner {
             } => Some(Ok(Resolved {
                 entry: Entry {
                     kind: *file_type,
-                    digest: known_digest(hash, id, *size, *file_type),
+                    digest: hash.digest(*file_type, id.as_str(), *size),
                     target: None,
                 },
                 failed: false,

@@ -28,11 +28,6 @@ pub struct Plan {
     pub knowns: BTreeMap<String, KnownObject>,
 }
 
-/// The digest a `KNOWN` artifact names in the endpoint's representation.
-pub fn known_digest(hash: HashFunction, id: &str, size: u64, kind: ObjectKind) -> Digest {
-    hash.digest(kind, id, size)
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Node {
     Action(String),
@@ -73,7 +68,7 @@ impl Plan {
                 self.knowns
                     .entry(id.clone())
                     .or_insert_with(|| KnownObject {
-                        digest: known_digest(hash, id, *size, *file_type),
+                        digest: hash.digest(*file_type, id.as_str(), *size),
                         kind: *file_type,
                         repository: repository.clone(),
                     });

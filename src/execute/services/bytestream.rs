@@ -186,7 +186,8 @@ impl ByteStream for ByteStreamService {
             .await
             .map_err(internal)?;
         if present && digest.size > 0 {
-            self.uploads.lock().expect("uploads lock").remove(&name);
+            let stale = self.uploads.lock().expect("uploads lock").remove(&name);
+            discard(stale.into_iter().collect());
             return Ok(Response::new(WriteResponse {
                 committed_size: size as i64,
             }));
@@ -205,7 +206,7 @@ impl ByteStream for ByteStreamService {
                     None => {
                         let written = pending.lock().expect("upload lock").upload.written();
                         let mut uploads = self.uploads.lock().expect("uploads lock");
-                        forget_over_bounds(&mut uploads, &name, peer, KEPT_BOUNDS);
+                        discard(forget_over_bounds(&mut uploads, &name, peer, KEPT_BOUNDS));
                         return Err(Status::invalid_argument(format!(
                             "write stream ended after {written} bytes without finish_write"
                         )));
@@ -307,12 +308,21 @@ impl ByteStreamService {
     ) -> Result<Arc<Mutex<PendingUpload>>, Status> {
         {
             let mut uploads = self.uploads.lock().expect("uploads lock");
-            uploads.retain(|_, k| {
-                k.upload
-                    .try_lock()
-                    .map(|p| p.touched.elapsed() < UPLOAD_IDLE_LIMIT)
-                    .unwrap_or(true)
-            });
+            let expired: Vec<String> = uploads
+                .iter()
+                .filter(|(_, k)| {
+                    k.upload
+                        .try_lock()
+                        .is_ok_and(|p| p.touched.elapsed() >= UPLOAD_IDLE_LIMIT)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            discard(
+                expired
+                    .iter()
+                    .filter_map(|name| uploads.remove(name))
+                    .collect(),
+            );
             if let Some(k) = uploads.get(name) {
                 return Ok(k.upload.clone());
             }
@@ -345,20 +355,30 @@ impl ByteStreamService {
                 upload: pending.clone(),
             },
         );
-        forget_over_bounds(&mut uploads, name, peer, KEPT_BOUNDS);
+        discard(forget_over_bounds(&mut uploads, name, peer, KEPT_BOUNDS));
         Ok(pending)
     }
 }
 
+/// Drops forgotten uploads on the blocking pool: dropping the last
+/// reference to one removes its staged file.
+fn discard(forgotten: Vec<Kept>) {
+    if !forgotten.is_empty() {
+        tokio::task::spawn_blocking(move || drop(forgotten));
+    }
+}
+
 /// Past the bounds on unfinished uploads, forgets the least recently
-/// touched ones (of `peer`, when it is over its share), never `newest`. A
-/// write still streaming keeps its own upload; only resumption is lost.
+/// touched ones (of `peer`, when it is over its share), never `newest`, and
+/// returns them. A write still streaming keeps its own upload; only
+/// resumption is lost.
 fn forget_over_bounds(
     uploads: &mut HashMap<String, Kept>,
     newest: &str,
     peer: Option<std::net::IpAddr>,
     bounds: Bounds,
-) {
+) -> Vec<Kept> {
+    let mut forgotten = Vec::new();
     // An upload busy with a chunk right now counts as touched now, and with
     // the bytes it had when it was last seen idle (none, if never).
     let state = |k: &Kept| {
@@ -381,16 +401,18 @@ fn forget_over_bounds(
         let over_peer =
             peer_count > bounds.uploads_per_client || peer_bytes > bounds.bytes_per_client;
         if !over_peer && count <= bounds.uploads && bytes <= bounds.bytes {
-            return;
+            return forgotten;
         }
         let oldest = uploads
             .iter()
             .filter(|(name, k)| *name != newest && (!over_peer || k.peer == peer))
             .min_by_key(|(_, k)| state(k).0)
             .map(|(name, _)| name.clone());
-        let Some(name) = oldest else { return };
+        let Some(name) = oldest else {
+            return forgotten;
+        };
         tracing::debug!(name, "forgetting an unfinished upload");
-        uploads.remove(&name);
+        forgotten.extend(uploads.remove(&name));
     }
 }
 
