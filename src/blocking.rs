@@ -3,7 +3,7 @@
 //! panic, or shutdown) reads to its callers.
 
 /// A blocking task that ended without a result.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("worker task failed: {0}")]
 pub struct WorkerFailed(String);
 

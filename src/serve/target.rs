@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::context::ServeContext;
 use crate::proto::target_server::Target;
 use crate::proto::*;
 use crate::targets::export_info::{self, ExportInfoError};
-use crate::targets::{TargetAnswer, TargetError, TargetRequest, TargetServer};
+use crate::targets::{KeyError, TargetAnswer, TargetError, TargetRequest, TargetServer};
 
 pub struct TargetService {
     ctx: Arc<ServeContext>,
@@ -24,25 +24,55 @@ impl TargetService {
     }
 }
 
-fn target_status(e: TargetError) -> Status {
-    tracing::warn!("ServeTarget: {e}");
+/// The gRPC code clients see for each reason ServeTarget has no answer.
+fn target_code(e: &TargetError) -> Code {
     match e {
-        TargetError::InvalidArgument(m) => Status::invalid_argument(m),
-        TargetError::NotFound(m) => Status::not_found(m),
-        TargetError::FailedPrecondition(m) => Status::failed_precondition(m),
-        TargetError::Unavailable(m) => Status::unavailable(m),
-        TargetError::Unimplemented(m) => Status::unimplemented(m),
-        TargetError::Internal(m) => Status::internal(m),
+        TargetError::MissingBlob(_)
+        | TargetError::Description(_)
+        | TargetError::TargetName(_)
+        | TargetError::DispatchList(_)
+        | TargetError::DispatchAddress { .. } => Code::FailedPrecondition,
+        TargetError::Key(k) => match k {
+            KeyError::NotJson(_) | KeyError::RepoKeyNotAHash { .. } => Code::Internal,
+            KeyError::NotAnObject | KeyError::MissingField(_) | KeyError::RepoKeyNotAString => {
+                Code::NotFound
+            }
+            KeyError::FieldNotAString(_)
+            | KeyError::FieldNotJson { .. }
+            | KeyError::ConfigNotAnObject => Code::FailedPrecondition,
+        },
+        TargetError::NotAnExport { .. } => Code::NotFound,
+        TargetError::DispatchUnreachable { .. } | TargetError::Upload { .. } => Code::Unavailable,
+        TargetError::Local { .. }
+        | TargetError::VanishedAfterStore(_)
+        | TargetError::Lost
+        | TargetError::Worker(_) => Code::Internal,
+        TargetError::AfterDownloadFailures { error, .. } => target_code(error),
     }
 }
 
-fn status(rpc: &str, e: ExportInfoError) -> Status {
+fn target_status(e: TargetError) -> Status {
+    tracing::warn!("ServeTarget: {e}");
+    Status::new(target_code(&e), e.to_string())
+}
+
+/// The gRPC code clients see for each reason a question about an export
+/// target has no answer.
+fn export_info_status(rpc: &str, e: ExportInfoError) -> Status {
     tracing::warn!("{rpc}: {e}");
-    match e {
-        ExportInfoError::FailedPrecondition(m) => Status::failed_precondition(m),
-        ExportInfoError::Internal(m) => Status::internal(m),
-        ExportInfoError::Unavailable(m) => Status::unavailable(m),
-    }
+    let code = match &e {
+        ExportInfoError::UnknownRoot(_)
+        | ExportInfoError::NoTargetsFile { .. }
+        | ExportInfoError::NotAFile { .. }
+        | ExportInfoError::TargetsFile { .. }
+        | ExportInfoError::NotAnExport { .. } => Code::FailedPrecondition,
+        ExportInfoError::InvalidTreeId(_)
+        | ExportInfoError::TargetsFileMissing { .. }
+        | ExportInfoError::Git(_)
+        | ExportInfoError::Worker(_) => Code::Internal,
+        ExportInfoError::Upload(_) => Code::Unavailable,
+    };
+    Status::new(code, e.to_string())
 }
 
 #[tonic::async_trait]
@@ -115,7 +145,7 @@ impl Target for TargetService {
             &r.target,
         )
         .await
-        .map_err(|e| status("ServeTargetVariables", e))?;
+        .map_err(|e| export_info_status("ServeTargetVariables", e))?;
         tracing::info!(
             "ServeTargetVariables({}, {}, {}): {flexible_config:?}",
             r.root_tree,
@@ -139,7 +169,7 @@ impl Target for TargetService {
             &r.target,
         )
         .await
-        .map_err(|e| status("ServeTargetDescription", e))?;
+        .map_err(|e| export_info_status("ServeTargetDescription", e))?;
         tracing::info!(
             "ServeTargetDescription({}, {}, {}): {}",
             r.root_tree,

@@ -8,20 +8,37 @@ use serde_json::{Map, Value};
 
 use crate::digest::{Digest, ObjectKind};
 use crate::sources::Sources;
+use ExportInfoError::NotAnExport;
 
-/// Why a question about an export target has no answer; the variants are
-/// the gRPC codes clients see.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a question about an export target has no answer.
+#[derive(Debug, thiserror::Error)]
 pub enum ExportInfoError {
+    #[error("invalid tree id {0:?}")]
+    InvalidTreeId(String),
+    /// Neither the git cache nor a configured repository has the tree.
+    #[error("missing target-root tree {0}")]
+    UnknownRoot(String),
+    #[error("target root {tree} has no targets file {file:?}")]
+    NoTargetsFile { tree: String, file: String },
+    #[error("target root {tree} found, but {file:?} in it is not a file")]
+    NotAFile { tree: String, file: String },
+    /// The tree is known but the file is in none of its copies.
+    #[error("could not read targets file {file:?} in tree {tree}")]
+    TargetsFileMissing { tree: String, file: String },
+    /// The targets file is not a JSON object.
+    #[error("targets file {file:?} {problem}")]
+    TargetsFile { file: String, problem: String },
+    /// The target is missing, not an export target, or has malformed
+    /// fields.
     #[error("{0}")]
-    FailedPrecondition(String),
+    NotAnExport(String),
     #[error("{0}")]
-    Internal(String),
+    Git(String),
     #[error("{0}")]
-    Unavailable(String),
+    Upload(String),
+    #[error(transparent)]
+    Worker(#[from] crate::blocking::WorkerFailed),
 }
-
-use ExportInfoError::{FailedPrecondition, Internal};
 
 /// The content of `target_file` in tree `root_tree`, from the git cache or a
 /// configured repository (in that order).
@@ -35,48 +52,41 @@ async fn targets_file(
         root_tree.to_string(),
         target_file.to_string(),
     );
-    let found = crate::blocking::run(move || {
-        let oid = Oid::from_str(&tree).map_err(|_| format!("invalid tree id {tree:?}"))?;
+    crate::blocking::run(move || {
+        let oid = Oid::from_str(&tree).map_err(|_| ExportInfoError::InvalidTreeId(tree.clone()))?;
         let mut tree_seen = false;
         for index in 0..repos.paths().len() {
             if index == 0 && !repos.paths()[0].exists() {
                 continue;
             }
-            let repo = repos.open(index).map_err(|e| e.to_string())?;
+            let repo = repos
+                .open(index)
+                .map_err(|e| ExportInfoError::Git(e.to_string()))?;
             let Ok(root) = repo.find_tree(oid) else {
                 continue;
             };
             tree_seen = true;
             if file == "." || file.is_empty() {
-                return Ok(Err(format!(
-                    "target root {tree} has no targets file {file:?}"
-                )));
+                return Err(ExportInfoError::NoTargetsFile { tree, file });
             }
             let Ok(entry) = root.get_path(std::path::Path::new(&file)) else {
                 continue;
             };
             if entry.kind() != Some(ObjectType::Blob) {
-                return Ok(Err(format!(
-                    "target root {tree} found, but {file:?} in it is not a file"
-                )));
+                return Err(ExportInfoError::NotAFile { tree, file });
             }
-            let blob = repo.find_blob(entry.id()).map_err(|e| e.to_string())?;
-            return Ok(Ok(blob.content().to_vec()));
+            let blob = repo
+                .find_blob(entry.id())
+                .map_err(|e| ExportInfoError::Git(e.to_string()))?;
+            return Ok(blob.content().to_vec());
         }
-        if tree_seen {
-            Err(format!(
-                "could not read targets file {file:?} in tree {tree}"
-            ))
+        Err(if tree_seen {
+            ExportInfoError::TargetsFileMissing { tree, file }
         } else {
-            Ok(Err(format!("missing target-root tree {tree}")))
-        }
+            ExportInfoError::UnknownRoot(tree)
+        })
     })
-    .await;
-    match found {
-        Ok(Ok(content)) => Ok(content),
-        Ok(Err(precondition)) => Err(FailedPrecondition(precondition)),
-        Err(internal) => Err(Internal(internal)),
-    }
+    .await
 }
 
 /// The description of export target `target` in the targets file.
@@ -87,25 +97,26 @@ async fn export_target(
     target: &str,
 ) -> Result<Map<String, Value>, ExportInfoError> {
     let content = targets_file(sources, root_tree, target_file).await?;
-    let targets: Value = serde_json::from_slice(&content).map_err(|e| {
-        FailedPrecondition(format!("targets file {target_file:?} is not JSON: {e}"))
-    })?;
+    let targets_file = |problem: String| ExportInfoError::TargetsFile {
+        file: target_file.to_string(),
+        problem,
+    };
+    let targets: Value =
+        serde_json::from_slice(&content).map_err(|e| targets_file(format!("is not JSON: {e}")))?;
     let Value::Object(mut targets) = targets else {
-        return Err(FailedPrecondition(format!(
-            "targets file {target_file:?} is not a JSON object"
-        )));
+        return Err(targets_file("is not a JSON object".into()));
     };
     let Some(Value::Object(description)) = targets.remove(target) else {
-        return Err(FailedPrecondition(format!(
+        return Err(NotAnExport(format!(
             "missing target {target:?} in {target_file:?}"
         )));
     };
     match description.get("type") {
         Some(Value::String(t)) if t == "export" => Ok(description),
-        Some(Value::String(t)) => Err(FailedPrecondition(format!(
+        Some(Value::String(t)) => Err(NotAnExport(format!(
             "target {target:?} is of type {t:?}, not an export target"
         ))),
-        _ => Err(FailedPrecondition(format!(
+        _ => Err(NotAnExport(format!(
             "target {target:?} has no string \"type\""
         ))),
     }
@@ -125,13 +136,13 @@ pub async fn target_variables(
             .iter()
             .map(|v| {
                 v.as_str().map(str::to_string).ok_or_else(|| {
-                    FailedPrecondition(format!(
+                    NotAnExport(format!(
                         "flexible_config of {target:?} has a non-string entry {v}"
                     ))
                 })
             })
             .collect(),
-        Some(other) => Err(FailedPrecondition(format!(
+        Some(other) => Err(NotAnExport(format!(
             "flexible_config of {target:?} is not a list: {other}"
         ))),
     }
@@ -163,6 +174,6 @@ pub async fn target_description(
         .remote
         .upload_blobs(vec![(digest.clone(), text.into_bytes())])
         .await
-        .map_err(|e| ExportInfoError::Unavailable(e.to_string()))?;
+        .map_err(|e| ExportInfoError::Upload(e.to_string()))?;
     Ok(digest)
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use super::objects::{fetch_to_local, ObjectsError};
-use super::{TargetError, TargetRequest, TargetServer};
+use super::{KeyError, TargetError, TargetRequest, TargetServer};
 use crate::build::action::{ApiVersion, ExecutionSettings, RequestMode};
 use crate::build::analysis::{Analyser, CachedExport, ExportCache, ExportRecord};
 use crate::build::artifact::{ArtifactDescription, IdScheme};
@@ -24,7 +24,6 @@ use crate::config::TargetCacheWriteStrategy;
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::runner::Interest;
 use crate::storage::target_cache::{CachedEntry, TargetCache};
-use TargetError::{FailedPrecondition, Internal, NotFound};
 
 /// What a miss ended in: built and stored (the caller re-reads the cache),
 /// or a failure log at the endpoint.
@@ -60,34 +59,26 @@ struct Key {
     effective_config: Json,
 }
 
-fn parse_key(bytes: &[u8]) -> Result<Key, TargetError> {
-    let json: Json = serde_json::from_slice(bytes)
-        .map_err(|e| Internal(format!("target-cache key is not JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| NotFound("target-cache key is not a JSON object".into()))?;
-    let field = |k: &str| {
-        obj.get(k)
-            .ok_or_else(|| NotFound(format!("target-cache key has no {k:?}")))
-    };
+fn parse_key(bytes: &[u8]) -> Result<Key, KeyError> {
+    let json: Json = serde_json::from_slice(bytes).map_err(|e| KeyError::NotJson(e.to_string()))?;
+    let obj = json.as_object().ok_or(KeyError::NotAnObject)?;
+    let field = |k: &'static str| obj.get(k).ok_or(KeyError::MissingField(k));
     let repo_key = field("repo_key")?
         .as_str()
-        .ok_or_else(|| NotFound("repo_key of the target-cache key is not a string".into()))?
+        .ok_or(KeyError::RepoKeyNotAString)?
         .to_string();
-    let target_name = field("target_name")?
-        .as_str()
-        .ok_or_else(|| FailedPrecondition("target_name of the key is not a string".into()))?;
-    let target_name: Json = serde_json::from_str(target_name)
-        .map_err(|e| FailedPrecondition(format!("target_name of the key is not JSON: {e}")))?;
-    let effective_config = field("effective_config")?
-        .as_str()
-        .ok_or_else(|| FailedPrecondition("effective_config of the key is not a string".into()))?;
-    let effective_config: Json = serde_json::from_str(effective_config)
-        .map_err(|e| FailedPrecondition(format!("effective_config of the key is not JSON: {e}")))?;
+    // target_name and effective_config are JSON texts inside the JSON key.
+    let json_field = |k: &'static str| -> Result<Json, KeyError> {
+        let text = field(k)?.as_str().ok_or(KeyError::FieldNotAString(k))?;
+        serde_json::from_str(text).map_err(|e| KeyError::FieldNotJson {
+            field: k,
+            reason: e.to_string(),
+        })
+    };
+    let target_name = json_field("target_name")?;
+    let effective_config = json_field("effective_config")?;
     if !effective_config.is_object() {
-        return Err(FailedPrecondition(
-            "effective_config of the key is not a JSON object".into(),
-        ));
+        return Err(KeyError::ConfigNotAnObject);
     }
     Ok(Key {
         repo_key,
@@ -114,38 +105,36 @@ pub(super) async fn build_and_store(
     interest: &Interest,
 ) -> Result<MissOutcome, TargetError> {
     let hash = server.hash();
-    let key_bytes = server.blob(&request.key).await?.ok_or_else(|| {
-        FailedPrecondition(format!(
-            "Could not retrieve blob {} from the endpoint",
-            request.key.hash
-        ))
-    })?;
+    let key_bytes = server
+        .blob(&request.key)
+        .await?
+        .ok_or_else(|| TargetError::MissingBlob(request.key.hash.clone()))?;
     let key = parse_key(&key_bytes)?;
     let hex_len = if hash.is_native() { 40 } else { 64 };
     if key.repo_key.len() != hex_len || !key.repo_key.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Internal(format!(
-            "repo_key {:?} is not a {hash:?} hash",
-            key.repo_key
-        )));
+        return Err(KeyError::RepoKeyNotAHash {
+            key: key.repo_key,
+            mode: format!("{hash:?}"),
+        }
+        .into());
     }
     let desc_digest = Digest {
         hash: key.repo_key.clone(),
         size: 0,
         is_tree: false,
     };
-    let desc_bytes = server.blob(&desc_digest).await?.ok_or_else(|| {
-        FailedPrecondition(format!(
-            "Could not retrieve blob {} from the endpoint",
-            key.repo_key
-        ))
+    let desc_bytes = server
+        .blob(&desc_digest)
+        .await?
+        .ok_or_else(|| TargetError::MissingBlob(key.repo_key.clone()))?;
+    let desc: Json = serde_json::from_slice(&desc_bytes).map_err(|e| {
+        TargetError::Description(format!("repository description is not JSON: {e}"))
     })?;
-    let desc: Json = serde_json::from_slice(&desc_bytes)
-        .map_err(|e| FailedPrecondition(format!("repository description is not JSON: {e}")))?;
     let repos = server.deps.repos.clone();
     fetch_unknown_roots(server, &desc).await;
     let config = {
         let repos = repos.clone();
-        tokio::task::spawn_blocking(move || {
+        super::blocking(move || {
             RepositoryConfig::from_repository_description(&desc, "0", &|tree| {
                 repos
                     .find_tree(tree)
@@ -154,13 +143,12 @@ pub(super) async fn build_and_store(
                     .map(|i| repos.paths()[i].clone())
             })
         })
-        .await
-        .map_err(|e| Internal(e.to_string()))?
-        .map_err(|e| FailedPrecondition(e.to_string()))?
+        .await?
+        .map_err(|e| TargetError::Description(e.to_string()))?
     };
     let base = NamedTarget::new("0", "", "");
     let target = parse_entity_name(&key.target_name, &base, &config.binding_lookup())
-        .map_err(|e| FailedPrecondition(format!("target_name of the key: {e}")))?;
+        .map_err(|e| TargetError::TargetName(e.to_string()))?;
     let config = Arc::new(config);
     let mut log = Log::default();
     // justbuild's first line names the export target and its configuration.
@@ -178,15 +166,14 @@ pub(super) async fn build_and_store(
     let jobs = server.deps.jobs;
     let name = EntityName::Named(target.clone());
     let conf = Value::from_json(&key.effective_config);
-    let analysed = tokio::task::spawn_blocking(move || {
+    let analysed = super::blocking(move || {
         let analyser = Analyser::new(sources, IdScheme::Current)
             .with_jobs(jobs)
             .with_export_cache(view);
         let result = analyser.analyse(&name, &conf);
         (result, analyser)
     })
-    .await
-    .map_err(|e| Internal(e.to_string()))?;
+    .await?;
     let (result, analyser) = analysed;
     let top = match result {
         Ok(t) => t,
@@ -208,10 +195,11 @@ pub(super) async fn build_and_store(
             .is_some_and(|(_, k)| k.hash() == request.key.hash)
     });
     if !named {
-        return Err(NotFound(format!(
-            "{target} in configuration {} is not an export target with key {} (non-export target, or a repository that is not content-fixed)",
-            key.effective_config, request.key.hash
-        )));
+        return Err(TargetError::NotAnExport {
+            target: target.to_string(),
+            config: key.effective_config.to_string(),
+            key: request.key.hash.clone(),
+        });
     }
     let exports: Vec<ExportRecord> = all_exports
         .into_iter()
@@ -236,7 +224,7 @@ pub(super) async fn build_and_store(
     }
     for r in &exports {
         let found = non_known_artifacts(&r.analysed.result(), hash)
-            .map_err(|e| Internal(format!("listing the artifacts of {}: {e}", r.target)))?;
+            .map_err(|e| TargetError::local(format!("listing the artifacts of {}", r.target), e))?;
         for a in found {
             want(a);
         }
@@ -395,17 +383,16 @@ async fn store_log(server: &TargetServer, log: &Log, scope: &str) -> Result<Dige
     let digest = super::blocking(move || cas.put_bytes(ObjectKind::File, text.as_bytes()))
         .await?
         .map_err(|e| {
-            Internal(format!(
-                "Failed to store log of failed {scope} to local CAS: {e}"
-            ))
+            TargetError::local(
+                format!("Failed to store log of failed {scope} to local CAS"),
+                e,
+            )
         })?;
     server
         .remote()
         .upload_blobs(vec![(digest.clone(), log.0.clone().into_bytes())])
         .await
-        .map_err(|e| {
-            TargetError::Unavailable(format!("Failed to upload log of failed {scope}: {e}"))
-        })?;
+        .map_err(|e| TargetError::upload(format!("Failed to upload log of failed {scope}"), e))?;
     Ok(digest)
 }
 
@@ -466,7 +453,7 @@ async fn sync_roots(server: &TargetServer, config: &RepositoryConfig) -> Result<
                     .syncer
                     .sync(path.clone(), tree.clone(), ObjectKind::Tree)
                     .await
-                    .map_err(|e| TargetError::Unavailable(format!("uploading root {tree}: {e}")))?;
+                    .map_err(|e| TargetError::upload(format!("uploading root {tree}"), e))?;
             }
         }
     }

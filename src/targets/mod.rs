@@ -6,6 +6,7 @@
 //! runs in its own task: a client that goes away does not stop a build
 //! another client waits for.
 
+mod error;
 pub mod export_info;
 mod miss;
 pub mod objects;
@@ -44,24 +45,7 @@ pub enum TargetAnswer {
     Log(Digest),
 }
 
-/// Why there is no answer; the variants are the gRPC codes clients see.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TargetError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Unimplemented(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-use TargetError::{FailedPrecondition, Internal, Unavailable};
+pub use error::{KeyError, TargetError};
 
 type Outcome = Result<TargetAnswer, TargetError>;
 
@@ -216,7 +200,7 @@ impl TargetServer {
         self.inflight
             .run(key, start, joined)
             .await
-            .map_err(|_| Internal("the computation of this target was lost".into()))?
+            .map_err(|_| TargetError::Lost)?
     }
 
     /// Fetches the required digests into the local CAS; returns the text of
@@ -247,7 +231,7 @@ impl TargetServer {
         let (c, hash) = (cas.clone(), d.hash.clone());
         if let Some(bytes) = blocking(move || c.read(ObjectKind::File, &hash))
             .await?
-            .map_err(|e| Internal(e.to_string()))?
+            .map_err(|e| TargetError::local(format!("reading blob {}", d.hash), e))?
         {
             return Ok(Some(bytes));
         }
@@ -274,13 +258,11 @@ impl TargetServer {
         {
             return Ok(list.clone());
         }
-        let bytes = self.blob(d).await?.ok_or_else(|| {
-            FailedPrecondition(format!(
-                "Could not retrieve blob {} from the endpoint",
-                d.hash
-            ))
-        })?;
-        let list = parse_dispatch(&bytes).map_err(FailedPrecondition)?;
+        let bytes = self
+            .blob(d)
+            .await?
+            .ok_or_else(|| TargetError::MissingBlob(d.hash.clone()))?;
+        let list = parse_dispatch(&bytes)?;
         self.dispatch_lists
             .lock()
             .expect("dispatch lists lock")
@@ -316,9 +298,12 @@ impl TargetServer {
         {
             Ok(o) => o,
             Err(e) if !download_errors.is_empty() => {
-                let message = format!("{download_errors}{e}");
-                tracing::warn!("{message}");
-                return Err(with_message(e, message));
+                let e = TargetError::AfterDownloadFailures {
+                    downloads: download_errors,
+                    error: Box::new(e),
+                };
+                tracing::warn!("{e}");
+                return Err(e);
             }
             Err(e) => return Err(e),
         };
@@ -355,10 +340,7 @@ impl TargetServer {
                 );
                 Ok(answer)
             }
-            None => Err(Internal(format!(
-                "Failed to read TargetCacheKey {} after store",
-                request.key.hash
-            ))),
+            None => Err(TargetError::VanishedAfterStore(request.key.hash.clone())),
         }
     }
 
@@ -432,7 +414,7 @@ impl TargetServer {
         };
         let mut objects = entry
             .objects(self.hash())
-            .map_err(|e| Internal(format!("reading the objects of the cache entry: {e}")))?;
+            .map_err(|e| TargetError::local("reading the objects of the cache entry", e))?;
         objects.push(entry.blob.clone());
         // The backend description goes to the endpoint too (the proto asks
         // for it); TargetCache::open put it into the local CAS.
@@ -446,12 +428,12 @@ impl TargetServer {
         if !self.deps.own_endpoint {
             ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
                 .await
-                .map_err(|e| Unavailable(format!("uploading the cached artifacts: {e}")))?;
+                .map_err(|e| TargetError::upload("uploading the cached artifacts", e))?;
         }
         if request.keep_artifact_root {
             miss::keep_artifact_root(self, &entry)
                 .await
-                .map_err(|e| Internal(format!("keeping the artifact root: {e}")))?;
+                .map_err(|e| TargetError::local("keeping the artifact root", e))?;
         }
         Ok(Some(TargetAnswer::Value(entry.blob.digest.clone())))
     }
@@ -464,8 +446,12 @@ impl TargetServer {
         let instance_name = DISPATCH_INSTANCE.to_string();
         let mut out = Vec::with_capacity(list.len());
         for (properties, address) in list {
-            let parsed = crate::config::Address::parse(address)
-                .map_err(|e| FailedPrecondition(format!("dispatch endpoint {address:?}: {e}")))?;
+            let parsed = crate::config::Address::parse(address).map_err(|e| {
+                TargetError::DispatchAddress {
+                    address: address.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
             let mut known = self.dispatch_clients.lock().expect("dispatch clients lock");
             let (cas, executor) = match known.get(address) {
                 Some(c) => c.clone(),
@@ -477,7 +463,10 @@ impl TargetServer {
                         &deps.authentication,
                         &deps.retry,
                     )
-                    .map_err(|e| Unavailable(format!("dispatch endpoint {address}: {e}")))?;
+                    .map_err(|e| TargetError::DispatchUnreachable {
+                        address: address.clone(),
+                        reason: e.to_string(),
+                    })?;
                     known.insert(address.clone(), clients.clone());
                     clients
                 }
@@ -504,25 +493,12 @@ pub(crate) async fn blocking<T: Send + 'static>(
     crate::blocking::value(f).await
 }
 
-impl From<crate::blocking::WorkerFailed> for TargetError {
-    fn from(e: crate::blocking::WorkerFailed) -> TargetError {
-        Internal(e.to_string())
-    }
-}
-
-fn with_message(e: TargetError, msg: String) -> TargetError {
-    match e {
-        TargetError::InvalidArgument(_) => TargetError::InvalidArgument(msg),
-        TargetError::NotFound(_) => TargetError::NotFound(msg),
-        TargetError::FailedPrecondition(_) => TargetError::FailedPrecondition(msg),
-        TargetError::Unavailable(_) => TargetError::Unavailable(msg),
-        TargetError::Unimplemented(_) => TargetError::Unimplemented(msg),
-        TargetError::Internal(_) => TargetError::Internal(msg),
-    }
-}
-
 /// An endpoint-dispatch list: `[[{property: value}, "host:port"], ...]`.
-pub fn parse_dispatch(bytes: &[u8]) -> Result<DispatchList, String> {
+pub fn parse_dispatch(bytes: &[u8]) -> Result<DispatchList, TargetError> {
+    parse_dispatch_list(bytes).map_err(TargetError::DispatchList)
+}
+
+fn parse_dispatch_list(bytes: &[u8]) -> Result<DispatchList, String> {
     let json: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| format!("endpoint-dispatch list is not JSON: {e}"))?;
     let list = json
