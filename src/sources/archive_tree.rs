@@ -334,11 +334,11 @@ impl Sources {
         );
         let (id, kind_name) = (content.to_string(), kind.justbuild_name());
         let result = tokio::task::spawn_blocking(
-            move || -> Result<Result<String, String>, SourceTreeError> {
+            move || -> Result<Result<String, crate::archive::UnpackError>, SourceTreeError> {
                 let dir = crate::storage::staging::scratch_dir(&tmp_root, "unpack")?;
                 tracing::info!(archive = %id, "unpacking");
                 if let Err(e) = unpacking.unpack(&archive_path, format, dir.path()) {
-                    return Ok(Err(e.to_string()));
+                    return Ok(Err(e));
                 }
                 let cache = repos.open_git_cache()?;
                 let root =
@@ -351,7 +351,9 @@ impl Sources {
         .map_err(|e| ArchiveAnswer::internal(e.to_string()))?;
         match result {
             Ok(Ok(root)) => Ok(root),
-            Ok(Err(unpack_error)) => Err(ArchiveAnswer::fail(ArchiveOutcome::Unpack(unpack_error))),
+            Ok(Err(unpack_error)) => Err(ArchiveAnswer::fail(ArchiveOutcome::Unpack(
+                unpack_error.to_string(),
+            ))),
             Err(e) => Err(ArchiveAnswer::internal(e)),
         }
     }
