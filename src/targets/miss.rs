@@ -110,19 +110,14 @@ pub(super) async fn build_and_store(
         .await?
         .ok_or_else(|| TargetError::MissingBlob(request.key.hash.clone()))?;
     let key = parse_key(&key_bytes)?;
-    let hex_len = if hash.is_native() { 40 } else { 64 };
-    if key.repo_key.len() != hex_len || !key.repo_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if hash.check_hex(&key.repo_key).is_err() {
         return Err(KeyError::RepoKeyNotAHash {
             key: key.repo_key,
             mode: format!("{hash:?}"),
         }
         .into());
     }
-    let desc_digest = Digest {
-        hash: key.repo_key.clone(),
-        size: 0,
-        is_tree: false,
-    };
+    let desc_digest = hash.digest(ObjectKind::File, key.repo_key.clone(), 0);
     let desc_bytes = server
         .blob(&desc_digest)
         .await?
