@@ -47,6 +47,8 @@ pub struct ServeContext {
     pub target_stats: Arc<crate::targets::TargetStats>,
     /// justbuild's gc locks on the build root, and the rotations seen.
     pub gc: Arc<crate::storage::gc::GcLocks>,
+    /// What the collector did (with a `"gc"` bound).
+    pub gc_stats: Arc<crate::storage::gc::collector::GcStats>,
 }
 
 impl ServeContext {
@@ -115,6 +117,7 @@ impl ServeContext {
             executor,
             target_stats: Default::default(),
             gc,
+            gc_stats: Arc::default(),
             config,
         }))
     }

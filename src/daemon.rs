@@ -73,6 +73,8 @@ pub struct RunningServer {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     state_files: Vec<PathBuf>,
+    /// Work beside serving (the collector), stopped with the server.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// How a bounded stop ended.
@@ -95,6 +97,7 @@ impl RunningServer {
         deadline: std::time::Duration,
         force: impl std::future::Future<Output = ()>,
     ) -> Result<Stop, DaemonError> {
+        self.stop_background();
         let _ = self.shutdown.send(());
         let mut task = self.task;
         let outcome = tokio::select! {
@@ -109,8 +112,29 @@ impl RunningServer {
         outcome?.map_err(DaemonError::Serve)
     }
 
+    /// Keeps the build root of `services` within `config`'s bound while
+    /// serving (storage::gc::collector).
+    pub fn collect_garbage(
+        &mut self,
+        locks: Arc<crate::storage::gc::GcLocks>,
+        root: crate::storage::BuildRoot,
+        config: crate::config::GcConfig,
+        stats: Arc<crate::storage::gc::collector::GcStats>,
+    ) {
+        self.background.push(crate::storage::gc::collector::spawn(
+            locks, root, config, stats,
+        ));
+    }
+
+    fn stop_background(&self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+
     /// Stops accepting connections, lets running calls finish, removes pid and info files.
     pub async fn shutdown(self) -> Result<(), DaemonError> {
+        self.stop_background();
         let _ = self.shutdown.send(());
         let served = self.task.await?;
         for path in &self.state_files {
@@ -250,7 +274,16 @@ pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError>
         service: ctx.config.remote_service.clone(),
         client_ca: ctx.config.authentication.ca_cert.clone(),
     };
-    start_services(&listen, Services::Serve(ctx)).await
+    let mut server = start_services(&listen, Services::Serve(ctx.clone())).await?;
+    if let Some(gc) = &ctx.config.gc {
+        server.collect_garbage(
+            ctx.gc.clone(),
+            ctx.build_root.clone(),
+            gc.clone(),
+            ctx.gc_stats.clone(),
+        );
+    }
+    Ok(server)
 }
 
 /// Binds the interface and port and starts serving in the background.
@@ -372,5 +405,6 @@ pub async fn start_services(
         shutdown,
         task,
         state_files,
+        background: Vec::new(),
     })
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{run_daemon, EXIT_CONFIG};
-use crate::config::{Environment, LoggingConfig, RemoteServiceConfig};
+use crate::config::{Environment, GcConfig, LoggingConfig, RemoteServiceConfig};
 use crate::daemon::{Listen, Services};
 use crate::digest::{HashFunction, ObjectKind};
 use crate::execute::runner::RunnerConfig;
@@ -89,6 +89,13 @@ pub struct ExecuteArgs {
     /// Append to log files instead of replacing them.
     #[arg(long = "log-append")]
     log_append: bool,
+    /// Keep the build root's stores below this many bytes, collecting the
+    /// least recently used in the background [default: no bound].
+    #[arg(long = "gc-max-bytes", value_name = "BYTES")]
+    gc_max_bytes: Option<u64>,
+    /// With --gc-max-bytes: seconds between measurements of the build root.
+    #[arg(long = "gc-interval", value_name = "SECONDS", default_value_t = 60.0)]
+    gc_interval: f64,
     /// Accepted for compatibility with `just execute`; jserve keeps a fixed number of finished operations.
     #[arg(long = "log-operations-threshold", hide = true)]
     log_operations_threshold: Option<u32>,
@@ -128,6 +135,18 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
         eprintln!("jserve: --action-timeout must be a positive number of seconds");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if !(args.gc_interval > 0.0 && args.gc_interval <= 1e9) {
+        eprintln!("jserve: --gc-interval must be a positive number of seconds");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if args.gc_max_bytes == Some(0) {
+        eprintln!("jserve: --gc-max-bytes must be more than zero");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let gc = args.gc_max_bytes.map(|max_bytes| GcConfig {
+        max_bytes,
+        interval: Duration::from_secs_f64(args.gc_interval),
+    });
     let Some(root) = args
         .local_build_root
         .map(absolute)
@@ -189,7 +208,13 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             if let Err(e) = endpoint.cas.put_bytes(ObjectKind::File, b"") {
                 tracing::warn!("cannot store the empty blob: {e}");
             }
-            Ok(crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?)
+            let locks = endpoint.gc.clone();
+            let mut server =
+                crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?;
+            if let Some(gc) = gc {
+                server.collect_garbage(locks, build_root, gc, Default::default());
+            }
+            Ok(server)
         },
     )
 }

@@ -3,6 +3,7 @@
 mod analyse;
 mod client;
 mod execute;
+mod gc;
 mod serve;
 
 use std::future::Future;
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Run only a remote-execution endpoint (the drop-in for `just execute`).
     Execute(Box<execute::ExecuteArgs>),
+    /// Collect garbage in a build root once (also while a daemon serves it),
+    /// rotate its generations, or check it.
+    Gc(Box<gc::GcArgs>),
     /// Analyse a target as `just analyse` does (no build).
     Analyse(Box<analyse::AnalyseArgs>),
     #[command(flatten)]
@@ -57,6 +61,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve::run(config.as_deref()),
         Command::Execute(args) => execute::run(*args),
+        Command::Gc(args) => gc::run(*args),
         Command::Analyse(args) => analyse::run(*args),
         Command::Client(command) => client::run(command),
         Command::Unpack { args } => ExitCode::from(crate::archive::helper_main(&args) as u8),

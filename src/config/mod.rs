@@ -30,7 +30,7 @@ pub enum ConfigError {
 pub struct KeyPath(Vec<String>);
 
 impl KeyPath {
-    fn child(&self, key: impl Into<String>) -> KeyPath {
+    pub(super) fn child(&self, key: impl Into<String>) -> KeyPath {
         let mut k = self.0.clone();
         k.push(key.into());
         KeyPath(k)
@@ -237,6 +237,18 @@ pub enum Associated<'a> {
     },
 }
 
+/// How often the collector measures the build root by default.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeping the build root within a size bound (storage::gc::collector).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcConfig {
+    /// The stores (every generation) are kept below this many bytes.
+    pub max_bytes: u64,
+    /// How often the build root is measured.
+    pub interval: Duration,
+}
+
 /// The whole serve configuration, defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServeConfig {
@@ -254,6 +266,9 @@ pub struct ServeConfig {
     /// How long a graceful stop waits for running calls (jserve's own key
     /// `"stop timeout"`, seconds).
     pub stop_timeout: Duration,
+    /// The build root's size bound (`"gc"`); none: nothing is removed
+    /// automatically.
+    pub gc: Option<GcConfig>,
     /// The jserve binary that unpacks archives in a child process (not a
     /// file key: the command line sets it to itself). None: in this process.
     pub unpack_helper: Option<PathBuf>,

@@ -105,6 +105,10 @@ impl ServeConfig {
         if let Some((k, v)) = top.get("archive limits") {
             archive_limits = archive_limits_section(Obj::new(v, k)?, &mut warnings)?;
         }
+        let mut gc = None;
+        if let Some((k, v)) = top.get("gc") {
+            gc = Some(gc_section(Obj::new(v, k)?, &mut warnings)?);
+        }
         top.finish(&mut warnings);
 
         Ok(ServeConfig {
@@ -119,10 +123,28 @@ impl ServeConfig {
             build,
             archive_limits,
             stop_timeout,
+            gc,
             unpack_helper: None,
             warnings,
         })
     }
+}
+
+/// The `"gc"` object (jserve's own): the size bound of the build root.
+fn gc_section(mut o: Obj<'_>, warnings: &mut Vec<String>) -> Result<GcConfig, ConfigError> {
+    let max_bytes = match o.get("max bytes") {
+        Some((k, v)) => integer(v, &k, 1, i64::MAX)? as u64,
+        None => return Err(invalid(&o.path.child("max bytes"), "must be given")),
+    };
+    let interval = match o.get("interval seconds") {
+        Some((k, v)) => seconds(v, &k, false)?,
+        None => DEFAULT_GC_INTERVAL,
+    };
+    o.finish(warnings);
+    Ok(GcConfig {
+        max_bytes,
+        interval,
+    })
 }
 
 /// The `"logging"` object.

@@ -201,7 +201,7 @@ impl LocalEndpoint {
                 // The run continues even if the client goes away, so its result is cached.
                 tokio::spawn(async move {
                     // No rotation under a run, whoever waits for it.
-                    let _hold = me.gc.hold().await;
+                    let _hold = me.gc.extend().await;
                     tracing::info!(action = %action_digest.hash, "executing");
                     let response = me.run(&action_digest, loaded, demand).await;
                     me.demands

@@ -172,8 +172,14 @@ impl Sources {
             let map = self.special_map(mode);
             let (repos, id) = (self.repos.clone(), tree.clone());
             blocking(move || {
-                if let Some(known) = map.get(&id)? {
-                    return Ok(Ok(known.trim().to_string()));
+                // The tree first (copied forward with it), then the entry;
+                // a resolved tree that is gone is resolved again.
+                let kept = |t: &str| repos.find_tree(t).ok().flatten().is_some();
+                if let Some(known) = map.get_kept(&id, kept)? {
+                    let known = known.trim().to_string();
+                    if repos.find_tree(&known)?.is_some() {
+                        return Ok(Ok(known));
+                    }
                 }
                 let source = repos.open(repo)?;
                 let cache = repos.open_git_cache()?;
@@ -206,7 +212,9 @@ impl Sources {
     ) -> Result<Option<String>, SourceTreeError> {
         let (map, repos, id) = (self.tree_map(kind), self.repos.clone(), content.to_string());
         blocking(move || {
-            let Some(root) = map.get(&id)? else {
+            // The tree first (copied forward with it), then the entry.
+            let kept = |root: &str| repos.find_tree(root).ok().flatten().is_some();
+            let Some(root) = map.get_kept(&id, kept)? else {
                 return Ok(None);
             };
             let root = root.trim().to_string();

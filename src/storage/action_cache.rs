@@ -175,11 +175,13 @@ impl ActionCache {
                 }
             }
         }
-        // The logs too where they are (justbuild leaves them behind, and the
-        // empty one need not be stored): a client may still ask for them.
-        let _ = present(ObjectKind::File, &result.stdout_digest);
-        let _ = present(ObjectKind::File, &result.stderr_digest);
-        Ok(true)
+        // The logs too (an empty one need not be stored): an entry without
+        // them would be dropped with the older generation while it stays.
+        let log_present = |d: &Option<Digest>| match d {
+            Some(d) if d.size_bytes == 0 => true,
+            d => present(ObjectKind::File, d),
+        };
+        Ok(log_present(&result.stdout_digest) && log_present(&result.stderr_digest))
     }
 }
 

@@ -187,7 +187,9 @@ impl Cas {
                 if kind.is_tree() {
                     todo.push((entry, false));
                 } else if self.find(kind, &entry).is_none() {
+                    // Not copied forward: a present tree is a complete one.
                     tracing::debug!(tree = hash, entry, "older tree is incomplete");
+                    return None;
                 }
             }
         }

@@ -38,6 +38,18 @@ impl IdMap {
 
     /// The value stored for `key`, if any. Keys must be hex ids.
     pub fn get(&self, key: &str) -> io::Result<Option<String>> {
+        self.get_kept(key, |_| true)
+    }
+
+    /// Like [`IdMap::get`]; a value found in an older generation is copied
+    /// forward only once `keep` (given the trimmed value) has made sure
+    /// that what it names is in the current generation too, and is
+    /// ignored if `keep` says it is gone.
+    pub fn get_kept(
+        &self,
+        key: &str,
+        keep: impl FnOnce(&str) -> bool,
+    ) -> io::Result<Option<String>> {
         if !valid_key(key) {
             return Ok(None);
         }
@@ -47,6 +59,9 @@ impl IdMap {
                 for dir in &self.older {
                     match fs::read_to_string(dir.join(key)) {
                         Ok(v) => {
+                            if !keep(v.trim()) {
+                                return Ok(None);
+                            }
                             self.set(key, &v)?;
                             return Ok(Some(v));
                         }

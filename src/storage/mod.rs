@@ -54,6 +54,17 @@ pub const GENERATIONS: usize = 2;
 const PROTOCOL_DEPENDENT: &str = "protocol-dependent";
 const REPOSITORIES: &str = "repositories";
 
+/// One generation directory of one area.
+#[derive(Clone, Debug)]
+pub struct GenerationDir {
+    pub path: PathBuf,
+    /// 0 is the one written to.
+    pub index: usize,
+    /// `repositories/` (git cache and source maps), else
+    /// `protocol-dependent/` (CAS, action and target caches).
+    pub repositories: bool,
+}
+
 /// The directory tree of a local build root: the one place that knows it.
 #[derive(Clone, Debug)]
 pub struct BuildRoot {
@@ -221,6 +232,51 @@ impl BuildRoot {
         std::fs::metadata(self.generation(area, 0))
             .ok()
             .map(|m| (m.dev(), m.ino()))
+    }
+
+    /// The generation directories of both areas, youngest first within
+    /// each: what the collector measures and the checker reads.
+    pub fn generation_dirs(&self) -> Vec<GenerationDir> {
+        let mut dirs = Vec::new();
+        for (area, repositories) in [(PROTOCOL_DEPENDENT, false), (REPOSITORIES, true)] {
+            for index in 0..GENERATIONS {
+                dirs.push(GenerationDir {
+                    path: self.generation(area, index),
+                    index,
+                    repositories,
+                });
+            }
+        }
+        dirs
+    }
+
+    /// One rotation of both areas, as `just gc` and `just-mr gc-repo` do:
+    /// the oldest generation moves into `trash` (for the caller to delete,
+    /// outside the locks), each other one becomes one older, and an empty
+    /// generation 0 is created. Every step is one rename, so a crash in
+    /// between leaves a layout every reader understands (a missing
+    /// generation is an empty one). The caller holds both gc locks
+    /// exclusively.
+    pub fn rotate_generations(&self, trash: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(trash)?;
+        let mut dropped = Vec::new();
+        for area in [REPOSITORIES, PROTOCOL_DEPENDENT] {
+            let oldest = self.generation(area, GENERATIONS - 1);
+            if oldest.exists() {
+                let to = trash.join(area);
+                std::fs::rename(&oldest, &to)?;
+                dropped.push(to);
+            }
+            for i in (0..GENERATIONS - 1).rev() {
+                let from = self.generation(area, i);
+                if from.exists() {
+                    std::fs::rename(&from, self.generation(area, i + 1))?;
+                }
+            }
+        }
+        self.create_generation_dirs();
+        std::fs::create_dir_all(self.repositories_dir())?;
+        Ok(dropped)
     }
 
     /// Opens the git cache, creating the bare repository on first use (and

@@ -191,7 +191,7 @@ impl TargetServer {
         let target = request.key.hash.clone();
         let start = move |interest| async move {
             // Goes on after its clients left: no rotation meanwhile.
-            let _hold = this.deps.gc.hold().await;
+            let _hold = this.deps.gc.extend().await;
             this.clone()
                 .compute(request, backend, dispatch, interest)
                 .await

@@ -1,16 +1,26 @@
-//! Living beside justbuild's garbage collection. `just gc` and `just-mr
-//! gc-repo` rotate generations under an exclusive `flock` on a `gc.lock`
-//! file; whoever uses generation 0 holds the same lock shared, so a
-//! rotation waits until no request is under way. jserve holds each lock once
-//! per process while any request needs it (a count of holders), and notices
-//! a rotation when it takes the lock anew and generation 0 is another
-//! directory: then what it remembers in memory is forgotten.
+//! Garbage collection by generations, beside justbuild's. `just gc`,
+//! `just-mr gc-repo` and jserve's own collector (collector.rs) rotate
+//! generations under an exclusive `flock` on a `gc.lock` file; whoever uses
+//! generation 0 holds the same lock shared, so a rotation waits until no
+//! request is under way. jserve holds each lock once per process while any
+//! request needs it (a count of holders), and notices a rotation when it
+//! takes the lock anew and generation 0 is another directory: then what it
+//! remembers in memory is forgotten.
+//!
+//! While jserve's own collector waits for the requests under way, new ones
+//! wait at a gate (briefly: the collector gives up after a bounded pause),
+//! so that a busy daemon cannot starve it.
+
+pub mod check;
+pub mod collector;
+pub mod usage;
 
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::BuildRoot;
 
@@ -85,15 +95,7 @@ impl SharedFlock {
         let path = self.path.clone();
         // Blocks while a collection runs; off the async workers.
         let file = tokio::task::spawn_blocking(move || -> io::Result<File> {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let file = open_lock(&path)?;
             flock(&file, libc::LOCK_SH)?;
             Ok(file)
         })
@@ -122,6 +124,69 @@ pub struct GcLocks {
     seen: Mutex<(Identity, Identity)>,
     rotations: AtomicU64,
     held: Mutex<Option<std::sync::Weak<(Held, Held)>>>,
+    /// Closed (taken for writing) while this process's collector waits for
+    /// the requests under way to finish.
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Both gc locks held exclusively: no request of any process that follows
+/// the protocol uses the build root meanwhile. Dropping it releases them.
+pub struct Exclusive {
+    _files: (File, File),
+    _gate: Option<tokio::sync::OwnedRwLockWriteGuard<()>>,
+}
+
+/// Opens a lock file, creating it (and its directory) if needed.
+fn open_lock(path: &std::path::Path) -> io::Result<File> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Takes both locks of `root` exclusively (repositories first, the order
+/// every holder uses), waiting as long as it takes.
+pub fn exclusive_blocking(root: &BuildRoot) -> io::Result<Exclusive> {
+    let repos = open_lock(&root.repository_gc_lock_path())?;
+    flock(&repos, libc::LOCK_EX)?;
+    let storage = open_lock(&root.gc_lock_path())?;
+    flock(&storage, libc::LOCK_EX)?;
+    Ok(Exclusive {
+        _files: (repos, storage),
+        _gate: None,
+    })
+}
+
+/// Both locks shared, as a request holds them (for a process that only
+/// reads the root: `jserve gc --check`).
+pub fn shared_blocking(root: &BuildRoot) -> io::Result<(File, File)> {
+    let repos = open_lock(&root.repository_gc_lock_path())?;
+    flock(&repos, libc::LOCK_SH)?;
+    let storage = open_lock(&root.gc_lock_path())?;
+    flock(&storage, libc::LOCK_SH)?;
+    Ok((repos, storage))
+}
+
+/// Both locks exclusively if both are free now.
+fn try_exclusive(root: &BuildRoot) -> io::Result<Option<(File, File)>> {
+    let nb = libc::LOCK_EX | libc::LOCK_NB;
+    let repos = open_lock(&root.repository_gc_lock_path())?;
+    match flock(&repos, nb) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let storage = open_lock(&root.gc_lock_path())?;
+    match flock(&storage, nb) {
+        Ok(()) => Ok(Some((repos, storage))),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl GcLocks {
@@ -153,19 +218,38 @@ impl GcLocks {
             )),
             rotations: AtomicU64::new(0),
             held: Mutex::new(None),
+            gate: Arc::default(),
             root: root.clone(),
         })
     }
 
-    /// Holds both locks (repositories first, as justbuild's serve does).
+    /// Holds both locks (repositories first, as justbuild's serve does);
+    /// waits while this process's collector waits for a rotation.
     pub async fn hold(&self) -> io::Result<GcHold> {
-        if let Some(held) = self
-            .held
+        let _pass = self.gate.read().await;
+        self.hold_past_gate().await
+    }
+
+    /// A hold for work that a request holding one starts and that may
+    /// outlive it (a build, an action): joins the current holders without
+    /// waiting at the gate, which would wait for that very request.
+    pub async fn extend(&self) -> io::Result<GcHold> {
+        match self.current() {
+            Some(held) => Ok(GcHold { _held: held }),
+            None => self.hold().await,
+        }
+    }
+
+    fn current(&self) -> Option<Arc<(Held, Held)>> {
+        self.held
             .lock()
             .expect("held")
             .as_ref()
             .and_then(|w| w.upgrade())
-        {
+    }
+
+    async fn hold_past_gate(&self) -> io::Result<GcHold> {
+        if let Some(held) = self.current() {
             return Ok(GcHold { _held: held });
         }
         let (repos, repos_anew) = self.repositories.hold().await?;
@@ -176,6 +260,33 @@ impl GcLocks {
         let held = Arc::new((repos, storage));
         *self.held.lock().expect("held") = Some(Arc::downgrade(&held));
         Ok(GcHold { _held: held })
+    }
+
+    /// Both locks exclusively for this process's collector: closes the gate
+    /// to new requests, then waits for those under way, at most `pause`
+    /// (`None` then: the gate opens again and the rotation waits for a
+    /// quieter moment).
+    pub async fn exclusive(&self, pause: Duration) -> io::Result<Option<Exclusive>> {
+        let gate = self.gate.clone().write_owned().await;
+        let deadline = Instant::now() + pause;
+        loop {
+            let root = self.root.clone();
+            let taken = tokio::task::spawn_blocking(move || try_exclusive(&root))
+                .await
+                .map_err(io::Error::other)??;
+            if let Some(files) = taken {
+                return Ok(Some(Exclusive {
+                    _files: files,
+                    _gate: Some(gate),
+                }));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // Requests under way release the locks when they end; no event
+            // says so across processes, so look again shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// How many rotations were noticed; memory keyed to generation 0 is
@@ -190,11 +301,11 @@ impl GcLocks {
         let repositories = self.root.generation_identity(true);
         let mut rotated = false;
         if storage != seen.0 {
-            tracing::info!("the CAS and caches were rotated (just gc)");
+            tracing::info!("the CAS and caches were rotated (a collection or just gc)");
             rotated = true;
         }
         if repositories != seen.1 {
-            tracing::info!("the repositories were rotated (just-mr gc-repo)");
+            tracing::info!("the repositories were rotated (a collection or just-mr gc-repo)");
             // The git cache is new (or missing); every thread reopens it.
             if let Err(e) = self.root.init_git_cache() {
                 tracing::warn!("cannot create the git cache anew: {e}");

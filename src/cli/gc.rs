@@ -1,0 +1,115 @@
+//! `jserve gc`: one collection of a build root on demand, its two-generation
+//! rotation (`--rotate`, as `just gc`), or a check of what collections rely
+//! on (`--check`). Safe while a daemon serves the same root: it takes the
+//! gc locks, as `just gc` does, and waits for the requests under way.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{EXIT_CONFIG, EXIT_FAILURE};
+use crate::config::{Environment, ServeConfig};
+use crate::storage::gc::collector::{rotate_and_delete, rotations_needed, Reason};
+use crate::storage::gc::{check, exclusive_blocking, usage};
+use crate::storage::BuildRoot;
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Serve config file: its "local build root", "repositories" and
+    /// "gc"."max bytes" apply.
+    config: Option<PathBuf>,
+    /// The build root [default: the config's, else ~/.cache/jserve].
+    #[arg(long = "local-build-root", value_name = "PATH")]
+    local_build_root: Option<PathBuf>,
+    /// Collect down to this bound [default: the config's "gc"."max bytes"].
+    #[arg(long = "max-bytes", value_name = "BYTES")]
+    max_bytes: Option<u64>,
+    /// Rotate once, whatever the size: what was not used since the last
+    /// rotation is dropped (`just gc`).
+    #[arg(long, conflicts_with_all = ["max_bytes", "check"])]
+    rotate: bool,
+    /// Only check that every stored entry has what it names in its
+    /// generation; exit 1 on a problem.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(args: GcArgs) -> ExitCode {
+    match collect(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("jserve gc: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
+    let env = Environment::current();
+    let loaded = match &args.config {
+        Some(path) => ServeConfig::load(path, &env),
+        None => ServeConfig::defaults(&env),
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jserve gc: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let path = match args.local_build_root {
+        Some(p) => std::path::absolute(p)?,
+        None => config.local_build_root.clone(),
+    };
+    let root = BuildRoot::open(&path)
+        .with_context(|| format!("cannot open the build root {}", path.display()))?;
+
+    if args.check {
+        let _shared = crate::storage::gc::shared_blocking(&root)?;
+        let report = check::check(&root, &config.repositories);
+        for problem in &report.problems {
+            println!("{problem}");
+        }
+        println!("{report}");
+        return Ok(if report.problems.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILURE)
+        });
+    }
+
+    let started = Instant::now();
+    let before = usage::measure(&root);
+    let (rotations, reason) = if args.rotate {
+        (1, Reason::Asked)
+    } else {
+        let Some(max_bytes) = args
+            .max_bytes
+            .or_else(|| config.gc.as_ref().map(|g| g.max_bytes))
+        else {
+            eprintln!(
+                "jserve gc: no bound: give --max-bytes, \"gc\": {{\"max bytes\": …}} in the \
+                 config, or --rotate"
+            );
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        };
+        match rotations_needed(&before, max_bytes) {
+            (n, Some(reason)) => (n, reason),
+            (_, None) => {
+                println!(
+                    "within the bound: stores {} of {}; nothing to do",
+                    usage::human(before.stores().bytes),
+                    usage::human(max_bytes)
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    };
+    let exclusive = exclusive_blocking(&root).context("cannot take the gc locks")?;
+    let collection = rotate_and_delete(&root, exclusive, rotations, reason, before, started)?;
+    println!("{collection}");
+    Ok(ExitCode::SUCCESS)
+}

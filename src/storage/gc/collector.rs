@@ -1,0 +1,264 @@
+//! Keeping the build root within a size bound, by generations: a rotation
+//! drops generation 1 and makes generation 0 the new generation 1, and every
+//! read copies what it uses forward into generation 0 (with what it needs:
+//! a tree's parts, an entry's outputs). What was used since the last
+//! rotation survives the next one; what was not is dropped after two. Each
+//! generation is complete on its own, so dropping one never leaves an entry
+//! without its objects, and a rotation is a few renames, safe at any crash.
+//!
+//! The daemon measures the root at every interval, in the background, and
+//! rotates when the stores pass the bound, or when generation 0 alone
+//! passes half of it (then one rotation keeps the stores at or below the
+//! bound without dropping anything used recently). A rotation waits until
+//! no request is under way, as `just gc` does; see the gate in `super`.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::usage::{human, measure, Part, Usage};
+use super::{Exclusive, GcLocks};
+use crate::config::GcConfig;
+use crate::storage::BuildRoot;
+
+/// After a collection the stores are at most this share of the bound
+/// (rotating twice if generation 0 alone was larger).
+const LOW_WATER: f64 = 0.8;
+
+/// How long new requests may wait at the gate while a rotation waits for
+/// those under way; longer, and the rotation is tried again later.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Why the stores are rotated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The stores passed the bound.
+    OverBound,
+    /// Generation 0 alone passed half the bound.
+    YoungGenerationFull,
+    /// Asked for (`jserve gc --rotate`).
+    Asked,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::OverBound => "the stores passed the bound",
+            Reason::YoungGenerationFull => "generation 0 passed half the bound",
+            Reason::Asked => "asked for",
+        })
+    }
+}
+
+/// How many rotations `usage` calls for under `max_bytes`: none, one, or
+/// two (when generation 0 alone is above the low-water mark, one rotation
+/// would not bring the stores down to it).
+pub fn rotations_needed(usage: &Usage, max_bytes: u64) -> (usize, Option<Reason>) {
+    let stores = usage.stores().bytes;
+    let young = usage.generations[0].bytes;
+    if stores > max_bytes {
+        let low_water = (max_bytes as f64 * LOW_WATER) as u64;
+        let rotations = if young > low_water { 2 } else { 1 };
+        (rotations, Some(Reason::OverBound))
+    } else if young > max_bytes / 2 {
+        (1, Some(Reason::YoungGenerationFull))
+    } else {
+        (0, None)
+    }
+}
+
+/// What one collection did.
+#[derive(Clone, Debug)]
+pub struct Collection {
+    pub reason: Reason,
+    pub rotations: usize,
+    pub before: Usage,
+    pub after: Usage,
+    /// Files and bytes in the dropped generations (bytes shared by hard
+    /// links with what was kept are not counted).
+    pub removed: Part,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} rotation(s) ({}): removed {} files, {}; stores {} -> {} in {} ms",
+            self.rotations,
+            self.reason,
+            self.removed.files,
+            human(self.removed.bytes),
+            human(self.before.stores().bytes),
+            human(self.after.stores().bytes),
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+/// Rotates `rotations` times while `exclusive` is held, then releases it
+/// and deletes what was dropped; blocking.
+pub fn rotate_and_delete(
+    root: &BuildRoot,
+    exclusive: Exclusive,
+    rotations: usize,
+    reason: Reason,
+    before: Usage,
+    started: Instant,
+) -> io::Result<Collection> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // In this process's staging directory: a crash before the deletion
+    // ends leaves it to the next process's sweep.
+    let trash = root
+        .tmp_dir()
+        .join(format!("gc-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let mut dropped: Vec<PathBuf> = Vec::new();
+    let mut rotated = 0;
+    let outcome = (0..rotations).try_for_each(|i| {
+        dropped.extend(root.rotate_generations(&trash.join(i.to_string()))?);
+        rotated += 1;
+        Ok::<_, io::Error>(())
+    });
+    drop(exclusive);
+    let removed = super::usage::measure_dir(&trash);
+    crate::storage::remove_tree(&trash);
+    outcome?;
+    Ok(Collection {
+        reason,
+        rotations: rotated,
+        before,
+        after: measure(root),
+        removed,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One collection in the daemon: measure, and rotate if the bound asks for
+/// it once the requests under way are done. `Ok(None)` if nothing was due
+/// or the requests did not finish within the pause.
+pub async fn collect_once(
+    locks: &GcLocks,
+    root: &BuildRoot,
+    config: &GcConfig,
+) -> io::Result<(Usage, Option<Collection>)> {
+    let started = Instant::now();
+    let measured = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || measure(&root))
+            .await
+            .map_err(io::Error::other)?
+    };
+    let (rotations, Some(reason)) = rotations_needed(&measured, config.max_bytes) else {
+        return Ok((measured, None));
+    };
+    let Some(exclusive) = locks.exclusive(MAX_PAUSE).await? else {
+        tracing::info!(
+            "gc: {reason}, but requests were still under way after {} s; trying again later",
+            MAX_PAUSE.as_secs()
+        );
+        return Ok((measured, None));
+    };
+    let root = root.clone();
+    let before = measured.clone();
+    let collection = tokio::task::spawn_blocking(move || {
+        rotate_and_delete(&root, exclusive, rotations, reason, before, started)
+    })
+    .await
+    .map_err(io::Error::other)??;
+    Ok((measured, Some(collection)))
+}
+
+/// Counters of the daemon's collections, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct GcStats {
+    pub collections: AtomicU64,
+    pub rotations: AtomicU64,
+    pub files_removed: AtomicU64,
+    pub bytes_removed: AtomicU64,
+    /// The stores' size at the last measurement.
+    pub stores_bytes: AtomicU64,
+}
+
+/// The daemon's collector: measures right away (logging the root's size
+/// and bound) and then every interval, collecting as needed, until the
+/// returned task is aborted.
+pub fn spawn(
+    locks: Arc<GcLocks>,
+    root: BuildRoot,
+    config: GcConfig,
+    stats: Arc<GcStats>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            match collect_once(&locks, &root, &config).await {
+                Ok((usage, collection)) => {
+                    stats
+                        .stores_bytes
+                        .store(usage.stores().bytes, Ordering::Relaxed);
+                    if first {
+                        tracing::info!(
+                            "build root {}: stores {} in {} files, staging {}; bound {}",
+                            root.path().display(),
+                            human(usage.stores().bytes),
+                            usage.stores().files,
+                            human(usage.staging.bytes),
+                            human(config.max_bytes)
+                        );
+                    }
+                    if let Some(c) = collection {
+                        tracing::info!("gc: {c}");
+                        stats.collections.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .rotations
+                            .fetch_add(c.rotations as u64, Ordering::Relaxed);
+                        stats
+                            .files_removed
+                            .fetch_add(c.removed.files, Ordering::Relaxed);
+                        stats
+                            .bytes_removed
+                            .fetch_add(c.removed.bytes, Ordering::Relaxed);
+                        stats
+                            .stores_bytes
+                            .store(c.after.stores().bytes, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::warn!("gc: {e}"),
+            }
+            first = false;
+            tokio::time::sleep(config.interval).await;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(young: u64, old: u64) -> Usage {
+        let mut u = Usage::default();
+        u.generations[0].bytes = young;
+        u.generations[1].bytes = old;
+        u
+    }
+
+    #[test]
+    fn rotations_follow_the_bound() {
+        assert_eq!(rotations_needed(&usage(10, 80), 100), (0, None));
+        assert_eq!(
+            rotations_needed(&usage(51, 0), 100),
+            (1, Some(Reason::YoungGenerationFull))
+        );
+        assert_eq!(
+            rotations_needed(&usage(30, 71), 100),
+            (1, Some(Reason::OverBound))
+        );
+        // One rotation would leave generation 0's 90 as generation 1.
+        assert_eq!(
+            rotations_needed(&usage(90, 20), 100),
+            (2, Some(Reason::OverBound))
+        );
+    }
+}
