@@ -19,9 +19,10 @@
 //! * with `just execute`: the endpoint's build root emptied by two
 //!   rotations; a hit at jserve uploads the artifacts again, trees after
 //!   their parts, and nothing is built again;
-//! * `just gc` and `just-mr gc-repo` rotating jserve's build root: what is
-//!   used between rotations is still served from the cache, what is unused
-//!   for two rotations is built anew;
+//! * `just gc` and `just-mr gc-repo` (and once `jserve gc --rotate`)
+//!   rotating jserve's build root: what is used between rotations is still
+//!   served from the cache, what is unused for two rotations is built anew,
+//!   and `jserve gc --check` finds every generation complete;
 //! * fair local execution (not on BuildGrid, whose test bot runs one action
 //!   at a time): 20 clients ask for export targets of 1 to 20 one-second
 //!   steps, the 16 longest are killed after 7 s; the short ones and a new
@@ -983,6 +984,24 @@ fn rotate(w: &World, client: &Client) {
     collect(w, client, true);
 }
 
+/// `jserve gc ARGS` on jserve's build root (its config names it).
+fn jserve_gc(w: &World, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
+    cmd.arg("gc").arg(w.dir.join("serve/serve.json")).args(args);
+    run_bounded(cmd, "jserve gc", CLIENT_LIMIT)
+}
+
+/// `jserve gc --check`: every generation of jserve's build root complete.
+fn check_generations(w: &World, step: &str) {
+    let out = jserve_gc(w, &["--check"]);
+    assert!(
+        out.status.success(),
+        "{}, {step}: jserve gc --check:\n{}",
+        w.name(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Each project asks for `top` with a fresh build root; returns the runs of
 /// (outer, inner) after it, per project.
 fn use_all(projects: &[Project], step: &str) -> Vec<(usize, usize)> {
@@ -1019,6 +1038,7 @@ fn rotations(w: &World, clients: &[Client], projects: &[Project]) {
     let before = runs(projects);
     for (step, client) in [("rot-1", &clients[0]), ("rot-2", &clients[1])] {
         rotate(w, client);
+        check_generations(w, step);
         let mark = w.serve.log().len();
         assert_eq!(use_all(projects, step), before, "{name}, {step}");
         let log = w.serve.log_since(mark);
@@ -1027,8 +1047,11 @@ fn rotations(w: &World, clients: &[Client], projects: &[Project]) {
             "{name}, {step}: not answered from the rotated cache:\n{log}"
         );
     }
+    // jserve's own rotation counts as one of `just gc`'s.
     rotate(w, &clients[0]);
-    rotate(w, &clients[1]);
+    let out = jserve_gc(w, &["--rotate", "--min-age", "0"]);
+    assert!(out.status.success(), "{name}: jserve gc --rotate: {out:?}");
+    check_generations(w, "rot-3");
     let mark = w.serve.log().len();
     let after = use_all(projects, "rot-3");
     let log = w.serve.log_since(mark);
@@ -1040,6 +1063,7 @@ fn rotations(w: &World, clients: &[Client], projects: &[Project]) {
         let rebuilt: Vec<(usize, usize)> = before.iter().map(|(o, i)| (o + 1, i + 1)).collect();
         assert_eq!(after, rebuilt, "{name}: actions not run again");
     }
+    check_generations(w, "after rot-3");
 }
 
 // ---------------------------------------------------------------------------

@@ -96,6 +96,10 @@ pub struct ExecuteArgs {
     /// With --gc-max-bytes: seconds between measurements of the build root.
     #[arg(long = "gc-interval", value_name = "SECONDS", default_value_t = 60.0)]
     gc_interval: f64,
+    /// With --gc-max-bytes: what was used this many seconds ago or later is
+    /// never removed.
+    #[arg(long = "gc-min-age", value_name = "SECONDS", default_value_t = 60.0)]
+    gc_min_age: f64,
     /// Accepted for compatibility with `just execute`; jserve keeps a fixed number of finished operations.
     #[arg(long = "log-operations-threshold", hide = true)]
     log_operations_threshold: Option<u32>,
@@ -139,6 +143,10 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
         eprintln!("jserve: --gc-interval must be a positive number of seconds");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if !(args.gc_min_age >= 0.0 && args.gc_min_age <= 1e9) {
+        eprintln!("jserve: --gc-min-age must be zero or more seconds");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if args.gc_max_bytes == Some(0) {
         eprintln!("jserve: --gc-max-bytes must be more than zero");
         return ExitCode::from(EXIT_CONFIG);
@@ -146,6 +154,7 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
     let gc = args.gc_max_bytes.map(|max_bytes| GcConfig {
         max_bytes,
         interval: Duration::from_secs_f64(args.gc_interval),
+        min_age: Duration::from_secs_f64(args.gc_min_age),
     });
     let Some(root) = args
         .local_build_root

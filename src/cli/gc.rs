@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 
 use super::{EXIT_CONFIG, EXIT_FAILURE};
-use crate::config::{Environment, ServeConfig};
+use crate::config::{Environment, ServeConfig, DEFAULT_GC_MIN_AGE};
 use crate::storage::gc::collector::{rotate_and_delete, rotations_needed, Reason};
 use crate::storage::gc::{check, exclusive_blocking, usage};
 use crate::storage::BuildRoot;
@@ -31,6 +31,11 @@ pub struct GcArgs {
     /// rotation is dropped (`just gc`).
     #[arg(long, conflicts_with_all = ["max_bytes", "check"])]
     rotate: bool,
+    /// Rotate only if the last rotation is at least this many seconds ago,
+    /// so that what clients were just answered about stays [default: the
+    /// config's "gc"."min age seconds", else 60; 0 rotates as `just gc`].
+    #[arg(long = "min-age", value_name = "SECONDS")]
+    min_age: Option<f64>,
     /// Only check that every stored entry has what it names in its
     /// generation; exit 1 on a problem.
     #[arg(long)]
@@ -108,8 +113,25 @@ fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
+    let min_age = match args.min_age {
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+        Some(_) => {
+            eprintln!("jserve gc: --min-age must be zero or more seconds");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        None => config.gc.as_ref().map_or(DEFAULT_GC_MIN_AGE, |g| g.min_age),
+    };
     let exclusive = exclusive_blocking(&root).context("cannot take the gc locks")?;
-    let collection = rotate_and_delete(&root, exclusive, rotations, reason, before, started)?;
-    println!("{collection}");
+    let collection = rotate_and_delete(
+        &root, exclusive, rotations, min_age, reason, before, started,
+    )?;
+    if collection.rotations == 0 {
+        println!(
+            "{reason}, but the last rotation is less than {} s ago: nothing removed",
+            min_age.as_secs_f64()
+        );
+    } else {
+        println!("{collection}");
+    }
     Ok(ExitCode::SUCCESS)
 }

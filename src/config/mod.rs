@@ -240,6 +240,9 @@ pub enum Associated<'a> {
 /// How often the collector measures the build root by default.
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// What was used this recently is never removed, by default.
+pub const DEFAULT_GC_MIN_AGE: Duration = Duration::from_secs(60);
+
 /// Keeping the build root within a size bound (storage::gc::collector).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcConfig {
@@ -247,6 +250,10 @@ pub struct GcConfig {
     pub max_bytes: u64,
     /// How often the build root is measured.
     pub interval: Duration,
+    /// Generations are rotated at most this often, so that what a client
+    /// was answered about stays for at least this long (its next calls
+    /// read it).
+    pub min_age: Duration,
 }
 
 /// The whole serve configuration, defaults filled in.

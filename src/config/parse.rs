@@ -140,10 +140,15 @@ fn gc_section(mut o: Obj<'_>, warnings: &mut Vec<String>) -> Result<GcConfig, Co
         Some((k, v)) => seconds(v, &k, false)?,
         None => DEFAULT_GC_INTERVAL,
     };
+    let min_age = match o.get("min age seconds") {
+        Some((k, v)) => seconds(v, &k, true)?,
+        None => DEFAULT_GC_MIN_AGE,
+    };
     o.finish(warnings);
     Ok(GcConfig {
         max_bytes,
         interval,
+        min_age,
     })
 }
 

@@ -52,6 +52,32 @@ pub fn remove_tree(dir: &Path) {
 pub const GENERATIONS: usize = 2;
 
 const PROTOCOL_DEPENDENT: &str = "protocol-dependent";
+
+/// The file naming a generation 0 uniquely (see `generation_identity`).
+const GENERATION_MARKER: &str = ".jserve-generation";
+
+/// Gives `dir` a marker unless it has one; of processes racing to do so,
+/// the first wins (the file is created whole, then linked into place).
+fn mark_generation(dir: &Path) -> io::Result<()> {
+    let marker = dir.join(GENERATION_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{}-{nanos}-{n}", std::process::id());
+    let staged = dir.join(format!("{GENERATION_MARKER}.{id}"));
+    std::fs::write(&staged, &id)?;
+    let linked = std::fs::hard_link(&staged, &marker);
+    let _ = std::fs::remove_file(&staged);
+    match linked {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
 const REPOSITORIES: &str = "repositories";
 
 /// One generation directory of one area.
@@ -92,11 +118,12 @@ impl BuildRoot {
     }
 
     /// Makes sure both generation-0 directories exist (a rotation leaves
-    /// none behind), so that they keep one identity until the next.
+    /// none behind) with their identity marker, which they keep until the
+    /// next rotation moves them away.
     pub fn create_generation_dirs(&self) {
         for area in [PROTOCOL_DEPENDENT, REPOSITORIES] {
             let dir = self.generation(area, 0);
-            if let Err(e) = std::fs::create_dir_all(&dir) {
+            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| mark_generation(&dir)) {
                 tracing::warn!(dir = %dir.display(), "cannot create: {e}");
             }
         }
@@ -220,18 +247,30 @@ impl BuildRoot {
         self.root.join(REPOSITORIES).join("gc.lock")
     }
 
-    /// What tells one generation 0 from the next: the directory's identity
-    /// (a rotation renames it away), `None` while it does not exist.
-    pub fn generation_identity(&self, repositories: bool) -> Option<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
+    /// What tells one generation 0 from the next: the marker jserve puts
+    /// into each (a rotation moves it away with the directory; a directory
+    /// identity would not do, as a deleted generation's inode may be reused
+    /// for the next one), `None` while there is none.
+    pub fn generation_identity(&self, repositories: bool) -> Option<String> {
         let area = if repositories {
             REPOSITORIES
         } else {
             PROTOCOL_DEPENDENT
         };
-        std::fs::metadata(self.generation(area, 0))
-            .ok()
-            .map(|m| (m.dev(), m.ino()))
+        std::fs::read_to_string(self.generation(area, 0).join(GENERATION_MARKER)).ok()
+    }
+
+    /// How long ago the last rotation was: the age of generation 0's
+    /// marker (the more recent of both areas); `None` if unknown.
+    pub fn since_rotation(&self) -> Option<std::time::Duration> {
+        [PROTOCOL_DEPENDENT, REPOSITORIES]
+            .iter()
+            .filter_map(|area| {
+                let marker = self.generation(area, 0).join(GENERATION_MARKER);
+                let modified = std::fs::metadata(marker).and_then(|m| m.modified()).ok()?;
+                Some(modified.elapsed().unwrap_or_default())
+            })
+            .min()
     }
 
     /// The generation directories of both areas, youngest first within
@@ -275,7 +314,8 @@ impl BuildRoot {
             }
         }
         self.create_generation_dirs();
-        std::fs::create_dir_all(self.repositories_dir())?;
+        // Ready for whoever comes next, before any lock is released.
+        self.init_git_cache().map_err(io::Error::other)?;
         Ok(dropped)
     }
 

@@ -143,10 +143,10 @@ fn check_action_entry(cas: &Cas, path: &Path) -> Result<(), String> {
     let result = ActionResult::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
     let present = |kind: ObjectKind, d: &Option<Digest>, what: &str| match d {
         Some(d) if !d.hash.is_empty() && d.size_bytes != 0 => {
-            let ok = hash
+            let d = hash
                 .digest_from_wire(d)
-                .is_ok_and(|d| cas.contains(kind, &d.hash));
-            if ok {
+                .map_err(|e| format!("its {what}: {e}"))?;
+            if cas.contains(kind, &d.hash) {
                 Ok(())
             } else {
                 Err(format!("its {what} {} is missing", d.hash))

@@ -98,12 +98,20 @@ impl std::fmt::Display for Collection {
     }
 }
 
-/// Rotates `rotations` times while `exclusive` is held, then releases it
-/// and deletes what was dropped; blocking.
+/// Whether a rotation now would drop what was used less than `min_age`
+/// ago: the last rotation was more recent than that.
+pub fn too_soon(root: &BuildRoot, min_age: Duration) -> Option<Duration> {
+    root.since_rotation().filter(|age| *age < min_age)
+}
+
+/// Rotates up to `rotations` times while `exclusive` is held (each only if
+/// the last rotation is at least `min_age` ago), then releases it and
+/// deletes what was dropped; blocking.
 pub fn rotate_and_delete(
     root: &BuildRoot,
     exclusive: Exclusive,
     rotations: usize,
+    min_age: Duration,
     reason: Reason,
     before: Usage,
     started: Instant,
@@ -117,6 +125,9 @@ pub fn rotate_and_delete(
     let mut dropped: Vec<PathBuf> = Vec::new();
     let mut rotated = 0;
     let outcome = (0..rotations).try_for_each(|i| {
+        if too_soon(root, min_age).is_some() {
+            return Ok(());
+        }
         dropped.extend(root.rotate_generations(&trash.join(i.to_string()))?);
         rotated += 1;
         Ok::<_, io::Error>(())
@@ -153,6 +164,15 @@ pub async fn collect_once(
     let (rotations, Some(reason)) = rotations_needed(&measured, config.max_bytes) else {
         return Ok((measured, None));
     };
+    if let Some(age) = too_soon(root, config.min_age) {
+        tracing::info!(
+            "gc: {reason}, but the last rotation was only {} s ago (\"min age seconds\": {}); \
+             waiting",
+            age.as_secs(),
+            config.min_age.as_secs_f64()
+        );
+        return Ok((measured, None));
+    }
     let Some(exclusive) = locks.exclusive(MAX_PAUSE).await? else {
         tracing::info!(
             "gc: {reason}, but requests were still under way after {} s; trying again later",
@@ -162,12 +182,15 @@ pub async fn collect_once(
     };
     let root = root.clone();
     let before = measured.clone();
+    let min_age = config.min_age;
     let collection = tokio::task::spawn_blocking(move || {
-        rotate_and_delete(&root, exclusive, rotations, reason, before, started)
+        rotate_and_delete(
+            &root, exclusive, rotations, min_age, reason, before, started,
+        )
     })
     .await
     .map_err(io::Error::other)??;
-    Ok((measured, Some(collection)))
+    Ok((measured, (collection.rotations > 0).then_some(collection)))
 }
 
 /// Counters of the daemon's collections, for logs and metrics.

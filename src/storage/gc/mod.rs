@@ -39,8 +39,8 @@ pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Identity of a generation-0 directory (device, inode), if it exists.
-type Identity = Option<(u64, u64)>;
+/// Identity of a generation-0 directory (its marker), if it has one.
+type Identity = Option<String>;
 
 /// One lock file, held shared while its count of holders is not zero.
 struct SharedFlock {
