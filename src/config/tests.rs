@@ -364,3 +364,29 @@ fn addresses() {
     assert!(Address::parse("host:").is_err());
     assert!(Address::parse("[::1]80").is_err());
 }
+
+#[test]
+fn gc_section() {
+    let c = parse(json!({"gc": {"max bytes": 5_000_000}})).unwrap();
+    let gc = c.gc.unwrap();
+    assert_eq!(gc.max_bytes, 5_000_000);
+    assert_eq!(gc.interval, DEFAULT_GC_INTERVAL);
+    assert_eq!(gc.min_age, DEFAULT_GC_MIN_AGE);
+    let c = parse(json!({"gc": {"max bytes": 7, "interval seconds": 0.5, "min age seconds": 0}}))
+        .unwrap();
+    let gc = c.gc.unwrap();
+    assert_eq!(
+        (gc.interval, gc.min_age),
+        (Duration::from_millis(500), Duration::ZERO)
+    );
+    assert!(parse(json!({})).unwrap().gc.is_none());
+    for bad in [
+        json!({"gc": {}}),
+        json!({"gc": {"max bytes": 0}}),
+        json!({"gc": {"max bytes": 1, "interval seconds": 0}}),
+        json!({"gc": {"max bytes": "1"}}),
+    ] {
+        let e = parse(bad.clone()).unwrap_err().to_string();
+        assert!(e.contains("\"gc\""), "{bad}: {e}");
+    }
+}

@@ -367,4 +367,57 @@ mod tests {
         assert_eq!(locks.rotations(), 1);
         assert!(gen.join("generation-0").is_dir());
     }
+
+    #[tokio::test]
+    async fn the_collector_waits_for_requests_behind_a_gate_and_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = BuildRoot::open(dir.path()).unwrap();
+        let locks = GcLocks::for_root(&root);
+        let request = locks.hold().await.unwrap();
+
+        // A request under way outlasts the pause: no exclusive locks.
+        let pause = Duration::from_millis(100);
+        assert!(locks.exclusive(pause).await.unwrap().is_none());
+
+        // While the collector waits, a new request waits at the gate, but
+        // work the running request starts (extend) does not.
+        let waiting = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.exclusive(Duration::from_secs(30)).await })
+        };
+        while locks.gate.try_write().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let extended = locks.extend().await.unwrap();
+        let newcomer = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.hold().await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert!(!newcomer.is_finished(), "a new request passed the gate");
+        drop(extended);
+        drop(request);
+        let exclusive = waiting.await.unwrap().unwrap().expect("locks once idle");
+        for path in [root.gc_lock_path(), root.repository_gc_lock_path()] {
+            assert!(!collector_could_lock(&path), "taken exclusively");
+        }
+        assert!(!newcomer.is_finished());
+        drop(exclusive);
+        newcomer.await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn rotations_are_noticed_even_when_an_inode_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = BuildRoot::open(dir.path()).unwrap();
+        let before = root.generation_identity(false);
+        assert!(before.is_some());
+        let trash = root.tmp_dir().join("t");
+        root.rotate_generations(&trash.join("1")).unwrap();
+        root.rotate_generations(&trash.join("2")).unwrap();
+        assert_ne!(root.generation_identity(false), before);
+        assert_ne!(root.generation_identity(true), before);
+        // The new generation 0 has its git cache already.
+        assert!(git2::Repository::open_bare(root.git_cache_dir()).is_ok());
+    }
 }
