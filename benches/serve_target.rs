@@ -37,11 +37,8 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Timestamp;
 use common::git::git;
 use common::reapi::Endpoint;
+use common::targets::ask;
 use common::{config_in, loc};
-use jserve::build::keys::export_target_key;
-use jserve::build::names::NamedTarget;
-use jserve::build::repo_config::RepositoryConfig;
-use jserve::config::{Environment, ServeConfig};
 use jserve::context::ServeContext;
 use jserve::digest::HashFunction;
 use jserve::proto::target_client::TargetClient;
@@ -165,57 +162,22 @@ impl Server {
                    "execution endpoint": {"compatible": compatible},
                    "build": build}),
         );
-        let env = Environment {
-            home: None,
-            cores: 2,
-        };
-        let ctx = ServeContext::open(ServeConfig::from_value(&config, &env).unwrap()).unwrap();
-        let server = jserve::daemon::start(ctx.clone()).await.unwrap();
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
         let hash = if compatible {
             HashFunction::Sha256
         } else {
             HashFunction::GitSha1
         };
+        let (ctx, endpoint) = common::start_serve(&config, hash).await;
         Server {
             ctx,
-            endpoint: Endpoint {
-                server,
-                hash,
-                channel,
-                dir: tempfile::tempdir().unwrap(),
-            },
+            endpoint,
             tree: tree.to_string(),
             jobs: run.jobs,
         }
     }
 
-    /// Uploads the key, the repository description and the dispatch list
-    /// for `name` in `config`, as a client does, and returns the request.
     async fn request(&self, name: &str, config: Value) -> ServeTargetRequest {
-        let hash = self.endpoint.hash;
-        let repos = RepositoryConfig::from_json(
-            &json!({"main": "",
-                    "repositories": {"": {"workspace_root": ["git tree", self.tree]}}}),
-            None,
-        )
-        .unwrap();
-        let (repo_key, key) =
-            export_target_key(&repos, &NamedTarget::new("", "", name), &config, hash).unwrap();
-        let repo_key = self.endpoint.upload_blob(repo_key.json.as_bytes()).await;
-        let key = self.endpoint.upload_blob(key.json.as_bytes()).await;
-        let dispatch = self.endpoint.upload_blob(b"[]").await;
-        ServeTargetRequest {
-            target_cache_key_id: Some(key),
-            execution_properties: vec![],
-            dispatch_info: Some(dispatch),
-            required_digests: vec![repo_key],
-            keep_artifact_root: false,
-        }
+        common::targets::request(&self.endpoint, &self.tree, name, config).await
     }
 
     fn port(&self) -> u16 {
@@ -255,17 +217,6 @@ impl Server {
     async fn shutdown(self) {
         self.endpoint.server.shutdown().await.unwrap();
     }
-}
-
-/// Asks once; panics unless the answer is a value.
-async fn ask(client: &mut TargetClient<Channel>, request: &ServeTargetRequest) {
-    let r = client
-        .serve_target(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(r.log.is_none(), "ServeTarget answered with a failure log");
-    assert!(r.target_value.is_some(), "ServeTarget answered a value");
 }
 
 fn seconds(t: &Option<Timestamp>) -> f64 {

@@ -386,17 +386,22 @@ fn populate(root: &BuildRoot, seed: u64, n: u64) {
     }
 }
 
-#[test]
-fn a_collection_killed_anywhere_leaves_complete_generations() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root_dir = tmp.path().join("root");
-    let root = BuildRoot::open(&root_dir).unwrap();
-    let config = tmp.path().join("gc.json");
+/// A build root in `dir` and a config file naming it.
+fn root_with_config(dir: &Path) -> (BuildRoot, PathBuf) {
+    let root_dir = dir.join("root");
+    let config = dir.join("gc.json");
     std::fs::write(
         &config,
         json!({"local build root": loc(&root_dir)}).to_string(),
     )
     .unwrap();
+    (BuildRoot::open(&root_dir).unwrap(), config)
+}
+
+#[test]
+fn a_collection_killed_anywhere_leaves_complete_generations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, config) = root_with_config(tmp.path());
     // Kill points spread over the renames and the deletion that follows.
     for (run, delay_ms) in [0u64, 1, 2, 4, 8, 15, 30, 60].into_iter().enumerate() {
         populate(&root, run as u64, 1500);
@@ -425,14 +430,7 @@ fn a_collection_killed_anywhere_leaves_complete_generations() {
 #[test]
 fn the_check_finds_an_entry_without_its_outputs() {
     let tmp = tempfile::tempdir().unwrap();
-    let root_dir = tmp.path().join("root");
-    let root = BuildRoot::open(&root_dir).unwrap();
-    let config = tmp.path().join("gc.json");
-    std::fs::write(
-        &config,
-        json!({"local build root": loc(&root_dir)}).to_string(),
-    )
-    .unwrap();
+    let (root, config) = root_with_config(tmp.path());
     populate(&root, 7, 3);
     assert!(jserve_gc(&config, &["--check"]).status.success());
     // What a broken collector would leave: a blob gone under its entries.

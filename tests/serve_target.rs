@@ -11,10 +11,6 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use common::git::git;
 use common::reapi::Endpoint;
 use common::{config_in, loc};
-use jserve::build::keys::export_target_key;
-use jserve::build::names::NamedTarget;
-use jserve::build::repo_config::RepositoryConfig;
-use jserve::config::{Environment, ServeConfig};
 use jserve::context::ServeContext;
 use jserve::digest::HashFunction;
 use jserve::proto::target_client::TargetClient;
@@ -83,24 +79,7 @@ async fn setup(compatible: bool) -> Setup {
         json!({"repositories": [loc(&repo)],
                "execution endpoint": {"compatible": compatible}}),
     );
-    let env = Environment {
-        home: None,
-        cores: 2,
-    };
-    let ctx = ServeContext::open(ServeConfig::from_value(&config, &env).unwrap()).unwrap();
-    let server = jserve::daemon::start(ctx.clone()).await.unwrap();
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let endpoint = Endpoint {
-        server,
-        hash: hash_of(compatible),
-        channel,
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let (ctx, endpoint) = common::start_serve(&config, hash_of(compatible)).await;
     Setup {
         _dir: dir,
         ctx,
@@ -122,24 +101,7 @@ impl Setup {
     /// Uploads key and description for `name` in `config` (rooted at
     /// `tree`) as a client does, and returns the request.
     async fn request_for(&self, tree: &str, name: &str, config: Value) -> ServeTargetRequest {
-        let hash = self.endpoint.hash;
-        let repos = RepositoryConfig::from_json(
-            &json!({"main": "", "repositories": {"": {"workspace_root": ["git tree", tree]}}}),
-            None,
-        )
-        .unwrap();
-        let (repo_key, key) =
-            export_target_key(&repos, &NamedTarget::new("", "", name), &config, hash).unwrap();
-        let repo_key_d = self.endpoint.upload_blob(repo_key.json.as_bytes()).await;
-        let key_d = self.endpoint.upload_blob(key.json.as_bytes()).await;
-        let dispatch = self.endpoint.upload_blob(b"[]").await;
-        ServeTargetRequest {
-            target_cache_key_id: Some(key_d),
-            execution_properties: vec![],
-            dispatch_info: Some(dispatch),
-            required_digests: vec![repo_key_d],
-            keep_artifact_root: false,
-        }
+        common::targets::request(&self.endpoint, tree, name, config).await
     }
 
     async fn ask(&self, request: ServeTargetRequest) -> Result<ServeTargetResponse, tonic::Status> {

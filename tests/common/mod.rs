@@ -10,6 +10,7 @@ pub mod pki;
 pub mod procs;
 pub mod reapi;
 pub mod reference;
+pub mod targets;
 
 use std::path::Path;
 use std::time::Duration;
@@ -55,6 +56,33 @@ pub async fn start(config: &Value) -> RunningServer {
     config.unpack_helper = Some(env!("CARGO_BIN_EXE_jserve").into());
     let ctx = ServeContext::open(config).expect("build root opens");
     jserve::daemon::start(ctx).await.expect("daemon starts")
+}
+
+/// `jserve serve` in-process with `config` (test defaults for the rest):
+/// its context, and a REAPI client of its own endpoint in `hash`'s mode.
+pub async fn start_serve(
+    config: &Value,
+    hash: jserve::digest::HashFunction,
+) -> (std::sync::Arc<ServeContext>, reapi::Endpoint) {
+    let env = Environment {
+        home: None,
+        cores: 2,
+    };
+    let ctx = ServeContext::open(ServeConfig::from_value(config, &env).unwrap()).unwrap();
+    let server = jserve::daemon::start(ctx.clone()).await.unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let endpoint = reapi::Endpoint {
+        server,
+        hash,
+        channel,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    (ctx, endpoint)
 }
 
 /// Reads the info file a daemon wrote: (interface, pid, port).
