@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::git::git;
+use common::reference::reference_just;
 use common::targets::{ask, request};
 use common::{config_in, loc};
 use jserve::config::GcConfig;
@@ -40,12 +41,39 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+/// Latencies in 10 µs buckets up to 1 s (the last bucket takes the rest):
+/// memory fixed up front, so that it does not count as the collection's.
+struct Latencies(Vec<u32>);
+
+const BUCKET_US: u128 = 10;
+const BUCKETS: usize = 100_000;
+
+impl Latencies {
+    fn new() -> Latencies {
+        Latencies(vec![0; BUCKETS])
     }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+
+    fn add(&mut self, d: Duration) {
+        let i = ((d.as_micros() / BUCKET_US) as usize).min(BUCKETS - 1);
+        self.0[i] += 1;
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().map(|&n| u64::from(n)).sum()
+    }
+
+    /// The `p` quantile in milliseconds (upper edge of its bucket).
+    fn percentile(&self, p: f64) -> f64 {
+        let want = ((self.count() as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, &n) in self.0.iter().enumerate() {
+            seen += u64::from(n);
+            if seen >= want {
+                return ((i as u128 + 1) * BUCKET_US) as f64 / 1000.0;
+            }
+        }
+        0.0
+    }
 }
 
 /// Writes `n` distinct small blobs straight into the CAS layout of
@@ -68,20 +96,19 @@ fn populate(storage: &std::path::Path, n: usize) {
     eprintln!();
 }
 
-/// Asks `request` until `stop`; the latencies, sorted.
+/// Asks `request` until `stop` (or `at_most` times); the latencies.
 async fn hits_until(
     mut client: TargetClient<Channel>,
     request: jserve::proto::ServeTargetRequest,
     stop: Arc<AtomicBool>,
-    at_most: usize,
-) -> Vec<Duration> {
-    let mut times = Vec::new();
-    while !stop.load(Ordering::SeqCst) && times.len() < at_most {
+    at_most: u64,
+) -> Latencies {
+    let mut times = Latencies::new();
+    while !stop.load(Ordering::SeqCst) && times.count() < at_most {
         let t = Instant::now();
         ask(&mut client, &request).await;
-        times.push(t.elapsed());
+        times.add(t.elapsed());
     }
-    times.sort();
     times
 }
 
@@ -173,7 +200,7 @@ fn main() {
             TargetClient::new(channel.clone()),
             one.clone(),
             stop.clone(),
-            usize::MAX,
+            u64::MAX,
         ));
         let gc = GcConfig {
             max_bytes: 1 << 20,
@@ -204,17 +231,40 @@ fn main() {
         );
         println!(
             "  ServeTarget hit before: p50 {:.3} ms, p99 {:.3} ms ({} requests)",
-            percentile(&baseline, 0.5),
-            percentile(&baseline, 0.99),
-            baseline.len()
+            baseline.percentile(0.5),
+            baseline.percentile(0.99),
+            baseline.count()
         );
         println!(
             "  ServeTarget hit during: p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms ({} requests)",
-            percentile(&during, 0.5),
-            percentile(&during, 0.99),
-            percentile(&during, 1.0),
-            during.len()
+            during.percentile(0.5),
+            during.percentile(0.99),
+            during.percentile(1.0),
+            during.count()
         );
         endpoint.server.shutdown().await.unwrap();
+
+        // The reference's rotation dropping the same number of objects.
+        let Some(just) = reference_just() else {
+            return;
+        };
+        let reference_root = dir.path().join("reference-root");
+        let storage = reference_root.join("protocol-dependent/generation-0/git-sha1");
+        populate(&storage, objects);
+        let just_gc = || {
+            let out = std::process::Command::new(&just)
+                .args(["gc", "--local-build-root"])
+                .arg(&reference_root)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "just gc: {out:?}");
+        };
+        just_gc();
+        let t = Instant::now();
+        just_gc();
+        println!(
+            "  reference `just gc` dropping the same {objects} objects: {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
     });
 }

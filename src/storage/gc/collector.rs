@@ -173,6 +173,15 @@ pub async fn collect_once(
         );
         return Ok((measured, None));
     }
+    // A build running longer than the pause would only make new requests
+    // wait for nothing.
+    if let Some(age) = locks.oldest_hold().filter(|age| *age >= MAX_PAUSE) {
+        tracing::info!(
+            "gc: {reason}, but a request has been running for {} s; trying again later",
+            age.as_secs()
+        );
+        return Ok((measured, None));
+    }
     let Some(exclusive) = locks.exclusive(MAX_PAUSE).await? else {
         tracing::info!(
             "gc: {reason}, but requests were still under way after {} s; trying again later",

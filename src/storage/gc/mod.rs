@@ -113,6 +113,40 @@ impl SharedFlock {
 #[derive(Clone)]
 pub struct GcHold {
     _held: Arc<(Held, Held)>,
+    _since: Arc<Since>,
+}
+
+/// When the holds under way began, so that a collection can tell a long
+/// build from a moment's work and not pause requests for nothing.
+#[derive(Default)]
+struct HoldTimes {
+    next: AtomicU64,
+    started: Mutex<std::collections::HashMap<u64, Instant>>,
+}
+
+/// One hold's entry in [`HoldTimes`], removed with it.
+struct Since(Arc<HoldTimes>, u64);
+
+impl Drop for Since {
+    fn drop(&mut self) {
+        self.0.started.lock().expect("hold times").remove(&self.1);
+    }
+}
+
+impl HoldTimes {
+    fn enter(self: &Arc<Self>) -> Arc<Since> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.started
+            .lock()
+            .expect("hold times")
+            .insert(id, Instant::now());
+        Arc::new(Since(self.clone(), id))
+    }
+
+    fn oldest(&self) -> Option<Duration> {
+        let started = self.started.lock().expect("hold times");
+        started.values().map(Instant::elapsed).max()
+    }
 }
 
 /// The two locks of one build root, and the rotations seen.
@@ -127,6 +161,7 @@ pub struct GcLocks {
     /// Closed (taken for writing) while this process's collector waits for
     /// the requests under way to finish.
     gate: Arc<tokio::sync::RwLock<()>>,
+    times: Arc<HoldTimes>,
 }
 
 /// Both gc locks held exclusively: no request of any process that follows
@@ -219,6 +254,7 @@ impl GcLocks {
             rotations: AtomicU64::new(0),
             held: Mutex::new(None),
             gate: Arc::default(),
+            times: Arc::default(),
             root: root.clone(),
         })
     }
@@ -235,7 +271,10 @@ impl GcLocks {
     /// waiting at the gate, which would wait for that very request.
     pub async fn extend(&self) -> io::Result<GcHold> {
         match self.current() {
-            Some(held) => Ok(GcHold { _held: held }),
+            Some(held) => Ok(GcHold {
+                _held: held,
+                _since: self.times.enter(),
+            }),
             None => self.hold().await,
         }
     }
@@ -250,7 +289,10 @@ impl GcLocks {
 
     async fn hold_past_gate(&self) -> io::Result<GcHold> {
         if let Some(held) = self.current() {
-            return Ok(GcHold { _held: held });
+            return Ok(GcHold {
+                _held: held,
+                _since: self.times.enter(),
+            });
         }
         let (repos, repos_anew) = self.repositories.hold().await?;
         let (storage, storage_anew) = self.storage.hold().await?;
@@ -259,7 +301,15 @@ impl GcLocks {
         }
         let held = Arc::new((repos, storage));
         *self.held.lock().expect("held") = Some(Arc::downgrade(&held));
-        Ok(GcHold { _held: held })
+        Ok(GcHold {
+            _held: held,
+            _since: self.times.enter(),
+        })
+    }
+
+    /// How long the longest-running hold of this process has lasted.
+    pub fn oldest_hold(&self) -> Option<Duration> {
+        self.times.oldest()
     }
 
     /// Both locks exclusively for this process's collector: closes the gate
@@ -373,7 +423,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = BuildRoot::open(dir.path()).unwrap();
         let locks = GcLocks::for_root(&root);
+        assert!(locks.oldest_hold().is_none());
         let request = locks.hold().await.unwrap();
+        assert!(locks.oldest_hold().is_some());
 
         // A request under way outlasts the pause: no exclusive locks.
         let pause = Duration::from_millis(100);
@@ -404,6 +456,7 @@ mod tests {
         assert!(!newcomer.is_finished());
         drop(exclusive);
         newcomer.await.unwrap().unwrap();
+        assert!(locks.oldest_hold().is_none(), "every hold is gone");
     }
 
     #[test]
