@@ -26,7 +26,7 @@ use common::{config_in, loc};
 use jserve::config::GcConfig;
 use jserve::digest::{HashFunction, ObjectKind};
 use jserve::proto::target_client::TargetClient;
-use jserve::storage::gc::collector::{collect_once, rotate_and_delete, Reason};
+use jserve::storage::gc::collector::{collect_once, rotate_and_delete, Plan, Reason};
 use jserve::storage::gc::usage::{human, measure};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -112,6 +112,27 @@ async fn hits_until(
     times
 }
 
+/// Seconds the rotation by `command` takes that drops `objects` objects:
+/// written into a fresh `root`, rotated once into generation 1, then timed.
+fn cli_drop(
+    root: &std::path::Path,
+    objects: usize,
+    command: &dyn Fn(&std::path::Path) -> std::process::Command,
+) -> f64 {
+    populate(
+        &root.join("protocol-dependent/generation-0/git-sha1"),
+        objects,
+    );
+    let run = || {
+        let out = command(root).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    run();
+    let t = Instant::now();
+    run();
+    t.elapsed().as_secs_f64()
+}
+
 fn main() {
     let objects: usize = std::env::var("JSERVE_BENCH_GC_OBJECTS")
         .ok()
@@ -179,15 +200,12 @@ fn main() {
         let before = usage.clone();
         let r = root.clone();
         tokio::task::spawn_blocking(move || {
-            rotate_and_delete(
-                &r,
-                exclusive,
-                1,
-                Duration::ZERO,
-                Reason::Asked,
-                before,
-                Instant::now(),
-            )
+            let plan = Plan {
+                rotations: 1,
+                min_age: Duration::ZERO,
+                delete_threads: 1,
+            };
+            rotate_and_delete(&r, exclusive, plan, Reason::Asked, before, Instant::now())
         })
         .await
         .unwrap()
@@ -244,27 +262,26 @@ fn main() {
         );
         endpoint.server.shutdown().await.unwrap();
 
-        // The reference's rotation dropping the same number of objects.
-        let Some(just) = reference_just() else {
-            return;
-        };
-        let reference_root = dir.path().join("reference-root");
-        let storage = reference_root.join("protocol-dependent/generation-0/git-sha1");
-        populate(&storage, objects);
-        let just_gc = || {
-            let out = std::process::Command::new(&just)
-                .args(["gc", "--local-build-root"])
-                .arg(&reference_root)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "just gc: {out:?}");
-        };
-        just_gc();
-        let t = Instant::now();
-        just_gc();
-        println!(
-            "  reference `just gc` dropping the same {objects} objects: {:.2} s",
-            t.elapsed().as_secs_f64()
-        );
+        // Dropping the same number of objects from the command line, with
+        // no other load: `jserve gc --rotate` and the reference's `just gc`.
+        let jserve = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jserve"));
+        let ours = cli_drop(&dir.path().join("jserve-root"), objects, &|root| {
+            let mut cmd = std::process::Command::new(&jserve);
+            cmd.args(["gc", "--rotate", "--min-age", "0", "--local-build-root"])
+                .arg(root);
+            cmd
+        });
+        println!("  `jserve gc --rotate` dropping {objects} objects: {ours:.2} s");
+        if let Some(just) = reference_just() {
+            let theirs = cli_drop(&dir.path().join("reference-root"), objects, &|root| {
+                let mut cmd = std::process::Command::new(&just);
+                cmd.args(["gc", "--local-build-root"]).arg(root);
+                cmd
+            });
+            println!(
+                "  reference `just gc` dropping {objects} objects: {theirs:.2} s (ratio {:.2})",
+                ours / theirs
+            );
+        }
     });
 }

@@ -403,12 +403,19 @@ fn a_collection_killed_anywhere_leaves_complete_generations() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, config) = root_with_config(tmp.path());
     // Kill points spread over the renames and the deletion that follows.
+    let mut interrupted = 0;
     for (run, delay_ms) in [0u64, 1, 2, 4, 8, 15, 30, 60].into_iter().enumerate() {
-        populate(&root, run as u64, 1500);
+        populate(&root, run as u64, 1000);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
-        cmd.arg("gc").arg(&config).arg("--rotate");
+        cmd.arg("gc")
+            .arg(&config)
+            .args(["--rotate", "--min-age", "0"])
+            .stdout(std::process::Stdio::null());
         let mut child = cmd.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
         let _ = child.kill();
         let _ = child.wait();
         let check = jserve_gc(&config, &["--check"]);
@@ -420,9 +427,12 @@ fn a_collection_killed_anywhere_leaves_complete_generations() {
         let report = String::from_utf8_lossy(&check.stdout);
         assert!(report.contains("0 problem(s)"), "{report}");
     }
+    assert!(interrupted >= 4, "only {interrupted} runs were cut short");
     // And a collection that is not interrupted finishes on what is left.
-    let out = jserve_gc(&config, &["--rotate"]);
+    let out = jserve_gc(&config, &["--rotate", "--min-age", "0"]);
     assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("1 rotation(s)"), "{said}");
     let check = jserve_gc(&config, &["--check"]);
     assert!(check.status.success(), "{check:?}");
 }
@@ -448,4 +458,64 @@ fn the_check_finds_an_entry_without_its_outputs() {
         report.contains(&format!("its output {victim} is missing")),
         "{report}"
     );
+}
+
+#[test]
+fn jserve_execute_keeps_its_bound() {
+    let Some(just) = reference_just_16() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let max_bytes: u64 = 1_500_000;
+    let endpoint = common::endpoints::Execute::start_with(
+        Path::new(env!("CARGO_BIN_EXE_jserve")),
+        &tmp.path().join("endpoint"),
+        false,
+        &[
+            "--gc-max-bytes",
+            &max_bytes.to_string(),
+            "--gc-interval",
+            "0.1",
+            "--gc-min-age",
+            "0",
+        ],
+    );
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(project.join("ROOT"), "").unwrap();
+    let mut targets = serde_json::Map::new();
+    for i in 0..BIG {
+        targets.insert(
+            format!("big-{i}"),
+            json!({"type": "generic", "outs": ["big.txt"], "cmds": [
+                format!("head -c {BIG_BYTES} /dev/zero | tr '\\0' x > big.txt"),
+                format!("echo {i} >> big.txt")]}),
+        );
+    }
+    std::fs::write(project.join("TARGETS"), Value::Object(targets).to_string()).unwrap();
+    for i in 0..BIG {
+        let mut cmd = Command::new(&just);
+        cmd.current_dir(&project)
+            .args(["build", "--local-build-root"])
+            .arg(tmp.path().join("client"))
+            .args(["-r", &endpoint.address(), &format!("big-{i}")]);
+        let out = run_bounded(cmd, "just build", LIMIT);
+        assert!(out.status.success(), "big-{i}: {out:?}");
+    }
+    let root = tmp.path().join("endpoint/root");
+    let stores = || {
+        ["protocol-dependent", "repositories"]
+            .iter()
+            .map(|area| measure_dir(&root.join(area)).bytes)
+            .sum::<u64>()
+    };
+    wait_until("the endpoint's stores stay above the bound", || {
+        stores() <= max_bytes
+    });
+    let log = endpoint.group.log();
+    assert!(log.contains("gc: "), "no collection logged:\n{log}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
+    cmd.args(["gc", "--check", "--local-build-root"]).arg(&root);
+    let check = run_bounded(cmd, "jserve gc --check", LIMIT);
+    assert!(check.status.success(), "{check:?}");
 }

@@ -22,6 +22,7 @@ use super::usage::{human, measure, Part, Usage};
 use super::{Exclusive, GcLocks};
 use crate::config::GcConfig;
 use crate::storage::BuildRoot;
+use crate::storage::GENERATIONS;
 
 /// After a collection the stores are at most this share of the bound
 /// (rotating twice if generation 0 alone was larger).
@@ -76,8 +77,7 @@ pub struct Collection {
     pub rotations: usize,
     pub before: Usage,
     pub after: Usage,
-    /// Files and bytes in the dropped generations (bytes shared by hard
-    /// links with what was kept are not counted).
+    /// Files and bytes in the dropped generations, as measured before.
     pub removed: Part,
     pub elapsed: Duration,
 }
@@ -104,18 +104,32 @@ pub fn too_soon(root: &BuildRoot, min_age: Duration) -> Option<Duration> {
     root.since_rotation().filter(|age| *age < min_age)
 }
 
-/// Rotates up to `rotations` times while `exclusive` is held (each only if
-/// the last rotation is at least `min_age` ago), then releases it and
-/// deletes what was dropped; blocking.
+/// How a collection goes: how many rotations at most, what was used how
+/// recently stays, and how many threads delete what was dropped (one in
+/// the daemon, which serves meanwhile; all cores from the command line).
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub rotations: usize,
+    pub min_age: Duration,
+    pub delete_threads: usize,
+}
+
+/// Rotates up to `plan.rotations` times while `exclusive` is held (each
+/// only if the last rotation is at least `plan.min_age` ago), then releases
+/// it and deletes what was dropped; blocking.
 pub fn rotate_and_delete(
     root: &BuildRoot,
     exclusive: Exclusive,
-    rotations: usize,
-    min_age: Duration,
+    plan: Plan,
     reason: Reason,
     before: Usage,
     started: Instant,
 ) -> io::Result<Collection> {
+    let Plan {
+        rotations,
+        min_age,
+        delete_threads,
+    } = plan;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     // In this process's staging directory: a crash before the deletion
     // ends leaves it to the next process's sweep.
@@ -133,17 +147,32 @@ pub fn rotate_and_delete(
         Ok::<_, io::Error>(())
     });
     drop(exclusive);
-    let removed = super::usage::measure_dir(&trash);
-    crate::storage::remove_tree(&trash);
+    crate::storage::remove_tree_on(&trash, delete_threads);
     outcome?;
+    let (after, removed) = shifted(&before, rotated);
     Ok(Collection {
         reason,
         rotations: rotated,
         before,
-        after: measure(root),
+        after,
         removed,
         elapsed: started.elapsed(),
     })
+}
+
+/// The usage after `rotations` rotations of a root measured as `before`,
+/// and what they dropped, without walking it again (what a crowded disk
+/// would take seconds for); blocks shared by hard links with what was kept
+/// count as dropped, and the next measurement corrects that.
+fn shifted(before: &Usage, rotations: usize) -> (Usage, Part) {
+    let mut after = before.clone();
+    let mut removed = Part::default();
+    for _ in 0..rotations {
+        removed += after.generations[GENERATIONS - 1];
+        after.generations.rotate_right(1);
+        after.generations[0] = Part::default();
+    }
+    (after, removed)
 }
 
 /// One collection in the daemon: measure, and rotate if the bound asks for
@@ -191,11 +220,13 @@ pub async fn collect_once(
     };
     let root = root.clone();
     let before = measured.clone();
-    let min_age = config.min_age;
+    let plan = Plan {
+        rotations,
+        min_age: config.min_age,
+        delete_threads: 1,
+    };
     let collection = tokio::task::spawn_blocking(move || {
-        rotate_and_delete(
-            &root, exclusive, rotations, min_age, reason, before, started,
-        )
+        rotate_and_delete(&root, exclusive, plan, reason, before, started)
     })
     .await
     .map_err(io::Error::other)??;
@@ -292,5 +323,17 @@ mod tests {
             rotations_needed(&usage(90, 20), 100),
             (2, Some(Reason::OverBound))
         );
+    }
+
+    #[test]
+    fn rotations_shift_the_measured_usage() {
+        let (after, removed) = shifted(&usage(30, 70), 1);
+        assert_eq!(removed.bytes, 70);
+        assert_eq!(
+            (after.generations[0].bytes, after.generations[1].bytes),
+            (0, 30)
+        );
+        let (after, removed) = shifted(&usage(30, 70), 2);
+        assert_eq!((removed.bytes, after.stores().bytes), (100, 0));
     }
 }
