@@ -253,6 +253,12 @@ pub fn spawn(
     config: GcConfig,
     stats: Arc<GcStats>,
 ) -> tokio::task::JoinHandle<()> {
+    tracing::info!(
+        "keeping the stores of {} below {}, measured every {} s in the background",
+        root.path().display(),
+        human(config.max_bytes),
+        config.interval.as_secs_f64()
+    );
     tokio::spawn(async move {
         let mut first = true;
         loop {
