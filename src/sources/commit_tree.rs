@@ -10,9 +10,41 @@ use crate::digest::ObjectKind;
 impl Sources {
     /// ServeCommitTree: the tree at `subdir` of `commit`.
     pub async fn commit_tree(&self, commit: &str, subdir: &str, sync: bool) -> TreeAnswer {
+        let key = (commit.to_string(), subdir.to_string());
+        let found = match self.commit_trees.get(&key) {
+            Some(known) => Ok(Some(known)),
+            None => {
+                let found = self.look_up_commit_tree(commit, subdir).await;
+                if let Ok(Some(known)) = &found {
+                    self.commit_trees.remember(key, known.clone());
+                }
+                found
+            }
+        };
+        match found {
+            Ok(Some((repo, tree))) => {
+                self.answer(
+                    tree,
+                    ObjectKind::Tree,
+                    self.repos.paths()[repo].clone(),
+                    sync,
+                )
+                .await
+            }
+            Ok(None) => TreeAnswer::outcome(Outcome::NotFound),
+            Err(e) => TreeAnswer::internal(e),
+        }
+    }
+
+    /// The repository having `commit` and the tree at `subdir` in it.
+    async fn look_up_commit_tree(
+        &self,
+        commit: &str,
+        subdir: &str,
+    ) -> Result<Option<(usize, String)>, super::SourceTreeError> {
         let (repos, commit_id, subdir_owned) =
             (self.repos.clone(), commit.to_string(), subdir.to_string());
-        let found = blocking(move || {
+        blocking(move || {
             let Some(found) = repos.commit_tree(&commit_id)? else {
                 return Ok(None);
             };
@@ -38,19 +70,6 @@ impl Sources {
             }
             Ok(Some((found.repo, entry.id().to_string())))
         })
-        .await;
-        match found {
-            Ok(Some((repo, tree))) => {
-                self.answer(
-                    tree,
-                    ObjectKind::Tree,
-                    self.repos.paths()[repo].clone(),
-                    sync,
-                )
-                .await
-            }
-            Ok(None) => TreeAnswer::outcome(Outcome::NotFound),
-            Err(e) => TreeAnswer::internal(e),
-        }
+        .await
     }
 }

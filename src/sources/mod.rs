@@ -11,6 +11,7 @@ mod commit_tree;
 mod content;
 mod copy;
 mod distdir;
+mod facts;
 mod get_remote_tree;
 pub mod resolve;
 pub mod sync;
@@ -39,6 +40,8 @@ pub struct Sources {
     pub syncer: Syncer,
     /// Keeps concurrent requests for the same archive from unpacking it twice.
     once: archive_tree::OnceMap,
+    /// (commit, subdirectory) -> (repository index, tree).
+    commit_trees: facts::Facts<(String, String), (usize, String)>,
 }
 
 /// What went wrong inside a SourceTree operation: the text of its
@@ -86,7 +89,9 @@ async fn blocking<T: Send + 'static>(
 impl Sources {
     pub fn new(build_root: BuildRoot, repos: RepoSet, remote: Arc<dyn RemoteCas>) -> Sources {
         let rehash = build_root.protocol_map("to-plain-SHA256/from-git");
+        let gc = crate::storage::gc::GcLocks::for_root(&build_root);
         Sources {
+            commit_trees: facts::Facts::new(gc),
             native_cas: build_root.cas(HashFunction::GitSha1),
             syncer: Syncer::new(remote.clone(), rehash),
             remote,

@@ -12,7 +12,8 @@ use jserve::proto::ServeTargetRequest;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::reapi::Endpoint;
+use super::reapi::{batch_upload, Endpoint};
+use jserve::digest::{HashFunction, ObjectKind};
 
 /// Uploads the key, the repository description and an empty dispatch list
 /// for target `name` of the repository whose root is `tree`, configured by
@@ -23,7 +24,18 @@ pub async fn request(
     name: &str,
     config: Value,
 ) -> ServeTargetRequest {
-    let hash = endpoint.hash;
+    request_at(&endpoint.channel, endpoint.hash, tree, name, config).await
+}
+
+/// As [`request`], to the CAS of any server behind `channel` (jserve or the
+/// reference `just serve` as its own endpoint).
+pub async fn request_at(
+    channel: &Channel,
+    hash: HashFunction,
+    tree: &str,
+    name: &str,
+    config: Value,
+) -> ServeTargetRequest {
     let repos = RepositoryConfig::from_json(
         &json!({"main": "", "repositories": {"": {"workspace_root": ["git tree", tree]}}}),
         None,
@@ -31,9 +43,14 @@ pub async fn request(
     .unwrap();
     let (repo_key, key) =
         export_target_key(&repos, &NamedTarget::new("", "", name), &config, hash).unwrap();
-    let repo_key = endpoint.upload_blob(repo_key.json.as_bytes()).await;
-    let key = endpoint.upload_blob(key.json.as_bytes()).await;
-    let dispatch = endpoint.upload_blob(b"[]").await;
+    let upload = |data: Vec<u8>| async move {
+        let d = hash.digest_bytes(ObjectKind::File, &data).to_wire(hash);
+        batch_upload(channel.clone(), &[(&d, &data)]).await;
+        d
+    };
+    let repo_key = upload(repo_key.json.into_bytes()).await;
+    let key = upload(key.json.into_bytes()).await;
+    let dispatch = upload(b"[]".to_vec()).await;
     ServeTargetRequest {
         target_cache_key_id: Some(key),
         execution_properties: vec![],

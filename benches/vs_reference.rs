@@ -1,0 +1,309 @@
+//! jserve and the reference `just serve` side by side on the same
+//! workloads, printing the ratios.
+//!
+//!   cargo bench --bench vs_reference [-- FILTER]     FILTER: compat, commit, target
+//!
+//! Both servers run as processes with the same configuration (a fresh build
+//! root each, one repository), pinned to CPU 0 when there are two or more;
+//! the clients run in this process on the other CPUs, each with a
+//! connection of its own, as separate `just` processes would. Every case
+//! runs for a fixed time, alternating reference and jserve twice; the better
+//! of each server's two runs counts.
+//!
+//! compat: Configuration.Compatibility, the gRPC stack's own limit;
+//! commit: ServeCommitTree of a subdirectory of a commit (no sync);
+//! target: ServeTarget cache hits of an export target built once before.
+//!
+//! The reference comes from scripts/install-reference-just (or
+//! JSERVE_REFERENCE_JUST); without it the bench says so and stops.
+//! JSERVE_BENCH_JSERVE names another jserve binary to compare (an older
+//! build, say).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::git::git;
+use common::targets::request_at;
+use jserve::digest::HashFunction;
+use jserve::proto::configuration_client::ConfigurationClient;
+use jserve::proto::source_tree_client::SourceTreeClient;
+use jserve::proto::target_client::TargetClient;
+use jserve::proto::{CompatibilityRequest, ServeCommitTreeRequest, ServeTargetRequest};
+use serde_json::json;
+use tonic::transport::Channel;
+
+/// How long one case runs against one server.
+const RUN: Duration = Duration::from_secs(2);
+
+/// A server process, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pins the calling thread (and the threads it starts later) to `cpus`.
+fn pin(cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity
+    // only touch the set and this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `program serve CONFIG` over `repo` with its build root in `dir`.
+fn start(program: &Path, dir: &Path, repo: &Path) -> Server {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let info = dir.join("info.json");
+    let config = json!({
+        "local build root": {"root": "system", "path": dir.join("root").to_str().unwrap()},
+        "repositories": [{"root": "system", "path": repo.to_str().unwrap()}],
+        "remote service": {"port": 0,
+                           "info file": {"root": "system", "path": info.to_str().unwrap()}},
+    });
+    let config_path = dir.join("serve.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if cpus() > 1 {
+        // SAFETY: only sched_setaffinity, async-signal-safe, in the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                pin(&[0]);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().expect("server starts");
+    let port = common::procs::wait_for_info_port(&info, || {
+        let status = child.try_wait().ok().flatten()?;
+        Some(format!("{program:?} exited ({status})"))
+    });
+    Server { child, port }
+}
+
+async fn connect(port: u16) -> Channel {
+    Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// What the clients ask.
+#[derive(Clone)]
+enum Call {
+    Compatibility,
+    CommitTree { commit: String, subdir: String },
+    Target(ServeTargetRequest),
+}
+
+impl Call {
+    async fn once(&self, channel: &Channel) {
+        match self {
+            Call::Compatibility => {
+                ConfigurationClient::new(channel.clone())
+                    .compatibility(CompatibilityRequest {})
+                    .await
+                    .unwrap();
+            }
+            Call::CommitTree { commit, subdir } => {
+                let r = SourceTreeClient::new(channel.clone())
+                    .serve_commit_tree(ServeCommitTreeRequest {
+                        commit: commit.clone(),
+                        subdir: subdir.clone(),
+                        sync_tree: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.status, 0, "ServeCommitTree answered {}", r.status);
+            }
+            Call::Target(request) => {
+                common::targets::ask(&mut TargetClient::new(channel.clone()), request).await;
+            }
+        }
+    }
+}
+
+/// Requests per second and median latency of `clients` clients asking
+/// `call` for [`RUN`].
+async fn rate(port: u16, call: &Call, clients: usize) -> (f64, Duration) {
+    let mut channels = Vec::new();
+    for _ in 0..clients {
+        channels.push(connect(port).await);
+    }
+    // Warm the connections up.
+    for channel in &channels {
+        call.once(channel).await;
+    }
+    let start = Instant::now();
+    let deadline = start + RUN;
+    let tasks: Vec<_> = channels
+        .into_iter()
+        .map(|channel| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut times = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    call.once(&channel).await;
+                    times.push(t.elapsed());
+                }
+                times
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let wall = start.elapsed();
+    all.sort();
+    (all.len() as f64 / wall.as_secs_f64(), all[all.len() / 2])
+}
+
+struct Case {
+    name: &'static str,
+    clients: usize,
+}
+
+const CASES: [Case; 6] = [
+    Case {
+        name: "compat",
+        clients: 1,
+    },
+    Case {
+        name: "compat",
+        clients: 64,
+    },
+    Case {
+        name: "commit",
+        clients: 1,
+    },
+    Case {
+        name: "commit",
+        clients: 64,
+    },
+    Case {
+        name: "target",
+        clients: 1,
+    },
+    Case {
+        name: "target",
+        clients: 64,
+    },
+];
+
+fn main() {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
+    let Some(just) = common::reference::reference_just() else {
+        eprintln!("vs_reference: the reference `just` is not installed; nothing to compare");
+        return;
+    };
+    // JSERVE_BENCH_JSERVE: another jserve binary, say of an older commit.
+    let jserve = std::env::var_os("JSERVE_BENCH_JSERVE").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_jserve")),
+        PathBuf::from,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("src/lib")).unwrap();
+    std::fs::write(repo.join("src/lib/a.txt"), "a\n").unwrap();
+    std::fs::write(
+        repo.join("TARGETS"),
+        json!({"one": {"type": "export", "target": "one-gen"},
+               "one-gen": {"type": "generic", "outs": ["o"], "cmds": ["echo one > o"]}})
+        .to_string(),
+    )
+    .unwrap();
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "bench"]);
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+
+    let servers = [
+        (
+            "reference",
+            start(&just, &dir.path().join("reference"), &repo),
+        ),
+        ("jserve", start(&jserve, &dir.path().join("jserve"), &repo)),
+    ];
+    if cpus() > 1 {
+        pin(&(1..cpus()).collect::<Vec<_>>());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The target request of each server, built there once.
+        let mut targets = Vec::new();
+        for (_, server) in &servers {
+            let channel = connect(server.port).await;
+            let request =
+                request_at(&channel, HashFunction::GitSha1, &tree, "one", json!({})).await;
+            common::targets::ask(&mut TargetClient::new(channel), &request).await;
+            targets.push(request);
+        }
+        println!(
+            "{:<8} {:>7} {:>16} {:>16} {:>7} {:>22}",
+            "case", "clients", "reference req/s", "jserve req/s", "ratio", "p50 ms (ref / jserve)"
+        );
+        for case in CASES.iter().filter(|c| c.name.contains(&filter)) {
+            let mut best = [(0.0f64, Duration::MAX); 2];
+            for _round in 0..2 {
+                for (i, (_, server)) in servers.iter().enumerate() {
+                    let call = match case.name {
+                        "compat" => Call::Compatibility,
+                        "commit" => Call::CommitTree {
+                            commit: commit.clone(),
+                            subdir: "src/lib".into(),
+                        },
+                        _ => Call::Target(targets[i].clone()),
+                    };
+                    let (per_second, p50) = rate(server.port, &call, case.clients).await;
+                    if per_second > best[i].0 {
+                        best[i] = (per_second, p50);
+                    }
+                }
+            }
+            println!(
+                "{:<8} {:>7} {:>16.0} {:>16.0} {:>6.2}× {:>10.3} / {:.3}",
+                case.name,
+                case.clients,
+                best[0].0,
+                best[1].0,
+                best[1].0 / best[0].0,
+                best[0].1.as_secs_f64() * 1000.0,
+                best[1].1.as_secs_f64() * 1000.0
+            );
+        }
+    });
+}
