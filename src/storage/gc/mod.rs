@@ -42,24 +42,53 @@ pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
 /// Identity of a generation-0 directory (its marker), if it has one.
 type Identity = Option<String>;
 
-/// One lock file, held shared while its count of holders is not zero.
+/// How long a shared lock stays taken after its last holder left: a busy
+/// daemon's requests come and go all the time, and taking the lock anew
+/// for each (open, flock, close on the blocking pool) would cost more than
+/// the request. A collection waits at most this much longer.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// One lock file, held shared while its count of holders is not zero (and
+/// for [`LINGER`] after).
 struct SharedFlock {
     path: PathBuf,
-    state: Mutex<(usize, Option<File>)>,
+    state: Mutex<FlockState>,
     /// Serialises taking the lock for the first holder (which may wait).
     first: tokio::sync::Mutex<()>,
 }
 
-/// A holder of a [`SharedFlock`]; the lock is released with the last one.
+#[derive(Default)]
+struct FlockState {
+    holders: usize,
+    /// Open (and locked) while held or lingering.
+    file: Option<File>,
+    /// Counts the times the holders went to none: a lingering release
+    /// happens only if no other hold came and went meanwhile.
+    idle: u64,
+}
+
+/// A holder of a [`SharedFlock`]; the lock is released after the last one.
 struct Held(Arc<SharedFlock>);
 
 impl Drop for Held {
     fn drop(&mut self) {
         let mut state = self.0.state.lock().expect("flock state");
-        state.0 -= 1;
-        if state.0 == 0 {
+        state.holders -= 1;
+        if state.holders > 0 {
+            return;
+        }
+        state.idle += 1;
+        let idle = state.idle;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let flock = self.0.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep(LINGER).await;
+                    flock.release_if_idle(Some(idle));
+                });
+            }
             // Closing the file releases the lock.
-            state.1 = None;
+            Err(_) => state.file = None,
         }
     }
 }
@@ -68,18 +97,27 @@ impl SharedFlock {
     fn new(path: PathBuf) -> Arc<SharedFlock> {
         Arc::new(SharedFlock {
             path,
-            state: Mutex::new((0, None)),
+            state: Mutex::default(),
             first: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Joins the holders if there are any (no wait).
+    /// Joins the holders, or takes over the lingering lock (no wait).
     fn join(self: &Arc<Self>) -> Option<Held> {
         let mut state = self.state.lock().expect("flock state");
-        (state.0 > 0).then(|| {
-            state.0 += 1;
+        (state.holders > 0 || state.file.is_some()).then(|| {
+            state.holders += 1;
             Held(self.clone())
         })
+    }
+
+    /// Releases a lingering lock nobody holds; with `idle`, only if no
+    /// hold came and went since that idle period began.
+    fn release_if_idle(&self, idle: Option<u64>) {
+        let mut state = self.state.lock().expect("flock state");
+        if state.holders == 0 && idle.is_none_or(|i| i == state.idle) {
+            state.file = None;
+        }
     }
 
     /// A hold; true with it if the lock was taken anew (a rotation may have
@@ -102,8 +140,8 @@ impl SharedFlock {
         .await
         .map_err(io::Error::other)??;
         let mut state = self.state.lock().expect("flock state");
-        state.0 = 1;
-        state.1 = Some(file);
+        state.holders = 1;
+        state.file = Some(file);
         Ok((Held(self.clone()), true))
     }
 }
@@ -320,6 +358,9 @@ impl GcLocks {
         let gate = self.gate.clone().write_owned().await;
         let deadline = Instant::now() + pause;
         loop {
+            // Nobody can join a lingering lock behind the closed gate.
+            self.repositories.release_if_idle(None);
+            self.storage.release_if_idle(None);
             let root = self.root.clone();
             let taken = tokio::task::spawn_blocking(move || try_exclusive(&root))
                 .await
@@ -405,8 +446,13 @@ mod tests {
             "one holder left"
         );
         drop(second);
+        // Released once the linger is over.
         for path in [root.gc_lock_path(), root.repository_gc_lock_path()] {
-            assert!(collector_could_lock(&path));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !collector_could_lock(&path) {
+                assert!(Instant::now() < deadline, "{path:?} still locked");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         assert_eq!(locks.rotations(), 0);
 
