@@ -311,7 +311,8 @@ fn collections_racing_with_hits_lose_no_request() {
         let rotator = scope.spawn(|| {
             let mut n = 0;
             while !clients_done.load(std::sync::atomic::Ordering::SeqCst) {
-                let out = w.gc(&["--rotate"]);
+                // Sooner than the daemon's own minimum age: both rotate.
+                let out = w.gc(&["--rotate", "--min-age", "0.25"]);
                 assert!(out.status.success(), "jserve gc --rotate: {out:?}");
                 if String::from_utf8_lossy(&out.stdout).contains(" rotation(s) (") {
                     n += 1;
@@ -323,7 +324,7 @@ fn collections_racing_with_hits_lose_no_request() {
             .map(|c| {
                 let w = &w;
                 scope.spawn(move || {
-                    for round in 0..5 {
+                    for round in 0..10 {
                         w.install_top((c + round) % 2, &format!("race-{c}-{round}"));
                     }
                 })

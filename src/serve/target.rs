@@ -109,7 +109,7 @@ impl Target for TargetService {
                 Err(_) => tracing::warn!("Failed to convert a required digest {}", d.hash),
             }
         }
-        tracing::info!("ServeTarget({})", key.hash);
+        tracing::debug!("ServeTarget({})", key.hash);
         let answer = self
             .server
             .serve(TargetRequest {

@@ -126,9 +126,19 @@ pub struct TargetServer {
     entries_rotations: AtomicU64,
     /// Dispatch lists read so far, by blob hash (clients send the same few).
     dispatch_lists: Mutex<HashMap<String, DispatchList>>,
+    /// Backend descriptions and their shards, by execution properties and
+    /// dispatch list (clients send the same few).
+    backends: Mutex<HashMap<BackendKey, (BackendDescription, String)>>,
     /// Connections to the endpoints of dispatch lists, by address.
     dispatch_clients: Mutex<HashMap<String, DispatchClient>>,
 }
+
+/// What a backend description depends on: the request's properties and
+/// the hash of its dispatch list.
+type BackendKey = (BTreeMap<String, String>, Option<String>);
+
+/// How many backend descriptions are remembered (then all are forgotten).
+const REMEMBERED_BACKENDS: usize = 1024;
 
 /// The CAS and Execution clients of one dispatch endpoint.
 type DispatchClient = crate::remote::EndpointClients;
@@ -140,6 +150,7 @@ impl TargetServer {
             inflight: Arc::default(),
             dispatch_clients: Mutex::new(HashMap::new()),
             dispatch_lists: Mutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
             caches: Mutex::new(HashMap::new()),
             entries: Mutex::new(HashMap::new()),
             entries_rotations: AtomicU64::new(0),
@@ -172,18 +183,54 @@ impl TargetServer {
         }
     }
 
-    async fn serve_fetched(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
-        self.forget_if_rotated();
-        let dispatch = match &request.dispatch {
-            Some(d) if d.size > 0 || !d.hash.is_empty() => self.dispatch_list(d).await?,
-            _ => Vec::new(),
-        };
+    /// The backend description of a request's properties and dispatch
+    /// list, with its shard.
+    fn backend(
+        &self,
+        request: &TargetRequest,
+        dispatch_hash: Option<&str>,
+        dispatch: &DispatchList,
+    ) -> (BackendDescription, String) {
+        let key = (
+            request.properties.clone(),
+            dispatch_hash.map(str::to_string),
+        );
+        if let Some(known) = self.backends.lock().expect("backends lock").get(&key) {
+            return known.clone();
+        }
         let backend = BackendDescription::describe(
             self.deps.endpoint_address.as_deref(),
             &request.properties,
-            &dispatch,
+            dispatch,
         );
         let shard = backend.shard(self.hash());
+        let mut known = self.backends.lock().expect("backends lock");
+        if known.len() >= REMEMBERED_BACKENDS {
+            known.clear();
+        }
+        known.insert(key, (backend.clone(), shard.clone()));
+        (backend, shard)
+    }
+
+    async fn serve_fetched(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
+        self.forget_if_rotated();
+        let (dispatch, dispatch_hash) = match &request.dispatch {
+            Some(d) if d.size > 0 || !d.hash.is_empty() => {
+                (self.dispatch_list(d).await?, Some(d.hash.as_str()))
+            }
+            _ => (Vec::new(), None),
+        };
+        let (backend, shard) = self.backend(&request, dispatch_hash, &dispatch);
+        // A hit remembered in memory, where nothing needs uploading: no
+        // computation to share.
+        if self.deps.own_endpoint && !request.keep_artifact_root {
+            let known = self.entries.lock().expect("entries lock");
+            if let Some(entry) = known.get(&(shard.clone(), request.key.hash.clone())) {
+                self.deps.stats.hits.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("ServeTarget {}: cache hit", request.key.hash);
+                return Ok(TargetAnswer::Value(entry.blob.digest.clone()));
+            }
+        }
         let key = (shard, request.key.hash.clone());
         // Counted as waiting until this call ends (or its client goes away);
         // the computation goes on without waiters, but behind those with.
@@ -291,6 +338,10 @@ impl TargetServer {
             );
             return Ok(answer);
         }
+        tracing::info!(
+            "ServeTarget {}: not in the cache; analysing and building",
+            request.key.hash
+        );
         // Only a miss needs the required digests (the repository description).
         let download_errors = self.fetch_required(&request.required).await;
         let targets = self.dispatch_targets(&dispatch)?;
