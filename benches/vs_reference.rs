@@ -1,7 +1,7 @@
 //! jserve and the reference `just serve` side by side on the same
 //! workloads, printing the ratios.
 //!
-//!   cargo bench --bench vs_reference [-- FILTER]     FILTER: compat, commit, target
+//!   cargo bench --bench vs_reference [-- FILTER]   FILTER: compat, commit, archive, target
 //!
 //! Both servers run as processes with the same configuration (a fresh build
 //! root each, one repository), pinned to CPU 0 when there are two or more;
@@ -12,6 +12,7 @@
 //!
 //! compat: Configuration.Compatibility, the gRPC stack's own limit;
 //! commit: ServeCommitTree of a subdirectory of a commit (no sync);
+//! archive: ServeArchiveTree of a tar.gz known from a first request (no sync);
 //! target: ServeTarget cache hits of an export target built once before.
 //!
 //! The reference comes from scripts/install-reference-just (or
@@ -30,9 +31,12 @@ use common::git::git;
 use common::targets::request_at;
 use jserve::digest::HashFunction;
 use jserve::proto::configuration_client::ConfigurationClient;
+use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
 use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::target_client::TargetClient;
-use jserve::proto::{CompatibilityRequest, ServeCommitTreeRequest, ServeTargetRequest};
+use jserve::proto::{
+    CompatibilityRequest, ServeArchiveTreeRequest, ServeCommitTreeRequest, ServeTargetRequest,
+};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -117,6 +121,7 @@ async fn connect(port: u16) -> Channel {
 enum Call {
     Compatibility,
     CommitTree { commit: String, subdir: String },
+    ArchiveTree { content: String },
     Target(ServeTargetRequest),
 }
 
@@ -140,6 +145,20 @@ impl Call {
                     .unwrap()
                     .into_inner();
                 assert_eq!(r.status, 0, "ServeCommitTree answered {}", r.status);
+            }
+            Call::ArchiveTree { content } => {
+                let r = SourceTreeClient::new(channel.clone())
+                    .serve_archive_tree(ServeArchiveTreeRequest {
+                        content: content.clone(),
+                        archive_type: ArchiveType::Tar as i32,
+                        subdir: ".".into(),
+                        resolve_symlinks: SymlinksResolve::None as i32,
+                        sync_tree: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(r.status, 0, "ServeArchiveTree answered {}", r.status);
             }
             Call::Target(request) => {
                 common::targets::ask(&mut TargetClient::new(channel.clone()), request).await;
@@ -190,7 +209,7 @@ struct Case {
     clients: usize,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 8] = [
     Case {
         name: "compat",
         clients: 1,
@@ -205,6 +224,14 @@ const CASES: [Case; 6] = [
     },
     Case {
         name: "commit",
+        clients: 64,
+    },
+    Case {
+        name: "archive",
+        clients: 1,
+    },
+    Case {
+        name: "archive",
         clients: 64,
     },
     Case {
@@ -242,10 +269,20 @@ fn main() {
         .to_string(),
     )
     .unwrap();
+    let tar = Command::new("tar")
+        .arg("czf")
+        .arg(repo.join("pkg.tar.gz"))
+        .arg("-C")
+        .arg(&repo)
+        .arg("src")
+        .status()
+        .unwrap();
+    assert!(tar.success(), "tar");
     git(&repo, &["init", "-q"]);
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "bench"]);
     let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let archive = git(&repo, &["rev-parse", "HEAD:pkg.tar.gz"]);
     let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
 
     let servers = [
@@ -285,6 +322,9 @@ fn main() {
                         "commit" => Call::CommitTree {
                             commit: commit.clone(),
                             subdir: "src/lib".into(),
+                        },
+                        "archive" => Call::ArchiveTree {
+                            content: archive.clone(),
                         },
                         _ => Call::Target(targets[i].clone()),
                     };

@@ -109,6 +109,37 @@ impl Sources {
             return ArchiveAnswer::internal(format!("invalid archive id {content:?}"));
         }
         let kind = format;
+        let key = (
+            content.to_string(),
+            kind.justbuild_name(),
+            subdir.to_string(),
+        );
+        let (repo, tree) = match self.archive_subtrees.get(&key) {
+            Some(known) => known,
+            None => match self
+                .unpacked_subtree(content, format, subdir, unpacking)
+                .await
+            {
+                Ok(found) => {
+                    self.archive_subtrees.remember(key, found.clone());
+                    found
+                }
+                Err(answer) => return answer,
+            },
+        };
+        self.resolved_answer(repo, tree, mode, sync).await
+    }
+
+    /// The repository holding the unpacked archive and the tree at
+    /// `subdir` in it, unpacking the archive first if it is not known.
+    async fn unpacked_subtree(
+        &self,
+        content: &str,
+        format: ArchiveFormat,
+        subdir: &str,
+        unpacking: &Unpacking,
+    ) -> Result<(usize, String), ArchiveAnswer> {
+        let kind = format;
         let root = {
             let _once = self
                 .once
@@ -116,11 +147,11 @@ impl Sources {
                 .await;
             match self.unpacked_root(content, kind).await {
                 Ok(Some(root)) => root,
-                Ok(None) => match self.unpack_archive(content, format, kind, unpacking).await {
-                    Ok(root) => root,
-                    Err(answer) => return answer,
-                },
-                Err(e) => return ArchiveAnswer::internal(e),
+                Ok(None) => {
+                    self.unpack_archive(content, format, kind, unpacking)
+                        .await?
+                }
+                Err(e) => return Err(ArchiveAnswer::internal(e)),
             }
         };
 
@@ -148,11 +179,18 @@ impl Sources {
             Ok((repo, entry.id().to_string()))
         })
         .await;
-        let (repo, tree) = match found {
-            Ok(f) => f,
-            Err(e) => return ArchiveAnswer::internal(e),
-        };
+        found.map_err(ArchiveAnswer::internal)
+    }
 
+    /// The answer for the tree found: resolved in `mode` if asked, synced
+    /// if asked.
+    async fn resolved_answer(
+        &self,
+        repo: usize,
+        tree: String,
+        mode: Option<ResolveMode>,
+        sync: bool,
+    ) -> ArchiveAnswer {
         let Some(mode) = mode else {
             return self
                 .answer(

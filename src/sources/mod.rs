@@ -42,6 +42,9 @@ pub struct Sources {
     once: archive_tree::OnceMap,
     /// (commit, subdirectory) -> (repository index, tree).
     commit_trees: facts::Facts<(String, String), (usize, String)>,
+    /// (archive content, archive kind, subdirectory) -> (repository index,
+    /// tree), once unpacked.
+    archive_subtrees: facts::Facts<(String, &'static str, String), (usize, String)>,
 }
 
 /// What went wrong inside a SourceTree operation: the text of its
@@ -91,7 +94,8 @@ impl Sources {
         let rehash = build_root.protocol_map("to-plain-SHA256/from-git");
         let gc = crate::storage::gc::GcLocks::for_root(&build_root);
         Sources {
-            commit_trees: facts::Facts::new(gc),
+            commit_trees: facts::Facts::new(gc.clone()),
+            archive_subtrees: facts::Facts::new(gc),
             native_cas: build_root.cas(HashFunction::GitSha1),
             syncer: Syncer::new(remote.clone(), rehash),
             remote,
