@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::git::git;
+use common::git::commit_all;
 use common::reference::reference_just;
 use common::targets::{ask, request};
 use common::{config_in, loc};
@@ -146,17 +146,8 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
-        std::fs::write(
-            repo.join("TARGETS"),
-            json!({"one": {"type": "export", "target": "one-gen"},
-                   "one-gen": {"type": "generic", "outs": ["o"], "cmds": ["echo one > o"]}})
-            .to_string(),
-        )
-        .unwrap();
-        git(&repo, &["init", "-q"]);
-        git(&repo, &["add", "-A"]);
-        git(&repo, &["commit", "-q", "-m", "targets"]);
-        let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+        std::fs::write(repo.join("TARGETS"), common::targets::one_action_export()).unwrap();
+        let (_, tree) = commit_all(&repo);
 
         let config = config_in(dir.path(), json!({"repositories": [loc(&repo)]}));
         let (ctx, endpoint) = common::start_serve(&config, HashFunction::GitSha1).await;

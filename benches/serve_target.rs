@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use bazel_remote_apis::google::protobuf::Timestamp;
-use common::git::git;
+use common::git::commit_all;
 use common::reapi::Endpoint;
 use common::targets::ask;
 use common::{config_in, loc};
@@ -432,10 +432,7 @@ fn main() {
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).unwrap();
         std::fs::write(repo.join("TARGETS"), targets_file()).unwrap();
-        git(&repo, &["init", "-q"]);
-        git(&repo, &["add", "-A"]);
-        git(&repo, &["commit", "-q", "-m", "targets"]);
-        let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+        let (_, tree) = commit_all(&repo);
         for (mode, compatible) in [("native", false), ("compatible", true)] {
             let selected = |case: &str| format!("{mode}/{case}").contains(&filter);
             // Each server gets a fresh build root, so its first build is cold;

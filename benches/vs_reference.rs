@@ -27,16 +27,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::git::git;
+use common::clients::SourceTree;
+use common::git::{commit_all, git};
 use common::targets::request_at;
 use jserve::digest::HashFunction;
 use jserve::proto::configuration_client::ConfigurationClient;
 use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
-use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::target_client::TargetClient;
-use jserve::proto::{
-    CompatibilityRequest, ServeArchiveTreeRequest, ServeCommitTreeRequest, ServeTargetRequest,
-};
+use jserve::proto::{CompatibilityRequest, ServeTargetRequest};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -135,29 +133,15 @@ impl Call {
                     .unwrap();
             }
             Call::CommitTree { commit, subdir } => {
-                let r = SourceTreeClient::new(channel.clone())
-                    .serve_commit_tree(ServeCommitTreeRequest {
-                        commit: commit.clone(),
-                        subdir: subdir.clone(),
-                        sync_tree: false,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let r = SourceTree::new(channel.clone())
+                    .commit_tree(commit, subdir, false)
+                    .await;
                 assert_eq!(r.status, 0, "ServeCommitTree answered {}", r.status);
             }
             Call::ArchiveTree { content } => {
-                let r = SourceTreeClient::new(channel.clone())
-                    .serve_archive_tree(ServeArchiveTreeRequest {
-                        content: content.clone(),
-                        archive_type: ArchiveType::Tar as i32,
-                        subdir: ".".into(),
-                        resolve_symlinks: SymlinksResolve::None as i32,
-                        sync_tree: false,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let r = SourceTree::new(channel.clone())
+                    .archive_tree(content, ArchiveType::Tar, ".", SymlinksResolve::None, false)
+                    .await;
                 assert_eq!(r.status, 0, "ServeArchiveTree answered {}", r.status);
             }
             Call::Target(request) => {
@@ -262,13 +246,7 @@ fn main() {
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("src/lib")).unwrap();
     std::fs::write(repo.join("src/lib/a.txt"), "a\n").unwrap();
-    std::fs::write(
-        repo.join("TARGETS"),
-        json!({"one": {"type": "export", "target": "one-gen"},
-               "one-gen": {"type": "generic", "outs": ["o"], "cmds": ["echo one > o"]}})
-        .to_string(),
-    )
-    .unwrap();
+    std::fs::write(repo.join("TARGETS"), common::targets::one_action_export()).unwrap();
     let tar = Command::new("tar")
         .arg("czf")
         .arg(repo.join("pkg.tar.gz"))
@@ -278,12 +256,8 @@ fn main() {
         .status()
         .unwrap();
     assert!(tar.success(), "tar");
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "bench"]);
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let (commit, tree) = commit_all(&repo);
     let archive = git(&repo, &["rev-parse", "HEAD:pkg.tar.gz"]);
-    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
 
     let servers = [
         (

@@ -70,10 +70,7 @@ async fn setup(compatible: bool) -> Setup {
     )
     .unwrap();
     std::fs::write(repo.join("in.txt"), "input\n").unwrap();
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "targets"]);
-    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+    let (_, tree) = common::git::commit_all(&repo);
     let config = config_in(
         dir.path(),
         json!({"repositories": [loc(&repo)],

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::git::git;
 use common::reference::{reference_just, start_server};
 use jserve::proto::target_client::TargetClient;
 use jserve::proto::{ServeTargetDescriptionRequest, ServeTargetVariablesRequest};
@@ -71,10 +70,7 @@ async fn answers_match_the_reference() {
     std::fs::write(repo.join("TARGETS"), TARGETS).unwrap();
     std::fs::write(repo.join("sub/TARGETS"), "not json").unwrap();
     std::fs::write(repo.join("sub/list"), "[]").unwrap();
-    git(&repo, &["init", "-q"]);
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "targets"]);
-    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]);
+    let (_, tree) = common::git::commit_all(&repo);
     let unknown = "0123456789012345678901234567890123456789".to_string();
     let cases = [
         (tree.clone(), "TARGETS", "hello"),

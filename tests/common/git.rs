@@ -30,3 +30,15 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Makes `dir` a repository with everything in it committed; the commit
+/// and its root tree.
+pub fn commit_all(dir: &Path) -> (String, String) {
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "test"]);
+    (
+        git(dir, &["rev-parse", "HEAD"]),
+        git(dir, &["rev-parse", "HEAD^{tree}"]),
+    )
+}

@@ -15,6 +15,13 @@ use tonic::transport::Channel;
 use super::reapi::{batch_upload, Endpoint};
 use jserve::digest::{HashFunction, ObjectKind};
 
+/// A targets file with one export target, `one`, of one action.
+pub fn one_action_export() -> String {
+    json!({"one": {"type": "export", "target": "one-gen"},
+           "one-gen": {"type": "generic", "outs": ["o"], "cmds": ["echo one > o"]}})
+    .to_string()
+}
+
 /// Uploads the key, the repository description and an empty dispatch list
 /// for target `name` of the repository whose root is `tree`, configured by
 /// `config`, to `endpoint`, as a client does; the request to send.
