@@ -13,7 +13,6 @@
 //! no request is under way, as `just gc` does; see the gate in `super`.
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,13 +135,12 @@ pub fn rotate_and_delete(
     let trash = root
         .tmp_dir()
         .join(format!("gc-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-    let mut dropped: Vec<PathBuf> = Vec::new();
     let mut rotated = 0;
     let outcome = (0..rotations).try_for_each(|i| {
         if too_soon(root, min_age).is_some() {
             return Ok(());
         }
-        dropped.extend(root.rotate_generations(&trash.join(i.to_string()))?);
+        root.rotate_generations(&trash.join(i.to_string()))?;
         rotated += 1;
         Ok::<_, io::Error>(())
     });
