@@ -328,15 +328,12 @@ impl BuildRoot {
     /// between leaves a layout every reader understands (a missing
     /// generation is an empty one). The caller holds both gc locks
     /// exclusively.
-    pub fn rotate_generations(&self, trash: &Path) -> io::Result<Vec<PathBuf>> {
+    pub fn rotate_generations(&self, trash: &Path) -> io::Result<()> {
         std::fs::create_dir_all(trash)?;
-        let mut dropped = Vec::new();
         for area in [REPOSITORIES, PROTOCOL_DEPENDENT] {
             let oldest = self.generation(area, GENERATIONS - 1);
             if oldest.exists() {
-                let to = trash.join(area);
-                std::fs::rename(&oldest, &to)?;
-                dropped.push(to);
+                std::fs::rename(&oldest, trash.join(area))?;
             }
             for i in (0..GENERATIONS - 1).rev() {
                 let from = self.generation(area, i);
@@ -348,7 +345,7 @@ impl BuildRoot {
         self.create_generation_dirs();
         // Ready for whoever comes next, before any lock is released.
         self.init_git_cache().map_err(io::Error::other)?;
-        Ok(dropped)
+        Ok(())
     }
 
     /// Opens the git cache, creating the bare repository on first use (and
