@@ -311,6 +311,43 @@ impl Cas {
         self.put_stream(kind, len, file, None)
     }
 
+    /// Stores a file this process owns and nobody writes any more (an
+    /// action's output in its working directory, about to be removed): it
+    /// is hashed where it is and hard-linked into the store, as justbuild
+    /// does, instead of copied (no second inode, no copy). It becomes
+    /// read-only. Across filesystems it is copied as by [`Cas::put_file`].
+    pub fn adopt_file(&self, kind: ObjectKind, path: &Path) -> Result<Digest, CasError> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let hex = self
+            .hash
+            .hash_reader(kind, len, &file)
+            .map_err(io_err(path))?;
+        let digest = Digest {
+            hash: hex,
+            size: len,
+            is_tree: self.hash.hashes_as_tree(kind),
+        };
+        let dest = self.path(kind, &digest.hash);
+        if dest.is_file() {
+            return Ok(digest);
+        }
+        let mode = self.store(kind).mode();
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err(path))?;
+        // As durable as a copied object.
+        file.sync_data().map_err(io_err(path))?;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        match fs::hard_link(path, &dest) {
+            Ok(()) => Ok(digest),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(digest),
+            Err(_) => self.put_file(kind, path),
+        }
+    }
+
     /// Opens a stored object for reading.
     pub fn open(&self, kind: ObjectKind, hash: &str) -> Result<Option<File>, CasError> {
         match self.find(kind, hash) {
@@ -517,6 +554,28 @@ mod tests {
 
     fn tmp_is_empty(dir: &tempfile::TempDir) -> bool {
         fs::read_dir(dir.path().join("tmp")).map_or(true, |mut d| d.next().is_none())
+    }
+
+    #[test]
+    fn adopted_files_are_linked_not_copied() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+            let (dir, cas) = cas(hf);
+            let out = dir.path().join("out");
+            fs::write(&out, b"an output").unwrap();
+            let d = cas.adopt_file(ObjectKind::File, &out).unwrap();
+            assert_eq!(d, cas.put_bytes(ObjectKind::File, b"an output").unwrap());
+            let stored = cas.path(ObjectKind::File, &d.hash);
+            let (a, b) = (fs::metadata(&out).unwrap(), fs::metadata(&stored).unwrap());
+            assert_eq!(a.ino(), b.ino(), "{hf:?}: one inode");
+            assert_eq!(b.permissions().mode() & 0o777, 0o444);
+            // An object already stored is left as it is; the file too.
+            let again = dir.path().join("again");
+            fs::write(&again, b"an output").unwrap();
+            assert_eq!(cas.adopt_file(ObjectKind::File, &again).unwrap(), d);
+            assert_ne!(fs::metadata(&again).unwrap().ino(), b.ino());
+            assert!(tmp_is_empty(&dir));
+        }
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub fn collect(
         } else if ft.is_file() {
             let executable = meta.permissions().mode() & 0o111 != 0;
             let kind = ObjectKind::blob(executable);
-            let digest = cas.put_file(kind, &path)?;
+            let digest = cas.adopt_file(kind, &path)?;
             result.output_files.push(reapi::OutputFile {
                 path: rel.to_string(),
                 digest: Some(digest.to_wire(hash)),
