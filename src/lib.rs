@@ -14,6 +14,7 @@ mod gc_layer;
 pub mod git;
 mod hold_layer;
 pub mod logging;
+pub mod memo;
 pub mod remote;
 pub mod serve;
 pub mod sources;

@@ -154,6 +154,37 @@ fn execute_rejects_bad_options() {
     assert_eq!(out.status.code(), Some(2), "cert without key");
 }
 
+#[test]
+fn gc_rejects_bad_options_before_touching_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    for (args, names) in [
+        (vec!["--max-bytes", "0"], "--max-bytes"),
+        (vec!["--rotate", "--min-age", "1e300"], "--min-age"),
+        (vec!["--rotate", "--min-age=-1"], "--min-age"),
+        (vec!["--check", "--max-bytes", "5"], "--max-bytes"),
+        (vec!["--rotate", "--max-bytes", "5"], "--max-bytes"),
+    ] {
+        let out = jserve()
+            .arg("gc")
+            .arg("--local-build-root")
+            .arg(&root)
+            .args(&args)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(names), "{args:?}: {said}");
+        assert!(!root.exists(), "{args:?} created the build root");
+    }
+    let out = jserve()
+        .args(["execute", "--gc-max-bytes", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--gc-max-bytes 0");
+}
+
 /// A call that never ends: a ByteStream write that sent one chunk and keeps
 /// its stream open. Returns the sender that keeps it open.
 async fn hold_a_call(

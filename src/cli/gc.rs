@@ -38,7 +38,7 @@ pub struct GcArgs {
     min_age: Option<f64>,
     /// Only check that every stored entry has what it names in its
     /// generation; exit 1 on a problem.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["max_bytes", "min_age"])]
     check: bool,
 }
 
@@ -64,6 +64,18 @@ fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
             eprintln!("jserve gc: {e}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
+    };
+    if args.max_bytes == Some(0) {
+        eprintln!("jserve gc: --max-bytes must be more than zero");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
+    let min_age = match args.min_age {
+        Some(s) if (0.0..=1e9).contains(&s) => Duration::from_secs_f64(s),
+        Some(_) => {
+            eprintln!("jserve gc: --min-age must be between 0 and 1e9 seconds");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        None => config.gc.as_ref().map_or(DEFAULT_GC_MIN_AGE, |g| g.min_age),
     };
     let path = match args.local_build_root {
         Some(p) => std::path::absolute(p)?,
@@ -117,14 +129,6 @@ fn collect(args: GcArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-    };
-    let min_age = match args.min_age {
-        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
-        Some(_) => {
-            eprintln!("jserve gc: --min-age must be zero or more seconds");
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
-        None => config.gc.as_ref().map_or(DEFAULT_GC_MIN_AGE, |g| g.min_age),
     };
     let exclusive = exclusive_blocking(&root).context("cannot take the gc locks")?;
     let plan = Plan {

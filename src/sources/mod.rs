@@ -11,7 +11,6 @@ mod commit_tree;
 mod content;
 mod copy;
 mod distdir;
-mod facts;
 mod get_remote_tree;
 pub mod resolve;
 pub mod sync;
@@ -26,9 +25,13 @@ use std::sync::Arc;
 
 use crate::digest::HashFunction;
 use crate::git::RepoSet;
+use crate::memo::Memo;
 use crate::remote::RemoteCas;
 use crate::storage::{BuildRoot, Cas};
 use sync::Syncer;
+
+/// How many answers about commits and archives are kept in memory.
+const REMEMBERED_FACTS: usize = 65_536;
 
 /// What the SourceTree operations work with.
 pub struct Sources {
@@ -41,10 +44,10 @@ pub struct Sources {
     /// Keeps concurrent requests for the same archive from unpacking it twice.
     once: archive_tree::OnceMap,
     /// (commit, subdirectory) -> (repository index, tree).
-    commit_trees: facts::Facts<(String, String), (usize, String)>,
+    commit_trees: crate::memo::Memo<(String, String), (usize, String)>,
     /// (archive content, archive kind, subdirectory) -> (repository index,
     /// tree), once unpacked.
-    archive_subtrees: facts::Facts<(String, &'static str, String), (usize, String)>,
+    archive_subtrees: crate::memo::Memo<(String, &'static str, String), (usize, String)>,
 }
 
 /// What went wrong inside a SourceTree operation: the text of its
@@ -94,8 +97,8 @@ impl Sources {
         let rehash = build_root.protocol_map("to-plain-SHA256/from-git");
         let gc = crate::storage::gc::GcLocks::for_root(&build_root);
         Sources {
-            commit_trees: facts::Facts::new(gc.clone()),
-            archive_subtrees: facts::Facts::new(gc),
+            commit_trees: Memo::until_rotation(REMEMBERED_FACTS, gc.clone()),
+            archive_subtrees: Memo::until_rotation(REMEMBERED_FACTS, gc),
             native_cas: build_root.cas(HashFunction::GitSha1),
             syncer: Syncer::new(remote.clone(), rehash),
             remote,

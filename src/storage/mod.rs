@@ -84,6 +84,7 @@ pub fn remove_tree_on(dir: &Path, threads: usize) {
 pub const GENERATIONS: usize = 2;
 
 const PROTOCOL_DEPENDENT: &str = "protocol-dependent";
+const REPOSITORIES: &str = "repositories";
 
 /// The file naming a generation 0 uniquely (see `generation_identity`).
 const GENERATION_MARKER: &str = ".jserve-generation";
@@ -110,7 +111,6 @@ fn mark_generation(dir: &Path) -> io::Result<()> {
         _ => Ok(()),
     }
 }
-const REPOSITORIES: &str = "repositories";
 
 /// One generation directory of one area.
 #[derive(Clone, Debug)]

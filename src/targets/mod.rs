@@ -12,13 +12,14 @@ mod miss;
 pub mod objects;
 mod single_flight;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::build::builder::{DispatchTarget, LocalObjects};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::runner::Interest;
+use crate::memo::Memo;
 use crate::remote::executor::RemoteExecutor;
 use crate::storage::target_cache::{
     BackendDescription, CachedEntry, TargetCache, TargetCacheError,
@@ -117,27 +118,28 @@ pub struct TargetServer {
     deps: TargetDeps,
     /// Computations under way, by shard and key.
     inflight: Arc<SingleFlight<(String, String), Outcome>>,
-    /// The target cache of each shard met, opened once.
-    caches: Mutex<HashMap<String, TargetCache>>,
-    /// Entries answered before, by shard and key.
-    entries: Mutex<HashMap<(String, String), CachedEntry>>,
-    /// The gc rotations `entries` knows of: after one they are forgotten,
-    /// since their objects may be in an older generation (or gone).
-    entries_rotations: AtomicU64,
+    /// The target cache of each shard met, opened once per generation
+    /// (opening stores its backend description).
+    caches: Memo<String, TargetCache>,
+    /// Entries answered before, by shard and key; forgotten with a
+    /// rotation, since their objects may be in an older generation (or gone).
+    entries: Memo<(String, String), CachedEntry>,
     /// Dispatch lists read so far, by blob hash (clients send the same few).
-    dispatch_lists: Mutex<HashMap<String, DispatchList>>,
+    dispatch_lists: Memo<String, DispatchList>,
     /// Backend descriptions and their shards, by execution properties and
     /// dispatch list (clients send the same few).
-    backends: Mutex<HashMap<BackendKey, (BackendDescription, String)>>,
+    backends: Memo<BackendKey, (BackendDescription, String)>,
     /// Connections to the endpoints of dispatch lists, by address.
-    dispatch_clients: Mutex<HashMap<String, DispatchClient>>,
+    dispatch_clients: Memo<String, DispatchClient>,
 }
 
 /// What a backend description depends on: the request's properties and
 /// the hash of its dispatch list.
 type BackendKey = (BTreeMap<String, String>, Option<String>);
 
-/// How many backend descriptions are remembered (then all are forgotten).
+/// How many shards, backend descriptions, dispatch lists and dispatch
+/// endpoints are remembered (clients send the same few; these are bounds
+/// against those that do not).
 const REMEMBERED_BACKENDS: usize = 1024;
 
 /// The CAS and Execution clients of one dispatch endpoint.
@@ -145,15 +147,15 @@ type DispatchClient = crate::remote::EndpointClients;
 
 impl TargetServer {
     pub fn new(deps: TargetDeps) -> Arc<TargetServer> {
+        let gc = deps.gc.clone();
         Arc::new(TargetServer {
             deps,
             inflight: Arc::default(),
-            dispatch_clients: Mutex::new(HashMap::new()),
-            dispatch_lists: Mutex::new(HashMap::new()),
-            backends: Mutex::new(HashMap::new()),
-            caches: Mutex::new(HashMap::new()),
-            entries: Mutex::new(HashMap::new()),
-            entries_rotations: AtomicU64::new(0),
+            dispatch_clients: Memo::new(REMEMBERED_BACKENDS),
+            dispatch_lists: Memo::new(REMEMBERED_BACKENDS),
+            backends: Memo::new(REMEMBERED_BACKENDS),
+            caches: Memo::until_rotation(REMEMBERED_BACKENDS, gc.clone()),
+            entries: Memo::until_rotation(REMEMBERED_ENTRIES, gc),
         })
     }
 
@@ -175,14 +177,6 @@ impl TargetServer {
         self.serve_fetched(request).await
     }
 
-    /// Forgets remembered entries once a rotation was noticed.
-    fn forget_if_rotated(&self) {
-        let rotations = self.deps.gc.rotations();
-        if self.entries_rotations.swap(rotations, Ordering::SeqCst) != rotations {
-            self.entries.lock().expect("entries lock").clear();
-        }
-    }
-
     /// The backend description of a request's properties and dispatch
     /// list, with its shard.
     fn backend(
@@ -195,8 +189,8 @@ impl TargetServer {
             request.properties.clone(),
             dispatch_hash.map(str::to_string),
         );
-        if let Some(known) = self.backends.lock().expect("backends lock").get(&key) {
-            return known.clone();
+        if let Some(known) = self.backends.get(&key) {
+            return known;
         }
         let backend = BackendDescription::describe(
             self.deps.endpoint_address.as_deref(),
@@ -204,16 +198,12 @@ impl TargetServer {
             dispatch,
         );
         let shard = backend.shard(self.hash());
-        let mut known = self.backends.lock().expect("backends lock");
-        if known.len() >= REMEMBERED_BACKENDS {
-            known.clear();
-        }
-        known.insert(key, (backend.clone(), shard.clone()));
+        self.backends
+            .remember(key, (backend.clone(), shard.clone()));
         (backend, shard)
     }
 
     async fn serve_fetched(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
-        self.forget_if_rotated();
         let (dispatch, dispatch_hash) = match &request.dispatch {
             Some(d) if d.size > 0 || !d.hash.is_empty() => {
                 (self.dispatch_list(d).await?, Some(d.hash.as_str()))
@@ -224,8 +214,7 @@ impl TargetServer {
         // A hit remembered in memory, where nothing needs uploading: no
         // computation to share.
         if self.deps.own_endpoint && !request.keep_artifact_root {
-            let known = self.entries.lock().expect("entries lock");
-            if let Some(entry) = known.get(&(shard.clone(), request.key.hash.clone())) {
+            if let Some(entry) = self.entries.get(&(shard.clone(), request.key.hash.clone())) {
                 self.deps.stats.hits.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("ServeTarget {}: cache hit", request.key.hash);
                 return Ok(TargetAnswer::Value(entry.blob.digest.clone()));
@@ -297,23 +286,15 @@ impl TargetServer {
     }
 
     async fn dispatch_list(&self, d: &Digest) -> Result<DispatchList, TargetError> {
-        if let Some(list) = self
-            .dispatch_lists
-            .lock()
-            .expect("dispatch lists lock")
-            .get(&d.hash)
-        {
-            return Ok(list.clone());
+        if let Some(list) = self.dispatch_lists.get(&d.hash) {
+            return Ok(list);
         }
         let bytes = self
             .blob(d)
             .await?
             .ok_or_else(|| TargetError::MissingBlob(d.hash.clone()))?;
         let list = parse_dispatch(&bytes)?;
-        self.dispatch_lists
-            .lock()
-            .expect("dispatch lists lock")
-            .insert(d.hash.clone(), list.clone());
+        self.dispatch_lists.remember(d.hash.clone(), list.clone());
         Ok(list)
     }
 
@@ -404,16 +385,10 @@ impl TargetServer {
         key: &str,
     ) -> Result<(TargetCache, Result<Option<CachedEntry>, TargetCacheError>), TargetError> {
         let shard = backend.shard(self.hash());
-        let opened = self
-            .caches
-            .lock()
-            .expect("caches lock")
-            .get(&shard)
-            .cloned();
+        let opened = self.caches.get(&shard);
         if let Some(cache) = &opened {
-            let known = self.entries.lock().expect("entries lock");
-            if let Some(entry) = known.get(&(shard.clone(), key.to_string())) {
-                return Ok((cache.clone(), Ok(Some(entry.clone()))));
+            if let Some(entry) = self.entries.get(&(shard.clone(), key.to_string())) {
+                return Ok((cache.clone(), Ok(Some(entry))));
             }
         }
         let (root, hash, k) = (self.deps.build_root.clone(), self.hash(), key.to_string());
@@ -423,11 +398,7 @@ impl TargetServer {
             (cache, found)
         })
         .await?;
-        self.caches
-            .lock()
-            .expect("caches lock")
-            .entry(shard)
-            .or_insert_with(|| cache.clone());
+        self.caches.remember(shard, cache.clone());
         if let Ok(Some(entry)) = &found {
             self.remember(&cache, key, entry);
         }
@@ -437,11 +408,8 @@ impl TargetServer {
     /// Keeps an entry in memory (entries do not change once written).
     fn remember(&self, cache: &TargetCache, key: &str, entry: &CachedEntry) {
         let shard = cache.backend().shard(self.hash());
-        let mut known = self.entries.lock().expect("entries lock");
-        if known.len() >= REMEMBERED_ENTRIES {
-            known.clear();
-        }
-        known.insert((shard, key.to_string()), entry.clone());
+        self.entries
+            .remember((shard, key.to_string()), entry.clone());
     }
 
     /// The answer from the cache, after making sure the endpoint has the
@@ -503,9 +471,8 @@ impl TargetServer {
                     reason: e.to_string(),
                 }
             })?;
-            let mut known = self.dispatch_clients.lock().expect("dispatch clients lock");
-            let (cas, executor) = match known.get(address) {
-                Some(c) => c.clone(),
+            let (cas, executor) = match self.dispatch_clients.get(address) {
+                Some(c) => c,
                 None => {
                     let clients = crate::remote::connect(
                         &parsed,
@@ -518,7 +485,8 @@ impl TargetServer {
                         address: address.clone(),
                         reason: e.to_string(),
                     })?;
-                    known.insert(address.clone(), clients.clone());
+                    self.dispatch_clients
+                        .remember(address.clone(), clients.clone());
                     clients
                 }
             };

@@ -182,16 +182,16 @@ pub async fn collect_once(
     config: &GcConfig,
 ) -> io::Result<(Usage, Option<Collection>)> {
     let started = Instant::now();
-    let measured = {
-        let root = root.clone();
-        tokio::task::spawn_blocking(move || measure(&root))
+    let (measured, since_rotation) = {
+        let (root, min_age) = (root.clone(), config.min_age);
+        tokio::task::spawn_blocking(move || (measure(&root), too_soon(&root, min_age)))
             .await
             .map_err(io::Error::other)?
     };
     let (rotations, Some(reason)) = rotations_needed(&measured, config.max_bytes) else {
         return Ok((measured, None));
     };
-    if let Some(age) = too_soon(root, config.min_age) {
+    if let Some(age) = since_rotation {
         tracing::info!(
             "gc: {reason}, but the last rotation was only {} s ago (\"min age seconds\": {}); \
              waiting",

@@ -4,8 +4,9 @@
 //! generation 0 holds the same lock shared, so a rotation waits until no
 //! request is under way. jserve holds each lock once per process while any
 //! request needs it (a count of holders), and notices a rotation when it
-//! takes the lock anew and generation 0 is another directory: then what it
-//! remembers in memory is forgotten.
+//! takes the lock anew and generation 0 has another marker (see
+//! `BuildRoot::generation_identity`): then what it remembers in memory is
+//! forgotten.
 //!
 //! While jserve's own collector waits for the requests under way, new ones
 //! wait at a gate (briefly: the collector gives up after a bounded pause),
@@ -187,14 +188,20 @@ impl HoldTimes {
     }
 }
 
+/// The rotations of one build root seen so far.
+struct RotationWatch {
+    root: BuildRoot,
+    /// Identity of each generation 0 as last seen (storage, repositories).
+    seen: Mutex<(Identity, Identity)>,
+    count: AtomicU64,
+}
+
 /// The two locks of one build root, and the rotations seen.
 pub struct GcLocks {
     root: BuildRoot,
     storage: Arc<SharedFlock>,
     repositories: Arc<SharedFlock>,
-    /// Identity of each generation 0 as last seen (storage, repositories).
-    seen: Mutex<(Identity, Identity)>,
-    rotations: AtomicU64,
+    watch: Arc<RotationWatch>,
     held: Mutex<Option<std::sync::Weak<(Held, Held)>>>,
     /// Closed (taken for writing) while this process's collector waits for
     /// the requests under way to finish.
@@ -222,15 +229,28 @@ fn open_lock(path: &std::path::Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Takes both locks of `root` exclusively (repositories first, the order
-/// every holder uses), waiting as long as it takes.
+/// Both locks of `root` with `op` (repositories first, the order every
+/// holder uses); `None` when `op` has `LOCK_NB` and one is taken.
+fn lock_both(root: &BuildRoot, op: libc::c_int) -> io::Result<Option<(File, File)>> {
+    let mut files = Vec::with_capacity(2);
+    for path in [root.repository_gc_lock_path(), root.gc_lock_path()] {
+        let file = open_lock(&path)?;
+        match flock(&file, op) {
+            Ok(()) => files.push(file),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let storage = files.pop().expect("two locks");
+    let repositories = files.pop().expect("two locks");
+    Ok(Some((repositories, storage)))
+}
+
+/// Takes both locks of `root` exclusively, waiting as long as it takes.
 pub fn exclusive_blocking(root: &BuildRoot) -> io::Result<Exclusive> {
-    let repos = open_lock(&root.repository_gc_lock_path())?;
-    flock(&repos, libc::LOCK_EX)?;
-    let storage = open_lock(&root.gc_lock_path())?;
-    flock(&storage, libc::LOCK_EX)?;
+    let files = lock_both(root, libc::LOCK_EX)?.expect("a waiting lock is taken");
     Ok(Exclusive {
-        _files: (repos, storage),
+        _files: files,
         _gate: None,
     })
 }
@@ -238,28 +258,7 @@ pub fn exclusive_blocking(root: &BuildRoot) -> io::Result<Exclusive> {
 /// Both locks shared, as a request holds them (for a process that only
 /// reads the root: `jserve gc --check`).
 pub fn shared_blocking(root: &BuildRoot) -> io::Result<(File, File)> {
-    let repos = open_lock(&root.repository_gc_lock_path())?;
-    flock(&repos, libc::LOCK_SH)?;
-    let storage = open_lock(&root.gc_lock_path())?;
-    flock(&storage, libc::LOCK_SH)?;
-    Ok((repos, storage))
-}
-
-/// Both locks exclusively if both are free now.
-fn try_exclusive(root: &BuildRoot) -> io::Result<Option<(File, File)>> {
-    let nb = libc::LOCK_EX | libc::LOCK_NB;
-    let repos = open_lock(&root.repository_gc_lock_path())?;
-    match flock(&repos, nb) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let storage = open_lock(&root.gc_lock_path())?;
-    match flock(&storage, nb) {
-        Ok(()) => Ok(Some((repos, storage))),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(lock_both(root, libc::LOCK_SH)?.expect("a waiting lock is taken"))
 }
 
 impl GcLocks {
@@ -285,11 +284,14 @@ impl GcLocks {
         Arc::new(GcLocks {
             storage: SharedFlock::new(root.gc_lock_path()),
             repositories: SharedFlock::new(root.repository_gc_lock_path()),
-            seen: Mutex::new((
-                root.generation_identity(false),
-                root.generation_identity(true),
-            )),
-            rotations: AtomicU64::new(0),
+            watch: Arc::new(RotationWatch {
+                root: root.clone(),
+                seen: Mutex::new((
+                    root.generation_identity(false),
+                    root.generation_identity(true),
+                )),
+                count: AtomicU64::new(0),
+            }),
             held: Mutex::new(None),
             gate: Arc::default(),
             times: Arc::default(),
@@ -335,7 +337,10 @@ impl GcLocks {
         let (repos, repos_anew) = self.repositories.hold().await?;
         let (storage, storage_anew) = self.storage.hold().await?;
         if repos_anew || storage_anew {
-            self.check_rotation();
+            let watch = self.watch.clone();
+            tokio::task::spawn_blocking(move || watch.check())
+                .await
+                .map_err(io::Error::other)?;
         }
         let held = Arc::new((repos, storage));
         *self.held.lock().expect("held") = Some(Arc::downgrade(&held));
@@ -362,9 +367,11 @@ impl GcLocks {
             self.repositories.release_if_idle(None);
             self.storage.release_if_idle(None);
             let root = self.root.clone();
-            let taken = tokio::task::spawn_blocking(move || try_exclusive(&root))
-                .await
-                .map_err(io::Error::other)??;
+            let taken = tokio::task::spawn_blocking(move || {
+                lock_both(&root, libc::LOCK_EX | libc::LOCK_NB)
+            })
+            .await
+            .map_err(io::Error::other)??;
             if let Some(files) = taken {
                 return Ok(Some(Exclusive {
                     _files: files,
@@ -383,10 +390,14 @@ impl GcLocks {
     /// How many rotations were noticed; memory keyed to generation 0 is
     /// stale once this changes.
     pub fn rotations(&self) -> u64 {
-        self.rotations.load(Ordering::SeqCst)
+        self.watch.count.load(Ordering::SeqCst)
     }
+}
 
-    fn check_rotation(&self) {
+impl RotationWatch {
+    /// Compares the generation markers with those seen last (file work:
+    /// on the blocking pool).
+    fn check(&self) {
         let mut seen = self.seen.lock().expect("seen");
         let storage = self.root.generation_identity(false);
         let repositories = self.root.generation_identity(true);
@@ -410,7 +421,7 @@ impl GcLocks {
                 self.root.generation_identity(false),
                 self.root.generation_identity(true),
             );
-            self.rotations.fetch_add(1, Ordering::SeqCst);
+            self.count.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
