@@ -317,9 +317,16 @@ impl Cas {
     /// does, instead of copied (no second inode, no copy). It becomes
     /// read-only. Across filesystems it is copied as by [`Cas::put_file`].
     pub fn adopt_file(&self, kind: ObjectKind, path: &Path) -> Result<Digest, CasError> {
+        use std::os::unix::fs::MetadataExt;
         use std::os::unix::fs::PermissionsExt;
         let file = File::open(path).map_err(io_err(path))?;
-        let len = file.metadata().map_err(io_err(path))?.len();
+        let meta = file.metadata().map_err(io_err(path))?;
+        // A file with other names (an action may link anything it can
+        // reach) is not the action's own: copied, never made read-only.
+        if meta.nlink() != 1 {
+            return self.put_file(kind, path);
+        }
+        let len = meta.len();
         let hex = self
             .hash
             .hash_reader(kind, len, &file)
@@ -574,6 +581,17 @@ mod tests {
             fs::write(&again, b"an output").unwrap();
             assert_eq!(cas.adopt_file(ObjectKind::File, &again).unwrap(), d);
             assert_ne!(fs::metadata(&again).unwrap().ino(), b.ino());
+            // A file with another name elsewhere is copied, and left writable.
+            let theirs = dir.path().join("theirs");
+            fs::write(&theirs, b"not the action's").unwrap();
+            fs::set_permissions(&theirs, fs::Permissions::from_mode(0o644)).unwrap();
+            let linked = dir.path().join("linked");
+            fs::hard_link(&theirs, &linked).unwrap();
+            let d = cas.adopt_file(ObjectKind::File, &linked).unwrap();
+            let stored = fs::metadata(cas.path(ObjectKind::File, &d.hash)).unwrap();
+            assert_ne!(stored.ino(), fs::metadata(&theirs).unwrap().ino());
+            let mode = fs::metadata(&theirs).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
             assert!(tmp_is_empty(&dir));
         }
     }
