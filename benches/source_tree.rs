@@ -5,9 +5,12 @@
 //!
 //! commit:  ServeCommitTree latency (p50/p99) and throughput with 1, 8 and 64
 //!          concurrent clients.
-//! archive: ServeArchiveTree cold for a generated tar.gz of 20,000 files /
-//!          200 MB, and the same steps timed one by one (decompression alone,
-//!          unpacking to disk, importing into git) to show where time goes.
+//! archive: ServeArchiveTree cold for generated tar.gz archives (20,000
+//!          files of hard-to-compress letters, 20,000 and 5,000 files of
+//!          source-like words), against the floor (inflate, parse and git-hash
+//!          alone, writing nothing); the unpacker alone at zlib levels 0, 1
+//!          and 6; the unpack helper's peak memory. JSERVE_BENCH_ARCHIVE=FILE
+//!          adds a tar.gz of one's own (e.g. real sources).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -88,30 +91,67 @@ async fn commit_tree(port: u16, commit: &str) {
     }
 }
 
-/// Writes a tar.gz of `files` files of `size` bytes each (content differs per file).
-fn make_tar_gz(path: &Path, files: usize, size: usize) {
+/// The content of the generated archives.
+#[derive(Clone, Copy)]
+enum Corpus {
+    /// Random letters from a 16-letter alphabet: compresses about 2:1, and
+    /// inflating it is slow (few repeats), the hard case for decompression.
+    Letters,
+    /// Lines of words from a skewed vocabulary: compresses about 5:1, like
+    /// source code.
+    Words,
+}
+
+/// Writes a tar.gz of `files` files of about `size` bytes each (content differs per file).
+fn make_tar_gz(path: &Path, files: usize, size: usize, corpus: Corpus) {
     let file = std::fs::File::create(path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(6));
     let mut tar = tar::Builder::new(gz);
     let mut state = 0x2545F4914F6CDD1Du64;
-    let mut content = vec![0u8; size];
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let vocabulary: Vec<String> = (0..4000)
+        .map(|i| {
+            let len = 2 + (i % 9);
+            (0..len)
+                .map(|_| (b'a' + (next() % 26) as u8) as char)
+                .collect()
+        })
+        .collect();
+    let mut content = Vec::with_capacity(size + 100);
     for i in 0..files {
-        for chunk in content.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // Text-like bytes: compressible, as real sources are.
-            for (j, b) in chunk.iter_mut().enumerate() {
-                *b = b'a' + ((state >> (j * 8)) as u8 % 16);
+        content.clear();
+        match corpus {
+            Corpus::Letters => {
+                while content.len() < size {
+                    let r = next();
+                    for j in 0..8 {
+                        content.push(b'a' + ((r >> (j * 8)) as u8 % 16));
+                    }
+                }
+                content.truncate(size);
+            }
+            Corpus::Words => {
+                while content.len() < size {
+                    // Squaring skews towards the first words, as identifiers are.
+                    let r = (next() % 4000) as f64 / 4000.0;
+                    let word = &vocabulary[(r * r * 4000.0) as usize];
+                    content.extend_from_slice(word.as_bytes());
+                    content.push(if next() % 8 == 0 { b'\n' } else { b' ' });
+                }
             }
         }
         let mut header = tar::Header::new_gnu();
-        header.set_size(size as u64);
-        header.set_mode(0o644);
+        header.set_size(content.len() as u64);
+        header.set_mode(if i % 10 == 0 { 0o755 } else { 0o644 });
         header.set_cksum();
         tar.append_data(
             &mut header,
-            format!("pkg/dir{:03}/file{i:05}.txt", i % 200),
+            format!("pkg/dir{:03}/sub{}/file{i:05}.txt", i % 200, i % 3),
             &content[..],
         )
         .unwrap();
@@ -119,75 +159,127 @@ fn make_tar_gz(path: &Path, files: usize, size: usize) {
     tar.into_inner().unwrap().finish().unwrap();
 }
 
-async fn archive(dir: &Path, port: u16, archive_id: &str, archive_path: &Path) {
+/// The least any import must do: inflate, parse the tar, git-hash every
+/// file. Nothing is written.
+fn inflate_and_hash(archive: &Path) -> usize {
+    use sha1::Digest as _;
+    let file = std::io::BufReader::new(std::fs::File::open(archive).unwrap());
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut buf = Vec::new();
+    let mut files = 0;
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        buf.clear();
+        entry.read_to_end(&mut buf).unwrap();
+        let mut h = sha1::Sha1::new();
+        h.update(format!("blob {}\0", buf.len()));
+        h.update(&buf);
+        std::hint::black_box(h.finalize());
+        files += 1;
+    }
+    files
+}
+
+/// Runs the daemon's unpack helper on `archive` under `/usr/bin/time` (a
+/// child forked from this large process would report this process's peak as
+/// its own) and returns its wall time and peak RSS in KiB, if measured.
+fn helper_run(archive: &Path, scratch: &Path, level: u32) -> (Duration, Option<u64>) {
+    std::fs::create_dir_all(scratch).unwrap();
+    let timer = Path::new("/usr/bin/time");
+    let mut cmd = if timer.exists() {
+        let mut c = Command::new(timer);
+        c.args(["-f", "%M"]).arg(env!("CARGO_BIN_EXE_jserve"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_jserve"))
+    };
+    cmd.args(["__unpack", "tar"])
+        .arg(archive)
+        .arg(scratch)
+        .args([&(16u64 << 30).to_string(), "1000000", &level.to_string()]);
+    let start = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_dir_all(scratch).unwrap();
+    let rss = String::from_utf8_lossy(&out.stderr).trim().parse().ok();
+    (took, rss)
+}
+
+async fn archive(dir: &Path, port: u16, archive_id: &str, archive_path: &Path, label: &str) {
     let mut c = SourceTreeClient::new(channel(port).await);
-    let start = Instant::now();
-    let r = c
-        .serve_archive_tree(ServeArchiveTreeRequest {
-            content: archive_id.to_string(),
-            archive_type: ArchiveType::Tar as i32,
-            subdir: ".".into(),
-            resolve_symlinks: SymlinksResolve::None as i32,
-            sync_tree: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let cold = start.elapsed();
-    assert_eq!(r.status, 0, "archive served");
-    let start = Instant::now();
-    c.serve_archive_tree(ServeArchiveTreeRequest {
+    let ask = || ServeArchiveTreeRequest {
         content: archive_id.to_string(),
         archive_type: ArchiveType::Tar as i32,
         subdir: ".".into(),
         resolve_symlinks: SymlinksResolve::None as i32,
         sync_tree: false,
-    })
-    .await
-    .unwrap();
+    };
+    let start = Instant::now();
+    let r = c.serve_archive_tree(ask()).await.unwrap().into_inner();
+    let cold = start.elapsed();
+    assert_eq!(r.status, 0, "archive served");
+    let start = Instant::now();
+    c.serve_archive_tree(ask()).await.unwrap();
     let warm = start.elapsed();
 
-    // The steps one by one, outside the server.
-    let start = Instant::now();
-    let mut decoder = flate2::read::GzDecoder::new(std::fs::File::open(archive_path).unwrap());
-    let mut sink = vec![0u8; 1 << 20];
-    let mut total = 0usize;
-    loop {
-        let n = decoder.read(&mut sink).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    let decompress = start.elapsed();
-    let out = dir.join("unpacked");
-    std::fs::create_dir_all(&out).unwrap();
-    let start = Instant::now();
-    jserve::archive::unpack(
-        archive_path,
-        jserve::archive::ArchiveFormat::Tar,
-        &out,
-        &Default::default(),
-    )
-    .unwrap();
-    let unpack = start.elapsed();
-    let repo = git2::Repository::init_bare(dir.join("scratch.git")).unwrap();
-    let start = Instant::now();
-    jserve::git::import_directory(&repo, &out).unwrap();
-    let import = start.elapsed();
+    // The floor, and the unpacker alone at three zlib levels.
     let s = |d: Duration| d.as_secs_f64();
+    let start = Instant::now();
+    let files = inflate_and_hash(archive_path);
+    let floor = start.elapsed();
+    let mut levels = Vec::new();
+    for level in [0u32, 1, 6] {
+        let scratch = dir.join(format!("unpack-{level}"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let start = Instant::now();
+        let done = jserve::archive::unpack(
+            archive_path,
+            jserve::archive::ArchiveFormat::Tar,
+            &scratch,
+            &Default::default(),
+            level,
+        )
+        .unwrap();
+        let took = start.elapsed();
+        assert_eq!(
+            done.root.to_string(),
+            r.tree,
+            "the same tree at level {level}"
+        );
+        let pack: u64 = done
+            .packs
+            .iter()
+            .map(|p| std::fs::metadata(&p.pack).unwrap().len())
+            .sum();
+        std::fs::remove_dir_all(&scratch).unwrap();
+        levels.push(format!(
+            "level {level} {:.2} s ({:.2}x, pack {} MB)",
+            s(took),
+            s(took) / s(floor),
+            pack / 1_000_000
+        ));
+    }
+    let (helper, rss) = helper_run(archive_path, &dir.join("helper"), 1);
+    let rss = rss.map_or("not measured (no /usr/bin/time)".to_string(), |k| {
+        format!("{} MiB", k >> 10)
+    });
     println!(
-        "ServeArchiveTree cold, 20,000 files / {} MB tar.gz ({} MB compressed): {:.2} s; warm (tree map): {:.3} ms",
-        total >> 20,
-        std::fs::metadata(archive_path).unwrap().len() >> 20,
+        "ServeArchiveTree cold, {label}: {files} files, {} MB tar.gz: {:.2} s ({:.2}x the floor); warm (tree map): {:.3} ms",
+        std::fs::metadata(archive_path).unwrap().len() / 1_000_000,
         s(cold),
+        s(cold) / s(floor),
         s(warm) * 1e3
     );
     println!(
-        "  steps alone: decompress {:.2} s, unpack to disk (decompress + write) {:.2} s, git import (hash + write objects) {:.2} s",
-        s(decompress),
-        s(unpack),
-        s(import)
+        "  floor (inflate + parse + git-hash, nothing written) {:.2} s; unpack alone: {}; helper process {:.2} s, peak RSS {rss}",
+        s(floor),
+        levels.join(", "),
+        s(helper),
     );
 }
 
@@ -206,10 +298,38 @@ fn main() {
         std::fs::create_dir_all(&repo).unwrap();
         git(&repo, &["init", "-q"]);
         std::fs::write(repo.join("README"), "bench\n").unwrap();
-        let archive_path = dir.path().join("big.tar.gz");
+        // name, files, bytes per file, corpus
+        let mut archives = vec![
+            (
+                "letters, 20,000 files of 10 kB".to_string(),
+                20_000,
+                10_000,
+                Corpus::Letters,
+            ),
+            (
+                "words, 20,000 files of 10 kB".to_string(),
+                20_000,
+                10_000,
+                Corpus::Words,
+            ),
+            (
+                "words, 5,000 files of 10 kB".to_string(),
+                5_000,
+                10_000,
+                Corpus::Words,
+            ),
+        ];
+        // A real archive of one's own choice joins them.
+        let own = std::env::var_os("JSERVE_BENCH_ARCHIVE").map(std::path::PathBuf::from);
         if "archive".contains(&filter) {
-            make_tar_gz(&archive_path, 20_000, 10_000);
-            std::fs::copy(&archive_path, repo.join("big.tar.gz")).unwrap();
+            for (i, (_, files, size, corpus)) in archives.iter().enumerate() {
+                let path = repo.join(format!("a{i}.tar.gz"));
+                make_tar_gz(&path, *files, *size, *corpus);
+            }
+            if let Some(own) = &own {
+                std::fs::copy(own, repo.join(format!("a{}.tar.gz", archives.len()))).unwrap();
+                archives.push((own.display().to_string(), 0, 0, Corpus::Words));
+            }
         }
         git(&repo, &["add", "-A"]);
         git(&repo, &["commit", "-q", "-m", "bench"]);
@@ -221,8 +341,11 @@ fn main() {
             commit_tree(port, &commit).await;
         }
         if "archive".contains(&filter) {
-            let id = git(&repo, &["rev-parse", "HEAD:big.tar.gz"]);
-            archive(dir.path(), port, &id, &archive_path).await;
+            for (i, (label, ..)) in archives.iter().enumerate() {
+                let id = git(&repo, &["rev-parse", &format!("HEAD:a{i}.tar.gz")]);
+                let path = repo.join(format!("a{i}.tar.gz"));
+                archive(dir.path(), port, &id, &path, label).await;
+            }
         }
         server.shutdown().await.unwrap();
     });

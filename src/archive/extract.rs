@@ -1,38 +1,37 @@
-//! The writing side shared by all formats: creates entries below the
-//! destination, never following a symlink, and enforces the limits.
+//! The receiving side shared by all formats: checks every entry against
+//! what was extracted before and against the limits, and turns the entries
+//! into git objects in one pack.
 //!
-//! Every node created is recorded in a map from relative path to kind. The
-//! destination starts empty and nothing else writes into it, so the map tells
-//! exactly what is on disk; each directory is checked with `symlink_metadata`
-//! right after it is created, and every final path component is opened with
-//! `O_EXCL | O_NOFOLLOW` (or created by `mkdir`/`symlink`/`link`, which fail
-//! on an existing name), so a path can never be redirected through a link.
+//! Nothing is ever created at a path an archive names: the extracted tree
+//! exists only as a map from relative path to node, and file contents go
+//! straight into the pack (hashed and stored by the packer thread while this
+//! thread keeps decompressing). The trees are built from the map at the end.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::fs::{self, DirBuilder, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::packer::{BlobRef, Packer, CHUNK};
 use super::path::EntryPath;
-use super::{Limits, UnpackError, UnpackStats};
+use super::{Limits, UnpackError, UnpackStats, Unpacked};
+use crate::digest::{serialize_git_tree, GitTreeEntry, ObjectKind};
+use crate::git::PackKind;
 
 /// What an extracted path is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Node {
     Dir,
-    File,
-    Symlink,
+    File { blob: BlobRef, executable: bool },
+    Symlink { blob: BlobRef },
 }
 
 impl Node {
     fn describe(self) -> &'static str {
         match self {
             Node::Dir => "directory",
-            Node::File => "file",
-            Node::Symlink => "symlink",
+            Node::File { .. } => "file",
+            Node::Symlink { .. } => "symlink",
         }
     }
 }
@@ -41,21 +40,22 @@ impl Node {
 pub(super) const MAX_LINK_TEXT: usize = 4095;
 
 pub(super) struct Extractor<'a> {
-    dest: PathBuf,
+    /// Where the pack and any spool file are written.
+    scratch: PathBuf,
     limits: &'a Limits,
     nodes: HashMap<PathBuf, Node>,
     stats: UnpackStats,
-    buf: Vec<u8>,
+    packer: Packer<'a>,
 }
 
 impl<'a> Extractor<'a> {
-    pub fn new(dest: &Path, limits: &'a Limits) -> Self {
+    pub fn new(scratch: &Path, limits: &'a Limits, packer: Packer<'a>) -> Self {
         Extractor {
-            dest: dest.to_path_buf(),
+            scratch: scratch.to_path_buf(),
             limits,
             nodes: HashMap::new(),
             stats: UnpackStats::default(),
-            buf: Vec::new(),
+            packer,
         }
     }
 
@@ -97,7 +97,8 @@ impl<'a> Extractor<'a> {
             }),
             None => {
                 self.prepare_parents(path)?;
-                self.make_dir(&path.name, rel)
+                self.nodes.insert(rel, Node::Dir);
+                Ok(())
             }
         }
     }
@@ -117,29 +118,13 @@ impl<'a> Extractor<'a> {
                 return Err(self.too_large(path));
             }
         }
-        let (rel, full) = self.claim(path)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&full)
-            .map_err(write_err(path, &full))?;
-        self.nodes.insert(rel, Node::File);
-        let written = self.copy(path, data, &mut file, &full)?;
-        if let Some(size) = declared {
-            if written != size {
-                return Err(UnpackError::Corrupt {
-                    entry: Some(path.name.clone()),
-                    message: format!("{written} bytes of data, but the archive announces {size}"),
-                });
-            }
-        }
-        // Set explicitly, so that the umask plays no part: git only sees
-        // "executable or not".
-        let mode = if executable { 0o755 } else { 0o644 };
-        file.set_permissions(Permissions::from_mode(mode))
-            .map_err(write_err(path, &full))
+        let rel = self.claim(path)?;
+        let blob = match declared {
+            Some(size) => self.stream_blob(path, size, data)?,
+            None => self.spooled_blob(path, data)?,
+        };
+        self.nodes.insert(rel, Node::File { blob, executable });
+        Ok(())
     }
 
     /// A symlink; its text is kept exactly, wherever it points.
@@ -158,14 +143,14 @@ impl<'a> Extractor<'a> {
         if target.len() > MAX_LINK_TEXT {
             return Err(bad("symlink target is too long"));
         }
-        let (rel, full) = self.claim(path)?;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &full)
-            .map_err(write_err(path, &full))?;
-        self.nodes.insert(rel, Node::Symlink);
+        let rel = self.claim(path)?;
+        let blob = self.packer.whole(target)?;
+        self.nodes.insert(rel, Node::Symlink { blob });
         Ok(())
     }
 
-    /// A hard link to the regular file extracted earlier at `target`.
+    /// A hard link to the regular file extracted earlier at `target`: the
+    /// same content and mode, as a link on disk would have.
     pub fn hard_link(&mut self, path: &EntryPath, target: &[u8]) -> Result<(), UnpackError> {
         self.count_entry()?;
         let target_name = String::from_utf8_lossy(target).into_owned();
@@ -182,29 +167,20 @@ impl<'a> Extractor<'a> {
         if target.is_root() {
             return Err(bad("the target is the root directory"));
         }
-        let target_rel = target.relative();
-        match self.nodes.get(&target_rel) {
-            Some(Node::File) => {}
+        let node = match self.nodes.get(&target.relative()) {
+            Some(node @ Node::File { .. }) => *node,
             Some(Node::Dir) => return Err(bad("the target is a directory")),
-            Some(Node::Symlink) => return Err(bad("the target is a symlink")),
+            Some(Node::Symlink { .. }) => return Err(bad("the target is a symlink")),
             None => return Err(bad("the target was not extracted before")),
-        }
-        let source = self.dest.join(&target_rel);
-        match fs::symlink_metadata(&source) {
-            Ok(meta) if meta.file_type().is_file() => {}
-            _ => return Err(bad("the target is not a regular file on disk")),
-        }
-        let (rel, full) = self.claim(path)?;
-        // link(2) does not follow a symlink given as its source; the source
-        // was checked to be a regular file anyway.
-        fs::hard_link(&source, &full).map_err(write_err(path, &full))?;
-        self.nodes.insert(rel, Node::File);
+        };
+        let rel = self.claim(path)?;
+        self.nodes.insert(rel, node);
         Ok(())
     }
 
-    /// Checks that `path` is new, creates its missing parents, and returns
-    /// its relative and full path.
-    fn claim(&mut self, path: &EntryPath) -> Result<(PathBuf, PathBuf), UnpackError> {
+    /// Checks that `path` is new and that its parents are (or become)
+    /// directories; returns its relative path.
+    fn claim(&mut self, path: &EntryPath) -> Result<PathBuf, UnpackError> {
         if path.is_root() {
             return Err(UnpackError::UnsafePath {
                 entry: path.name.clone(),
@@ -219,84 +195,213 @@ impl<'a> Extractor<'a> {
             });
         }
         self.prepare_parents(path)?;
-        let full = self.dest.join(&rel);
-        match fs::symlink_metadata(&full) {
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((rel, full)),
-            Err(err) => Err(write_err(path, &full)(err)),
-            Ok(_) => Err(write_err(path, &full)(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the path exists although nothing was extracted there",
-            ))),
-        }
+        Ok(rel)
     }
 
-    /// Makes sure every parent of `path` is a directory, creating missing ones.
+    /// Makes sure every parent of `path` is a directory, adding missing ones.
     fn prepare_parents(&mut self, path: &EntryPath) -> Result<(), UnpackError> {
         for parent in path.parents() {
             match self.nodes.get(&parent) {
                 Some(Node::Dir) => {}
-                Some(Node::Symlink) => {
+                Some(Node::Symlink { .. }) => {
                     return Err(UnpackError::ThroughSymlink {
                         entry: path.name.clone(),
                         symlink: parent.to_string_lossy().into_owned(),
                     })
                 }
-                Some(Node::File) => {
+                Some(Node::File { .. }) => {
                     return Err(UnpackError::NotADirectory {
                         entry: path.name.clone(),
                         parent: parent.to_string_lossy().into_owned(),
                     })
                 }
-                None => self.make_dir(&path.name, parent)?,
+                None => {
+                    self.nodes.insert(parent, Node::Dir);
+                }
             }
         }
         Ok(())
     }
 
-    fn make_dir(&mut self, entry: &str, rel: PathBuf) -> Result<(), UnpackError> {
-        let full = self.dest.join(&rel);
-        let fail = |source| UnpackError::Write {
-            entry: entry.to_string(),
-            path: full.clone(),
-            source,
-        };
-        DirBuilder::new().mode(0o755).create(&full).map_err(fail)?;
-        let meta = fs::symlink_metadata(&full).map_err(fail)?;
-        if !meta.file_type().is_dir() {
-            return Err(fail(io::Error::other("not a directory after mkdir")));
+    /// Counts `n` bytes of content against the byte limit.
+    fn count_bytes(&mut self, path: &EntryPath, n: usize) -> Result<(), UnpackError> {
+        if self.stats.bytes + n as u64 > self.limits.max_total_bytes {
+            return Err(self.too_large(path));
         }
-        self.nodes.insert(rel, Node::Dir);
+        self.stats.bytes += n as u64;
         Ok(())
     }
 
-    /// Copies `data` into `out`, counting against the byte limit as it goes.
-    fn copy(
+    /// A file of announced size: small ones go to the packer whole (in a
+    /// batch), larger ones chunk by chunk, so memory stays bounded whatever
+    /// the size. The announced size only picks the way; the length is
+    /// checked either way.
+    fn stream_blob(
+        &mut self,
+        path: &EntryPath,
+        size: u64,
+        data: &mut dyn Read,
+    ) -> Result<BlobRef, UnpackError> {
+        let wrong = |got: u64| UnpackError::Corrupt {
+            entry: Some(path.name.clone()),
+            message: format!("{got} bytes of data, but the archive announces {size}"),
+        };
+        let read_err = |err: io::Error| corrupt(Some(&path.name), &err);
+        let mut total;
+        if size < CHUNK as u64 {
+            // One byte more than announced is asked for, to notice excess data.
+            let space = self.packer.batch_space(size as usize + 1)?;
+            let n = read_full(data, space).map_err(read_err)?;
+            self.count_bytes(path, n)?;
+            if n as u64 == size {
+                return Ok(self.packer.add_to_batch(n));
+            }
+            total = n as u64;
+        } else {
+            let blob = self.packer.begin(size)?;
+            total = 0;
+            while total <= size {
+                let mut buf = self.packer.buffer();
+                let n = read_full(data, &mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                self.count_bytes(path, n)?;
+                total += n as u64;
+                if total <= size {
+                    self.packer.chunk(&blob, buf, n)?;
+                }
+            }
+            if total == size {
+                return self.packer.end(blob);
+            }
+        }
+        // A wrong length: count the rest for the message.
+        let mut sink = vec![0; CHUNK];
+        loop {
+            let n = read_full(data, &mut sink).map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            self.count_bytes(path, n)?;
+            total += n as u64;
+        }
+        Err(wrong(total))
+    }
+
+    /// A file whose size is known only at its end (a GNU sparse file): its
+    /// content goes to a spool file first.
+    fn spooled_blob(
         &mut self,
         path: &EntryPath,
         data: &mut dyn Read,
-        out: &mut fs::File,
-        full: &Path,
-    ) -> Result<u64, UnpackError> {
-        const CHUNK: usize = 64 * 1024;
-        if self.buf.len() < CHUNK {
-            self.buf.resize(CHUNK, 0);
-        }
-        let mut written = 0u64;
-        loop {
-            let n = match data.read(&mut self.buf) {
-                Ok(0) => return Ok(written),
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(corrupt(Some(&path.name), &err)),
-            };
-            if self.stats.bytes + n as u64 > self.limits.max_total_bytes {
-                return Err(self.too_large(path));
+    ) -> Result<BlobRef, UnpackError> {
+        let spool_path = self.scratch.join("spool");
+        let write = |source: io::Error| UnpackError::Write {
+            entry: path.name.clone(),
+            path: spool_path.clone(),
+            source,
+        };
+        let mut spool = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&spool_path)
+            .map_err(write)?;
+        let mut spooled = || -> Result<BlobRef, UnpackError> {
+            let mut buf = vec![0; CHUNK];
+            let mut size = 0u64;
+            loop {
+                let n = read_full(data, &mut buf).map_err(|err| corrupt(Some(&path.name), &err))?;
+                if n == 0 {
+                    break;
+                }
+                self.count_bytes(path, n)?;
+                spool.write_all(&buf[..n]).map_err(write)?;
+                size += n as u64;
             }
-            out.write_all(&self.buf[..n])
-                .map_err(write_err(path, full))?;
-            self.stats.bytes += n as u64;
-            written += n as u64;
+            spool.rewind().map_err(write)?;
+            // The bytes were counted once already.
+            self.stats.bytes -= size;
+            self.stream_blob(path, size, &mut spool)
+        };
+        let blob = spooled();
+        let _ = std::fs::remove_file(&spool_path);
+        blob
+    }
+
+    /// Ends the extraction: builds the trees bottom-up from the map and
+    /// finishes the pack. Returns the root tree.
+    pub fn finish(self) -> Result<Unpacked, UnpackError> {
+        let packed = self.packer.finish()?;
+        let blob_id = |b: BlobRef| -> [u8; 20] {
+            let mut id = [0u8; 20];
+            id.copy_from_slice(packed.id(b).as_bytes());
+            id
+        };
+        let name_of = |p: &Path| {
+            p.file_name()
+                .map(|n| n.as_bytes().to_vec())
+                .unwrap_or_default()
+        };
+        let mut children: HashMap<PathBuf, Vec<GitTreeEntry>> = HashMap::new();
+        let mut dirs = vec![PathBuf::new()];
+        for (path, node) in &self.nodes {
+            let (kind, id) = match *node {
+                Node::Dir => {
+                    dirs.push(path.clone());
+                    continue;
+                }
+                Node::File { blob, executable } => (ObjectKind::blob(executable), blob_id(blob)),
+                Node::Symlink { blob } => (ObjectKind::Symlink, blob_id(blob)),
+            };
+            let parent = path.parent().unwrap_or(Path::new("")).to_path_buf();
+            children.entry(parent).or_default().push(GitTreeEntry {
+                name: name_of(path),
+                kind,
+                id,
+            });
         }
+        let mut writers = packed.writers;
+        let trees = &mut writers[0];
+        // Deepest first, so every subtree is written before its parent.
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        let mut root = None;
+        for dir in dirs {
+            let entries = children.remove(&dir).unwrap_or_default();
+            let bytes = serialize_git_tree(entries).map_err(|e| UnpackError::Corrupt {
+                entry: Some(dir.to_string_lossy().into_owned()),
+                message: e.to_string(),
+            })?;
+            let oid = trees
+                .add(PackKind::Tree, &bytes)
+                .map_err(UnpackError::Store)?;
+            if dir.as_os_str().is_empty() {
+                root = Some(oid);
+                continue;
+            }
+            let mut id = [0u8; 20];
+            id.copy_from_slice(oid.as_bytes());
+            let parent = dir.parent().unwrap_or(Path::new("")).to_path_buf();
+            children.entry(parent).or_default().push(GitTreeEntry {
+                name: name_of(&dir),
+                kind: ObjectKind::Tree,
+                id,
+            });
+        }
+        let root = root.ok_or_else(|| UnpackError::Internal("no root tree".to_string()))?;
+        let mut packs = Vec::new();
+        for writer in writers {
+            if let Some(files) = writer.finish().map_err(UnpackError::Store)? {
+                packs.push(files);
+            }
+        }
+        Ok(Unpacked {
+            root,
+            stats: self.stats,
+            packs,
+        })
     }
 
     fn too_large(&self, path: &EntryPath) -> UnpackError {
@@ -307,15 +412,18 @@ impl<'a> Extractor<'a> {
     }
 }
 
-fn write_err<'p>(
-    path: &'p EntryPath,
-    full: &'p Path,
-) -> impl FnOnce(io::Error) -> UnpackError + 'p {
-    move |source| UnpackError::Write {
-        entry: path.name.clone(),
-        path: full.to_path_buf(),
-        source,
+/// Reads until `buf` is full or the data ends; returns the bytes read.
+fn read_full(data: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match data.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
     }
+    Ok(filled)
 }
 
 /// A damaged-archive error from a failed read.

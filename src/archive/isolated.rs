@@ -12,10 +12,13 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{unpack, ArchiveFormat, Limits, UnpackError, UnpackStats};
+use super::{unpack, ArchiveFormat, Limits, UnpackError, UnpackStats, Unpacked, Unpacking};
+use crate::git::PackFiles;
 
-/// The hidden subcommand of the jserve binary that unpacks one archive:
-/// `jserve __unpack tar|zip ARCHIVE DEST MAX_BYTES MAX_ENTRIES`.
+/// The hidden subcommand of the jserve binary that unpacks one archive into
+/// a pack in SCRATCH:
+/// `jserve __unpack tar|zip ARCHIVE SCRATCH MAX_BYTES MAX_ENTRIES LEVEL`.
+/// It prints `ENTRIES BYTES ROOT PACK-NAME[,PACK-NAME...]`.
 pub const HELPER_COMMAND: &str = "__unpack";
 
 /// Exit code of the helper for an archive it refused (message on stdout).
@@ -43,17 +46,19 @@ pub fn unpack_isolated(
     isolation: &Isolation,
     archive: &Path,
     format: ArchiveFormat,
-    dest: &Path,
-    limits: &Limits,
-) -> Result<UnpackStats, UnpackError> {
+    scratch: &Path,
+    unpacking: &Unpacking,
+) -> Result<Unpacked, UnpackError> {
+    let limits = &unpacking.limits;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let mut cmd = Command::new(&isolation.program);
     cmd.arg(HELPER_COMMAND)
         .arg(format.justbuild_name())
         .arg(archive)
-        .arg(dest)
+        .arg(scratch)
         .arg(limits.max_total_bytes.to_string())
         .arg(limits.max_entries.to_string())
+        .arg(unpacking.compression.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -96,7 +101,7 @@ pub fn unpack_isolated(
         .wait()
         .map_err(|e| UnpackError::Internal(format!("waiting for the unpacker: {e}")))?;
     match (status.code(), status.signal()) {
-        (Some(0), _) => parse_stats(&output),
+        (Some(0), _) => parse_output(&output, scratch),
         (Some(EXIT_REFUSED), _) => Err(UnpackError::Refused(output.trim().to_string())),
         (_, Some(signal)) => Err(UnpackError::Stopped(format!(
             "the unpacker needed more than {} MiB of memory or {MAX_CPU_SECONDS} s of CPU, \
@@ -110,19 +115,40 @@ pub fn unpack_isolated(
     }
 }
 
-fn parse_stats(output: &str) -> Result<UnpackStats, UnpackError> {
+fn parse_output(output: &str, scratch: &Path) -> Result<Unpacked, UnpackError> {
     let bad = || UnpackError::Internal(format!("unpacker output {output:?}"));
     let mut words = output.split_whitespace();
     let entries = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
     let bytes = words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)?;
-    Ok(UnpackStats { entries, bytes })
+    let root = words
+        .next()
+        .and_then(|w| git2::Oid::from_str(w).ok())
+        .ok_or_else(bad)?;
+    // Only names the packer gives are accepted: they stay inside `scratch`.
+    let names = words.next().ok_or_else(bad)?;
+    let mut packs = Vec::new();
+    for name in names.split(',') {
+        let hex = name.strip_prefix("pack-").ok_or_else(bad)?;
+        if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        packs.push(PackFiles {
+            pack: scratch.join(format!("{name}.pack")),
+            idx: scratch.join(format!("{name}.idx")),
+        });
+    }
+    Ok(Unpacked {
+        root,
+        stats: UnpackStats { entries, bytes },
+        packs,
+    })
 }
 
 /// The helper's side: runs [`unpack`] on its arguments, prints `ENTRIES
-/// BYTES` or the refusal, and returns the process exit code.
+/// BYTES ROOT PACK-NAMES` or the refusal, and returns the process exit code.
 pub fn helper_main(args: &[String]) -> i32 {
-    let [format, archive, dest, max_bytes, max_entries] = args else {
-        println!("usage: {HELPER_COMMAND} tar|zip ARCHIVE DEST MAX_BYTES MAX_ENTRIES");
+    let [format, archive, scratch, max_bytes, max_entries, level] = args else {
+        println!("usage: {HELPER_COMMAND} tar|zip ARCHIVE SCRATCH MAX_BYTES MAX_ENTRIES LEVEL");
         return 2;
     };
     let format = match format.as_str() {
@@ -133,17 +159,42 @@ pub fn helper_main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let (Ok(max_total_bytes), Ok(max_entries)) = (max_bytes.parse(), max_entries.parse()) else {
-        println!("limits must be numbers");
+    let (Ok(max_total_bytes), Ok(max_entries), Ok(level)) =
+        (max_bytes.parse(), max_entries.parse(), level.parse())
+    else {
+        println!("limits and level must be numbers");
         return 2;
     };
     let limits = Limits {
         max_total_bytes,
         max_entries,
     };
-    match unpack(Path::new(archive), format, Path::new(dest), &limits) {
-        Ok(stats) => {
-            println!("{} {}", stats.entries, stats.bytes);
+    match unpack(
+        Path::new(archive),
+        format,
+        Path::new(scratch),
+        &limits,
+        level,
+    ) {
+        Ok(done) => {
+            let names: Vec<String> = done
+                .packs
+                .iter()
+                .map(|p| {
+                    p.pack
+                        .file_stem()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            println!(
+                "{} {} {} {}",
+                done.stats.entries,
+                done.stats.bytes,
+                done.root,
+                names.join(",")
+            );
             0
         }
         Err(e) => {

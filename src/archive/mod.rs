@@ -9,22 +9,24 @@
 //!   (e.g. a gzip inside an xz) are peeled off as libarchive does.
 //! * [`ArchiveFormat::Zip`]: a zip or a 7-Zip archive, told apart by content.
 //!
-//! What ends up in the destination is what the later git import needs:
-//! regular files (mode 0644, or 0755 when the archive gave the entry any
-//! execute bit), directories (also empty ones), symlinks with their link text
-//! exactly as stored (whether the link points inside the tree is decided later,
-//! by the symlink resolution of the caller), and hard links to files extracted
-//! before. Ownership and time stamps are not restored; git ignores them.
+//! The result is a git tree: the entries become git objects written into one
+//! pack in a scratch directory, which the caller moves into its repository.
+//! Regular files keep only "executable or not" (any execute bit), directories
+//! are kept even when empty, symlinks keep their link text exactly as stored
+//! (whether the link points inside the tree is decided later, by the symlink
+//! resolution of the caller), and hard links to files extracted before share
+//! their content and mode. Nothing is ever written at a path the archive
+//! names.
 //!
-//! Anything that could write outside the destination, or that has no git
-//! representation, is an [`UnpackError`]: absolute paths, `..` components,
-//! paths leading through an extracted symlink, hard links to anything but an
+//! Anything that has no git representation or that would escape the root on
+//! disk is an [`UnpackError`]: absolute paths, `..` components, paths leading
+//! through a symlink or file of the archive, hard links to anything but an
 //! earlier regular file, device files, FIFOs and sockets, the same file path
-//! twice, and archives expanding beyond the [`Limits`]. The caller discards the
-//! destination directory on error.
+//! twice, and archives expanding beyond the [`Limits`].
 
 mod extract;
 mod isolated;
+mod packer;
 mod path;
 mod sevenzip;
 mod tar_headers;
@@ -39,6 +41,9 @@ pub use isolated::{helper_main, unpack_isolated, Isolation, HELPER_COMMAND};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+
+use crate::git::{GitError, PackFiles, PackWriter};
+use packer::Packer;
 
 /// The two archive kinds a `ServeArchiveTree` request can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,27 +83,44 @@ impl Default for Limits {
     }
 }
 
-/// How archives are unpacked: the bounds, and whether in a child process
-/// (see [`Isolation`]; without it, in this process).
+/// How archives are unpacked: the bounds, the zlib level of the packed
+/// objects, and whether in a child process (see [`Isolation`]; without it,
+/// in this process).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unpacking {
     pub limits: Limits,
+    pub compression: u32,
     pub isolation: Option<Isolation>,
 }
 
 impl Unpacking {
-    /// Unpacks `archive` into `dest` as [`unpack`] does, isolated if configured.
+    /// Unpacks `archive` into a pack in `scratch` as [`unpack`] does,
+    /// isolated if configured.
     pub fn unpack(
         &self,
         archive: &Path,
         format: ArchiveFormat,
-        dest: &Path,
-    ) -> Result<UnpackStats, UnpackError> {
+        scratch: &Path,
+    ) -> Result<Unpacked, UnpackError> {
         match &self.isolation {
-            Some(isolation) => unpack_isolated(isolation, archive, format, dest, &self.limits),
-            None => unpack(archive, format, dest, &self.limits),
+            Some(isolation) => unpack_isolated(isolation, archive, format, scratch, self),
+            None => unpack(archive, format, scratch, &self.limits, self.compression),
         }
     }
+}
+
+/// An unpacked archive: its root tree, in packs not yet installed anywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unpacked {
+    pub root: git2::Oid,
+    pub stats: UnpackStats,
+    pub packs: Vec<PackFiles>,
+}
+
+/// Threads that hash, compress and write, besides the one that decompresses
+/// and parses: one per core, as compression is the costliest step.
+fn packer_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4))
 }
 
 /// What an unpack produced.
@@ -106,7 +128,7 @@ impl Unpacking {
 pub struct UnpackStats {
     /// Entries extracted: files, directories, symlinks and hard links.
     pub entries: u64,
-    /// Bytes of file content written.
+    /// Bytes of file content.
     pub bytes: u64,
 }
 
@@ -187,6 +209,9 @@ pub enum UnpackError {
     /// The isolated unpacker ran out of memory or crashed.
     #[error("{0}")]
     Stopped(String),
+    /// Writing the pack failed.
+    #[error("cannot store the unpacked objects: {0}")]
+    Store(#[source] GitError),
     /// A bug (a panic inside the unpacker or one of its libraries).
     #[error("internal error while unpacking: {0}")]
     Internal(String),
@@ -199,37 +224,48 @@ fn entry_suffix(entry: &Option<String>) -> String {
     }
 }
 
-/// Unpacks `archive` (of kind `format`) into `dest`, an existing empty
-/// directory. Blocking; run it on a blocking thread. On error, `dest` may hold
-/// a partial extraction, never anything outside it; the caller discards it.
+/// Unpacks `archive` (of kind `format`) into a pack written in `scratch`,
+/// an existing directory, with objects compressed at zlib level
+/// `compression`. Blocking (it uses a second thread for the packing); run it
+/// on a blocking thread. On error, `scratch` may hold partial files; the
+/// caller discards it.
 pub fn unpack(
     archive: &Path,
     format: ArchiveFormat,
-    dest: &Path,
+    scratch: &Path,
     limits: &Limits,
-) -> Result<UnpackStats, UnpackError> {
-    match std::fs::metadata(dest) {
+    compression: u32,
+) -> Result<Unpacked, UnpackError> {
+    match std::fs::metadata(scratch) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
             return Err(UnpackError::Destination {
-                path: dest.to_path_buf(),
+                path: scratch.to_path_buf(),
                 reason: "not a directory".to_string(),
             })
         }
         Err(err) => {
             return Err(UnpackError::Destination {
-                path: dest.to_path_buf(),
+                path: scratch.to_path_buf(),
                 reason: err.to_string(),
             })
         }
     }
     let run = || {
-        let mut out = extract::Extractor::new(dest, limits);
-        match format {
-            ArchiveFormat::Tar => tarball::unpack(archive, &mut out)?,
-            ArchiveFormat::Zip => zipfile::unpack(archive, &mut out)?,
-        }
-        Ok(out.stats())
+        std::thread::scope(|scope| {
+            let writers = (0..packer_threads())
+                .map(|i| {
+                    PackWriter::create(&scratch.join(format!("incoming-{i}.pack")), compression)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(UnpackError::Store)?;
+            let mut out = extract::Extractor::new(scratch, limits, Packer::spawn(scope, writers));
+            match format {
+                ArchiveFormat::Tar => tarball::unpack(archive, &mut out)?,
+                ArchiveFormat::Zip => zipfile::unpack(archive, &mut out)?,
+            }
+            out.finish()
+        })
     };
     // The parsers are third-party code fed with untrusted bytes: a panic in
     // them must not take the serving thread down.

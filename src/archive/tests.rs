@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Cursor, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,11 +133,15 @@ fn compress(comp: Comp, data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A scratch area with the archive at `archive` and an empty `dest`.
+/// A scratch area with the archive at `archive`. An unpack writes its pack
+/// into `pack_dir`; on success the pack is installed into the repository
+/// `repo` and the root tree checked out into `dest`, so tests look at files.
 struct Scratch {
     tmp: TempDir,
     archive: PathBuf,
+    pack_dir: PathBuf,
     dest: PathBuf,
+    root: std::cell::Cell<Option<git2::Oid>>,
 }
 
 impl Scratch {
@@ -146,7 +151,15 @@ impl Scratch {
         fs::write(&archive, bytes).unwrap();
         let dest = tmp.path().join("dest");
         fs::create_dir(&dest).unwrap();
-        Scratch { tmp, archive, dest }
+        let pack_dir = tmp.path().join("pack");
+        fs::create_dir(&pack_dir).unwrap();
+        Scratch {
+            tmp,
+            archive,
+            pack_dir,
+            dest,
+            root: Default::default(),
+        }
     }
 
     fn unpack(&self, format: ArchiveFormat) -> Result<UnpackStats, UnpackError> {
@@ -158,18 +171,58 @@ impl Scratch {
         format: ArchiveFormat,
         limits: &Limits,
     ) -> Result<UnpackStats, UnpackError> {
-        unpack(&self.archive, format, &self.dest, limits)
+        let done = unpack(&self.archive, format, &self.pack_dir, limits, 1)?;
+        let repo = self.repo();
+        crate::git::install_packs(&repo, &done.packs).unwrap();
+        checkout(&repo, done.root, &self.dest);
+        self.root.set(Some(done.root));
+        Ok(done.stats)
     }
 
-    /// Everything in the scratch area except the archive and `dest`.
+    fn repo(&self) -> git2::Repository {
+        let path = self.tmp.path().join("repo");
+        git2::Repository::open_bare(&path)
+            .or_else(|_| git2::Repository::init_bare(&path))
+            .unwrap()
+    }
+
+    /// Everything in the scratch area but the archive, the checkout, the
+    /// repository and the pack directory.
     fn outside(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "archive" && n != "dest")
+            .filter(|n| !["archive", "dest", "pack", "repo"].contains(&n.as_str()))
             .collect();
         names.sort();
         names
+    }
+}
+
+/// Writes the git tree `tree` of `repo` below `dir`: every object is read
+/// back, so a damaged pack fails here.
+fn checkout(repo: &git2::Repository, tree: git2::Oid, dir: &Path) {
+    let tree = repo.find_tree(tree).unwrap();
+    for entry in tree.iter() {
+        let name = std::ffi::OsStr::from_bytes(entry.name_bytes());
+        let path = dir.join(name);
+        match entry.filemode() {
+            0o040000 => {
+                fs::create_dir(&path).unwrap();
+                checkout(repo, entry.id(), &path);
+            }
+            0o120000 => {
+                let blob = repo.find_blob(entry.id()).unwrap();
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(blob.content()), &path)
+                    .unwrap();
+            }
+            mode => {
+                let blob = repo.find_blob(entry.id()).unwrap();
+                fs::write(&path, blob.content()).unwrap();
+                let perm = if mode == 0o100755 { 0o755 } else { 0o644 };
+                fs::set_permissions(&path, fs::Permissions::from_mode(perm)).unwrap();
+            }
+        }
     }
 }
 
@@ -294,12 +347,11 @@ fn tar_every_compression_unpacks_the_same_tree() {
 fn tar_hard_link_shares_the_file() {
     let (scratch, result) = unpack_bytes(&sample_tar(), ArchiveFormat::Tar);
     result.unwrap();
-    let a = fs::metadata(scratch.dest.join("src/main.c")).unwrap();
-    let b = fs::metadata(scratch.dest.join("copy.c")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::MetadataExt::ino(&a),
-        std::os::unix::fs::MetadataExt::ino(&b)
-    );
+    let repo = scratch.repo();
+    let root = repo.find_tree(scratch.root.get().unwrap()).unwrap();
+    let id = |p: &str| root.get_path(Path::new(p)).unwrap();
+    let (a, b) = (id("src/main.c"), id("copy.c"));
+    assert_eq!((a.id(), a.filemode()), (b.id(), b.filemode()));
 }
 
 #[test]
@@ -623,6 +675,7 @@ fn git_tree_matches_system_tar_and_git() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(src.join("lib/big.bin"), &big).unwrap();
 
+    let mut archives = 0;
     for (flag, name) in [("-cf", "a.tar"), ("-czf", "a.tar.gz"), ("-cJf", "a.tar.xz")] {
         let archive = tmp.path().join(name);
         if flag == "-cJf" && !have_tool("xz") {
@@ -635,14 +688,37 @@ fn git_tree_matches_system_tar_and_git() {
             .arg(&archive)
             .arg("."));
 
-        // Ours: unpack, then import as jserve does.
+        // Ours: unpack into a pack (stored, fast and best compression in
+        // turn), which git itself must accept.
+        let level = [0, 1, 9][archives % 3];
+        archives += 1;
         let dest = tmp.path().join(format!("dest-{name}"));
         fs::create_dir(&dest).unwrap();
-        unpack(&archive, ArchiveFormat::Tar, &dest, &Limits::default()).unwrap();
-        let repo = git2::Repository::init_bare(tmp.path().join(format!("repo-{name}"))).unwrap();
-        let ours = crate::git::import_directory(&repo, &dest)
-            .unwrap()
-            .to_string();
+        let done = unpack(
+            &archive,
+            ArchiveFormat::Tar,
+            &dest,
+            &Limits::default(),
+            level,
+        )
+        .unwrap();
+        let repo_path = tmp.path().join(format!("repo-{name}"));
+        let repo = git2::Repository::init_bare(&repo_path).unwrap();
+        crate::git::install_packs(&repo, &done.packs).unwrap();
+        let ours = done.root.to_string();
+        let fsck = Command::new("git")
+            .arg("--git-dir")
+            .arg(&repo_path)
+            .args(["fsck", "--strict", "--no-dangling"])
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "git fsck: {}",
+            String::from_utf8_lossy(&fsck.stderr)
+        );
 
         // Reference: the system tar extracts, git computes the tree.
         let reference = tmp.path().join(format!("ref-{name}"));
@@ -1020,13 +1096,23 @@ fn byte_limit_counts_while_writing() {
         max_total_bytes: 100_000,
         max_entries: 10,
     };
-    let mut out = Extractor::new(tmp.path(), &limits);
-    let path = EntryPath::parse(b"endless").unwrap();
-    let mut endless = std::io::repeat(7);
-    let err = out.file(&path, false, None, &mut endless).unwrap_err();
+    let err = std::thread::scope(|scope| {
+        let writer = crate::git::PackWriter::create(&tmp.path().join("p.pack"), 1).unwrap();
+        let packer = packer::Packer::spawn(scope, vec![writer]);
+        let mut out = Extractor::new(tmp.path(), &limits, packer);
+        let path = EntryPath::parse(b"endless").unwrap();
+        let mut endless = std::io::repeat(7);
+        out.file(&path, false, None, &mut endless).unwrap_err()
+    });
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
-    let written = fs::metadata(tmp.path().join("endless")).unwrap().len();
-    assert!(written <= 100_000, "{written}");
+    // The spool is gone, and the pack never got the content.
+    let names: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("p.pack")]);
+    let written = fs::metadata(tmp.path().join("p.pack")).unwrap().len();
+    assert!(written < 1000, "{written}");
 }
 
 #[test]
@@ -1092,14 +1178,16 @@ fn destination_must_be_a_directory() {
         ArchiveFormat::Tar,
         &scratch.archive,
         &Limits::default(),
+        1,
     )
     .unwrap_err();
     assert!(matches!(err, UnpackError::Destination { .. }), "{err}");
     let err = unpack(
         &scratch.tmp.path().join("nope"),
         ArchiveFormat::Tar,
-        &scratch.dest,
+        &scratch.pack_dir,
         &Limits::default(),
+        1,
     )
     .unwrap_err();
     assert!(matches!(err, UnpackError::Open { .. }), "{err}");
@@ -1166,10 +1254,9 @@ fn zip_made_by_the_system_zip_tool() {
         .args(["-q", "-r", "-y"])
         .arg(&archive)
         .arg("."));
-    let dest = tmp.path().join("dest");
-    fs::create_dir(&dest).unwrap();
-    unpack(&archive, ArchiveFormat::Zip, &dest, &Limits::default()).unwrap();
-    assert_eq!(tree(&dest), tree(&src));
+    let scratch = Scratch::new(&fs::read(&archive).unwrap());
+    scratch.unpack(ArchiveFormat::Zip).unwrap();
+    assert_eq!(tree(&scratch.dest), tree(&src));
 }
 
 /// A zip written byte by byte: (name, host system, external attributes, data), stored.

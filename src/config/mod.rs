@@ -210,6 +210,8 @@ pub struct ArchiveLimits {
     pub max_entries: u64,
     /// Address space of the process that unpacks one archive.
     pub max_memory: u64,
+    /// zlib level (0-9) of the git objects an unpacked archive is stored as.
+    pub compression: u32,
 }
 
 impl Default for ArchiveLimits {
@@ -218,6 +220,7 @@ impl Default for ArchiveLimits {
             max_bytes: 16 << 30,
             max_entries: 1_000_000,
             max_memory: 2 << 30,
+            compression: 1,
         }
     }
 }
@@ -293,6 +296,7 @@ impl ServeConfig {
                 max_total_bytes: limits.max_bytes,
                 max_entries: limits.max_entries,
             },
+            compression: limits.compression,
             isolation: self
                 .unpack_helper
                 .clone()

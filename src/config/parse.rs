@@ -329,6 +329,9 @@ fn archive_limits_section(
     if let Some((k, v)) = o.get("max memory") {
         archive_limits.max_memory = integer(v, &k, 64 << 20, i64::MAX)? as u64;
     }
+    if let Some((k, v)) = o.get("compression") {
+        archive_limits.compression = integer(v, &k, 0, 9)? as u32;
+    }
     o.finish(warnings);
     Ok(archive_limits)
 }

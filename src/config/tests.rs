@@ -58,7 +58,7 @@ fn every_key() {
         "jobs": 8,
         "build": {"build jobs": 64, "local jobs": 100, "action timeout": 12.5,
                   "target-cache write strategy": "split", "local launcher": ["nice", "env", "--"]},
-        "archive limits": {"max bytes": 1000000, "max entries": 50, "max memory": 268435456}
+        "archive limits": {"max bytes": 1000000, "max entries": 50, "max memory": 268435456, "compression": 6}
     }))
     .unwrap();
     assert_eq!(c.local_build_root, PathBuf::from("/var/jserve-root"));
@@ -110,6 +110,7 @@ fn every_key() {
             max_bytes: 1_000_000,
             max_entries: 50,
             max_memory: 256 << 20,
+            compression: 6,
         }
     );
     // The missing repository directories are warned about.

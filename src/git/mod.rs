@@ -3,9 +3,11 @@
 //! the blocking pool.
 
 mod import;
+mod pack;
 mod repo_set;
 
 pub use import::{commit_and_keep, import_directory, import_to_git, keep_tree};
+pub use pack::{install_packs, PackFiles, PackKind, PackWriter};
 pub use repo_set::{open_exact, reopen_repositories, Found, RepoSet, TreeItem};
 
 use std::path::PathBuf;

@@ -323,3 +323,65 @@ fn concurrent_writers_of_one_keep_tag_all_succeed() {
         assert!(commits.windows(2).all(|w| w[0] == w[1]), "round {round}");
     }
 }
+
+#[test]
+fn pack_writer_packs_git_reads_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("scratch");
+    fs::create_dir(&scratch).unwrap();
+    let big: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut writer = PackWriter::create(&scratch.join("p.pack"), 1).unwrap();
+    let small = writer.add(PackKind::Blob, b"hello\n").unwrap();
+    assert_eq!(writer.add(PackKind::Blob, b"hello\n").unwrap(), small);
+    let empty = writer.add(PackKind::Blob, b"").unwrap();
+    // Streamed twice, compressed then stored: the second copy is taken
+    // back out of the pack.
+    let mut streamed = Vec::new();
+    for storing in [false, true] {
+        writer.set_storing(storing);
+        writer.begin_blob(big.len() as u64).unwrap();
+        for chunk in big.chunks(100_000) {
+            writer.write_chunk(chunk).unwrap();
+        }
+        streamed.push(writer.finish_object().unwrap());
+    }
+    assert_eq!(streamed[0], streamed[1]);
+    assert_eq!(writer.len(), 3);
+    let first = writer.finish().unwrap().unwrap();
+
+    let mut writer = PackWriter::create(&scratch.join("q.pack"), 9).unwrap();
+    let tree_bytes = crate::digest::serialize_git_tree(vec![crate::digest::GitTreeEntry {
+        name: b"hello".to_vec(),
+        kind: ObjectKind::File,
+        id: small.as_bytes().try_into().unwrap(),
+    }])
+    .unwrap();
+    let tree = writer.add(PackKind::Tree, &tree_bytes).unwrap();
+    let second = writer.finish().unwrap().unwrap();
+
+    // A pack without objects leaves nothing behind.
+    let none = PackWriter::create(&scratch.join("r.pack"), 1).unwrap();
+    assert_eq!(none.finish().unwrap(), None);
+    assert!(!scratch.join("r.pack").exists());
+    // Announced sizes are held to.
+    let mut strict = PackWriter::create(&scratch.join("s.pack"), 1).unwrap();
+    strict.begin_blob(3).unwrap();
+    assert!(strict.write_chunk(b"four").is_err());
+    assert!(strict.finish().is_err(), "an object is still open");
+
+    let git_dir = tmp.path().join("repo.git");
+    let repo = git2::Repository::init_bare(&git_dir).unwrap();
+    install_packs(&repo, &[first, second]).unwrap();
+    assert_eq!(repo.find_tree(tree).unwrap().len(), 1);
+    assert_eq!(repo.find_blob(small).unwrap().content(), b"hello\n");
+    assert_eq!(repo.find_blob(empty).unwrap().content(), b"");
+    assert_eq!(repo.find_blob(streamed[0]).unwrap().content(), &big[..]);
+    // git itself checks every checksum, CRC and object.
+    git(&git_dir, &["fsck", "--strict", "--no-dangling"]);
+    for entry in fs::read_dir(git_dir.join("objects/pack")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "idx") {
+            git(&git_dir, &["verify-pack", path.to_str().unwrap()]);
+        }
+    }
+}

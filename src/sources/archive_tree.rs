@@ -15,7 +15,7 @@ use super::SourceTreeError;
 use super::{blocking, Sources};
 use crate::archive::{ArchiveFormat, Unpacking};
 use crate::digest::{Digest, ObjectKind};
-use crate::git::{import_to_git, keep_tree, parse_oid};
+use crate::git::{commit_and_keep, install_packs, keep_tree, parse_oid};
 use crate::storage::IdMap;
 
 /// Serialises work on the same archive (or resolved tree): the second caller
@@ -383,14 +383,28 @@ impl Sources {
             move || -> Result<Result<String, crate::archive::UnpackError>, SourceTreeError> {
                 let dir = crate::storage::staging::scratch_dir(&tmp_root, "unpack")?;
                 tracing::info!(archive = %id, "unpacking");
-                if let Err(e) = unpacking.unpack(&archive_path, format, dir.path()) {
-                    return Ok(Err(e));
-                }
+                let started = std::time::Instant::now();
+                let unpacked = match unpacking.unpack(&archive_path, format, dir.path()) {
+                    Ok(unpacked) => unpacked,
+                    Err(e) => return Ok(Err(e)),
+                };
                 let cache = repos.open_git_cache()?;
-                let root =
-                    import_to_git(&cache, dir.path(), &format!("Content of {kind_name} {id}"))?;
-                map.set(&id, &root.to_string())?;
-                Ok(Ok(root.to_string()))
+                install_packs(&cache, &unpacked.packs)?;
+                commit_and_keep(
+                    &cache,
+                    unpacked.root,
+                    &format!("Content of {kind_name} {id}"),
+                )?;
+                map.set(&id, &unpacked.root.to_string())?;
+                tracing::info!(
+                    archive = %id,
+                    tree = %unpacked.root,
+                    entries = unpacked.stats.entries,
+                    bytes = unpacked.stats.bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "unpacked"
+                );
+                Ok(Ok(unpacked.root.to_string()))
             },
         )
         .await
