@@ -20,6 +20,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::corpus::{make_tar_gz, Corpus};
 use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
 use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::*;
@@ -89,74 +90,6 @@ async fn commit_tree(port: u16, commit: &str) {
             all.len() as f64 / wall.as_secs_f64()
         );
     }
-}
-
-/// The content of the generated archives.
-#[derive(Clone, Copy)]
-enum Corpus {
-    /// Random letters from a 16-letter alphabet: compresses about 2:1, and
-    /// inflating it is slow (few repeats), the hard case for decompression.
-    Letters,
-    /// Lines of words from a skewed vocabulary: compresses about 5:1, like
-    /// source code.
-    Words,
-}
-
-/// Writes a tar.gz of `files` files of about `size` bytes each (content differs per file).
-fn make_tar_gz(path: &Path, files: usize, size: usize, corpus: Corpus) {
-    let file = std::fs::File::create(path).unwrap();
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(6));
-    let mut tar = tar::Builder::new(gz);
-    let mut state = 0x2545F4914F6CDD1Du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let vocabulary: Vec<String> = (0..4000)
-        .map(|i| {
-            let len = 2 + (i % 9);
-            (0..len)
-                .map(|_| (b'a' + (next() % 26) as u8) as char)
-                .collect()
-        })
-        .collect();
-    let mut content = Vec::with_capacity(size + 100);
-    for i in 0..files {
-        content.clear();
-        match corpus {
-            Corpus::Letters => {
-                while content.len() < size {
-                    let r = next();
-                    for j in 0..8 {
-                        content.push(b'a' + ((r >> (j * 8)) as u8 % 16));
-                    }
-                }
-                content.truncate(size);
-            }
-            Corpus::Words => {
-                while content.len() < size {
-                    // Squaring skews towards the first words, as identifiers are.
-                    let r = (next() % 4000) as f64 / 4000.0;
-                    let word = &vocabulary[(r * r * 4000.0) as usize];
-                    content.extend_from_slice(word.as_bytes());
-                    content.push(if next() % 8 == 0 { b'\n' } else { b' ' });
-                }
-            }
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(if i % 10 == 0 { 0o755 } else { 0o644 });
-        header.set_cksum();
-        tar.append_data(
-            &mut header,
-            format!("pkg/dir{:03}/sub{}/file{i:05}.txt", i % 200, i % 3),
-            &content[..],
-        )
-        .unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap();
 }
 
 /// The least any import must do: inflate, parse the tar, git-hash every

@@ -1,7 +1,8 @@
 //! jserve and the reference `just serve` side by side on the same
 //! workloads, printing the ratios.
 //!
-//!   cargo bench --bench vs_reference [-- FILTER]   FILTER: compat, commit, archive, target
+//!   cargo bench --bench vs_reference [-- FILTER]   FILTER: compat, commit, archive, target,
+//!                                                  cold, cold-archive, cold-target
 //!
 //! Both servers run as processes with the same configuration (a fresh build
 //! root each, one repository), pinned to CPU 0 when there are two or more;
@@ -13,7 +14,12 @@
 //! compat: Configuration.Compatibility, the gRPC stack's own limit;
 //! commit: ServeCommitTree of a subdirectory of a commit (no sync);
 //! archive: ServeArchiveTree of a tar.gz known from a first request (no sync);
-//! target: ServeTarget cache hits of an export target built once before.
+//! target: ServeTarget cache hits of an export target built once before;
+//! cold-archive: ServeArchiveTree of a 10,000-file tar.gz on a fresh server,
+//!   then the same with sync;
+//! cold-target: ServeTarget on a fresh server of an export target over 500
+//!   actions, then the reference's load scenario (an export chain 1,000 deep
+//!   plus 1,000 export targets wide) asked by two clients at once.
 //!
 //! The reference comes from scripts/install-reference-just (or
 //! JSERVE_REFERENCE_JUST); without it the bench says so and stops.
@@ -85,10 +91,19 @@ fn start(program: &Path, dir: &Path, repo: &Path) -> Server {
     let config_path = dir.join("serve.json");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let mut cmd = Command::new(program);
+    // JSERVE_BENCH_LOGS=DIR keeps each server's log there.
+    let log = match std::env::var_os("JSERVE_BENCH_LOGS") {
+        Some(logs) => {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            let file = std::fs::File::create(Path::new(&logs).join(format!("{name}.log"))).unwrap();
+            Stdio::from(file)
+        }
+        None => Stdio::null(),
+    };
     cmd.arg("serve")
         .arg(&config_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     if cpus() > 1 {
         // SAFETY: only sched_setaffinity, async-signal-safe, in the child.
         unsafe {
@@ -246,7 +261,22 @@ fn main() {
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("src/lib")).unwrap();
     std::fs::write(repo.join("src/lib/a.txt"), "a\n").unwrap();
-    std::fs::write(repo.join("TARGETS"), common::targets::one_action_export()).unwrap();
+    let mut targets = common::corpus::load_targets(MANY_ACTIONS, LOAD_DEPTH, LOAD_WIDTH);
+    let one: serde_json::Value =
+        serde_json::from_str(&common::targets::one_action_export()).unwrap();
+    targets
+        .as_object_mut()
+        .unwrap()
+        .extend(one.as_object().unwrap().clone());
+    std::fs::write(repo.join("TARGETS"), targets.to_string()).unwrap();
+    if "cold-archive".contains(&filter) {
+        common::corpus::make_tar_gz(
+            &repo.join("sources.tar.gz"),
+            COLD_FILES,
+            10_000,
+            common::corpus::Corpus::Words,
+        );
+    }
     let tar = Command::new("tar")
         .arg("czf")
         .arg(repo.join("pkg.tar.gz"))
@@ -258,7 +288,12 @@ fn main() {
     assert!(tar.success(), "tar");
     let (commit, tree) = commit_all(&repo);
     let archive = git(&repo, &["rev-parse", "HEAD:pkg.tar.gz"]);
+    let sources = repo
+        .join("sources.tar.gz")
+        .exists()
+        .then(|| git(&repo, &["rev-parse", "HEAD:sources.tar.gz"]));
 
+    let programs = [just.clone(), jserve.clone()];
     let servers = [
         (
             "reference",
@@ -273,7 +308,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let hot = CASES.iter().any(|c| c.name.contains(&filter));
     runtime.block_on(async {
+        if !hot {
+            return;
+        }
         // The target request of each server, built there once.
         let mut targets = Vec::new();
         for (_, server) in &servers {
@@ -320,4 +359,135 @@ fn main() {
             );
         }
     });
+    drop(servers);
+    let cold = Cold {
+        programs,
+        dir: dir.path().to_path_buf(),
+        repo,
+    };
+    runtime.block_on(async {
+        if let Some(sources) = &sources {
+            cold.archive(sources).await;
+        }
+        if "cold-target".contains(&filter) {
+            cold.targets(&tree).await;
+        }
+    });
+}
+
+/// Files of the archive imported cold (about 10 kB each).
+const COLD_FILES: usize = 10_000;
+/// The cold targets: independent actions of "many", and the export chain's
+/// depth and the export targets' width of "load".
+const MANY_ACTIONS: usize = 500;
+const LOAD_DEPTH: usize = 1000;
+const LOAD_WIDTH: usize = 1000;
+
+/// Cases that need a fresh server each time: every run starts both servers
+/// anew on empty build roots, alternating, and the better of two runs counts.
+struct Cold {
+    programs: [PathBuf; 2],
+    dir: PathBuf,
+    repo: PathBuf,
+}
+
+impl Cold {
+    /// Runs `work` on fresh servers, twice each; the best wall times.
+    async fn best<F, Fut>(&self, name: &str, phases: usize, work: F) -> Vec<[Duration; 2]>
+    where
+        F: Fn(u16) -> Fut,
+        Fut: std::future::Future<Output = Vec<Duration>>,
+    {
+        let mut best = vec![[Duration::MAX; 2]; phases];
+        for round in 0..2 {
+            for (i, program) in self.programs.iter().enumerate() {
+                let dir = self.dir.join(format!("{name}-{round}-{i}"));
+                let server = start(program, &dir, &self.repo);
+                let times = work(server.port).await;
+                drop(server);
+                let _ = std::fs::remove_dir_all(&dir);
+                for (phase, t) in times.into_iter().enumerate() {
+                    best[phase][i] = best[phase][i].min(t);
+                }
+            }
+        }
+        best
+    }
+
+    fn print(label: &str, [reference, jserve]: [Duration; 2]) {
+        println!(
+            "{label:<58} {:>9.2} s {:>9.2} s {:>7.2}×",
+            reference.as_secs_f64(),
+            jserve.as_secs_f64(),
+            jserve.as_secs_f64() / reference.as_secs_f64()
+        );
+    }
+
+    /// ServeArchiveTree of an archive nobody asked for before, then the
+    /// same with the tree synced to the server's CAS.
+    async fn archive(&self, content: &str) {
+        let best = self
+            .best("cold-archive", 2, |port| async move {
+                let channel = connect(port).await;
+                let mut client = SourceTree::new(channel);
+                let mut times = Vec::new();
+                for sync in [false, true] {
+                    let start = Instant::now();
+                    let r = client
+                        .archive_tree(content, ArchiveType::Tar, ".", SymlinksResolve::None, sync)
+                        .await;
+                    times.push(start.elapsed());
+                    assert_eq!(r.status, 0, "ServeArchiveTree answered {}", r.status);
+                }
+                times
+            })
+            .await;
+        println!(
+            "{:<58} {:>11} {:>11} {:>8}",
+            "cold case (fresh server each run, wall time)", "reference", "jserve", "ratio"
+        );
+        let files = format!("{COLD_FILES} files of 10 kB");
+        Self::print(&format!("ServeArchiveTree cold, {files}"), best[0]);
+        Self::print("  then the same tree synced to the server's CAS", best[1]);
+    }
+
+    /// ServeTarget of export targets nobody built before: "many" (one
+    /// client), then "load" asked by two clients at once.
+    async fn targets(&self, tree: &str) {
+        let best = self
+            .best("cold-target", 2, |port| async move {
+                let channel = connect(port).await;
+                let mut times = Vec::new();
+                let many =
+                    request_at(&channel, HashFunction::GitSha1, tree, "many", json!({})).await;
+                let start = Instant::now();
+                common::targets::ask(&mut TargetClient::new(channel.clone()), &many).await;
+                times.push(start.elapsed());
+                let load =
+                    request_at(&channel, HashFunction::GitSha1, tree, "load", json!({})).await;
+                let start = Instant::now();
+                let both: Vec<_> = (0..2)
+                    .map(|_| {
+                        let (channel, load) = (channel.clone(), load.clone());
+                        tokio::spawn(async move {
+                            common::targets::ask(&mut TargetClient::new(channel), &load).await
+                        })
+                    })
+                    .collect();
+                for client in both {
+                    client.await.unwrap();
+                }
+                times.push(start.elapsed());
+                times
+            })
+            .await;
+        Self::print(
+            &format!("ServeTarget cold, export over {MANY_ACTIONS} actions"),
+            best[0],
+        );
+        Self::print(
+            &format!("  load: chain {LOAD_DEPTH} deep + {LOAD_WIDTH} wide, 2 clients"),
+            best[1],
+        );
+    }
 }

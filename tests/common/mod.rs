@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod clients;
+pub mod corpus;
 pub mod endpoints;
 pub mod git;
 pub mod pki;

@@ -89,6 +89,62 @@ pub struct Runner {
     exec_root: PathBuf,
     config: RunnerConfig,
     slots: Arc<slots::Slots>,
+    dirs: Arc<WorkDirs>,
+}
+
+/// Working directories of finished actions, emptied for the next ones. A
+/// directory, its `root` and its stdout and stderr files are made once and
+/// reused: creating and deleting them for every action costs more than the
+/// action itself on file systems that scan recently freed inodes on every
+/// creation (ext4), and outputs and staged inputs are links to CAS files,
+/// so emptying `root` frees no inode at all for most actions.
+struct WorkDirs {
+    free: std::sync::Mutex<Vec<PathBuf>>,
+    /// At most this many are kept (as many as actions run at once).
+    keep: usize,
+}
+
+impl WorkDirs {
+    fn take(&self, exec_root: &Path) -> PathBuf {
+        let reused = self.free.lock().expect("work dirs lock").pop();
+        reused.unwrap_or_else(|| {
+            exec_root.join(format!(
+                "{}-{}",
+                std::process::id(),
+                NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+            ))
+        })
+    }
+
+    /// Empties `dir/root` and keeps `dir` for the next action; a directory
+    /// that cannot be emptied (an action made parts read-only, say) is
+    /// removed instead. Blocking.
+    fn give_back(&self, dir: PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let root = dir.join("root");
+        let emptied = (|| -> std::io::Result<()> {
+            // An action may have changed the root's own mode.
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+            for entry in std::fs::read_dir(&root)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    crate::storage::remove_tree(&entry.path());
+                } else {
+                    std::fs::remove_file(entry.path())?;
+                }
+            }
+            Ok(())
+        })();
+        let mut free = self.free.lock().expect("work dirs lock");
+        let empty =
+            emptied.is_ok() && std::fs::read_dir(&root).is_ok_and(|mut d| d.next().is_none());
+        if empty && free.len() < self.keep {
+            free.push(dir);
+            return;
+        }
+        drop(free);
+        crate::storage::remove_tree(&dir);
+    }
 }
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
@@ -148,6 +204,10 @@ impl Runner {
             exec_root,
             config,
             slots: slots::Slots::new(jobs),
+            dirs: Arc::new(WorkDirs {
+                free: Default::default(),
+                keep: jobs,
+            }),
         }
     }
 
@@ -167,14 +227,10 @@ impl Runner {
     pub async fn run(&self, spec: ActionSpec, demand: Arc<Demand>) -> Result<RunOutcome, RunError> {
         self.check(&spec)?;
         let _slot = self.slots.acquire(demand).await;
-        let dir = self.exec_root.join(format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = self.dirs.take(&self.exec_root);
         let outcome = self.run_in(&dir, &spec).await;
-        let cleanup = dir.clone();
-        tokio::task::spawn_blocking(move || crate::storage::remove_tree(&cleanup));
+        let dirs = self.dirs.clone();
+        tokio::task::spawn_blocking(move || dirs.give_back(dir));
         outcome
     }
 
@@ -188,71 +244,54 @@ impl Runner {
             work.clone(),
             spec.outputs.clone(),
         );
-        let linked = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
-            let io = |p: &Path| {
-                let path = p.to_path_buf();
-                move |source| RunError::Io { path, source }
-            };
-            std::fs::create_dir_all(&root2).map_err(io(&root2))?;
-            let linked = stage::stage_tree(&cas, &input, &root2)?;
-            std::fs::create_dir_all(&work2).map_err(io(&work2))?;
-            // The server creates the parents of every output.
-            for out in outputs.all() {
-                if let Some(parent) = work2.join(out).parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let (stdout_path, stderr_path) = (dir.join("stdout"), dir.join("stderr"));
+        let (out2, err2) = (stdout_path.clone(), stderr_path.clone());
+        let (linked, stdout, stderr) =
+            tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+                let io = |p: &Path| {
+                    let path = p.to_path_buf();
+                    move |source| RunError::Io { path, source }
+                };
+                std::fs::create_dir_all(&root2).map_err(io(&root2))?;
+                // Truncated when reused: the same inodes for every action.
+                let stdout = std::fs::File::create(&out2).map_err(io(&out2))?;
+                let stderr = std::fs::File::create(&err2).map_err(io(&err2))?;
+                let linked = stage::stage_tree(&cas, &input, &root2)?;
+                std::fs::create_dir_all(&work2).map_err(io(&work2))?;
+                // The server creates the parents of every output.
+                for out in outputs.all() {
+                    if let Some(parent) = work2.join(out).parent() {
+                        std::fs::create_dir_all(parent).map_err(io(parent))?;
+                    }
                 }
-            }
-            Ok(linked)
-        })
-        .await??;
-
-        let stdout_path = dir.join("stdout");
-        let stderr_path = dir.join("stderr");
+                Ok((linked, stdout, stderr))
+            })
+            .await??;
         let io = |p: &Path| {
             let path = p.to_path_buf();
             move |source| RunError::Io { path, source }
         };
-        let stdout = std::fs::File::create(&stdout_path).map_err(io(&stdout_path))?;
-        let stderr = std::fs::File::create(&stderr_path).map_err(io(&stderr_path))?;
-        let argv: Vec<&String> = self
-            .config
-            .launcher
-            .iter()
-            .chain(spec.arguments.iter())
-            .collect();
-        // A program named by path lets the standard library use posix_spawn
-        // instead of forking the whole server (6.9 ms against 1.3 ms per
-        // action, growing with the server's memory).
-        let action_path = spec
-            .environment
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str());
-        let program = resolve_program(argv[0], action_path);
-        let mut command = tokio::process::Command::new(&program);
-        command
-            .args(&argv[1..])
-            .env_clear()
-            .envs(spec.environment.iter().map(|(k, v)| (k, v)))
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
-            .kill_on_drop(true);
 
         let start = SystemTime::now();
-        let mut child = command.spawn().map_err(|source| RunError::Spawn {
-            program: argv[0].clone(),
-            source,
-        })?;
+        let mut child = self.spawn(spec, &work, stdout, stderr)?;
+        let pid = child.id();
         let limit = spec
             .timeout
             .filter(|t| !t.is_zero())
             .unwrap_or(self.config.default_timeout);
         let (status, timed_out) = match tokio::time::timeout(limit, child.wait()).await {
-            Ok(status) => (Some(status.map_err(io(&work))?), false),
+            Ok(status) => {
+                // The action is over: what it left running in its process
+                // group goes too, so that no action holds on to the
+                // machine (or writes into the reused directory).
+                if let Some(pid) = pid {
+                    // SAFETY: kill has no memory effects.
+                    unsafe {
+                        libc::kill(-(pid as i32), libc::SIGKILL);
+                    }
+                }
+                (Some(status.map_err(io(&work))?), false)
+            }
             Err(_) => {
                 // Kill the whole process group: the launcher's children too.
                 if let Some(pid) = child.id() {
@@ -308,11 +347,98 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// Starts the action's command under the launcher. The default launcher
+    /// `env --` only runs the command with the environment it is given,
+    /// which the runner sets itself: the command then starts directly,
+    /// saving an exec per action, when it is found along the action's PATH
+    /// as `env` would find it; whatever does not start that way goes
+    /// through `env` as configured, which fails the way justbuild's does.
+    fn spawn(
+        &self,
+        spec: &ActionSpec,
+        work: &Path,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<tokio::process::Child, RunError> {
+        let action_path = spec
+            .environment
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str());
+        let command = |program: &Path, args: &[&String], stdout, stderr| {
+            let mut command = tokio::process::Command::new(program);
+            command
+                .args(args)
+                .env_clear()
+                .envs(spec.environment.iter().map(|(k, v)| (k, v)))
+                .current_dir(work)
+                .stdin(Stdio::null())
+                .stdout(stdout)
+                .stderr(stderr)
+                .process_group(0)
+                .kill_on_drop(true);
+            command
+        };
+        if self.config.launcher == ["env", "--"] {
+            let name = &spec.arguments[0];
+            // execvp's search path when PATH is unset.
+            let found = match name.contains('/') {
+                false => find_in_path(name, action_path.unwrap_or("/bin:/usr/bin")),
+                true => None,
+            };
+            if let Some(program) = found {
+                let copies = stdout
+                    .try_clone()
+                    .and_then(|o| Ok((o, stderr.try_clone()?)));
+                if let Ok((out, err)) = copies {
+                    let args: Vec<&String> = spec.arguments[1..].iter().collect();
+                    let mut direct = command(&program, &args, out, err);
+                    // The name as given, as `env` would pass it on.
+                    direct.arg0(name);
+                    if let Ok(child) = direct.spawn() {
+                        return Ok(child);
+                    }
+                }
+            }
+        }
+        let argv: Vec<&String> = self
+            .config
+            .launcher
+            .iter()
+            .chain(spec.arguments.iter())
+            .collect();
+        // A program named by path lets the standard library use posix_spawn
+        // instead of forking the whole server (6.9 ms against 1.3 ms per
+        // action, growing with the server's memory).
+        let program = resolve_program(argv[0], action_path);
+        command(&program, &argv[1..], stdout, stderr)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                program: argv[0].clone(),
+                source,
+            })
+    }
+}
+
+/// The first executable file called `name` in the directories of `dirs`
+/// (a PATH value), as execvp would find it.
+fn find_in_path(name: &str, dirs: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    dirs.split(':').find_map(|dir| {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(name);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        executable.then_some(candidate)
+    })
+}
+
 /// `name` as a path: unchanged if it has a slash, else the first executable
 /// file of that name in `path` (the action's PATH), the server's PATH or
 /// `/bin:/usr/bin`, as execvp would find it; unchanged if there is none.
 fn resolve_program(name: &str, path: Option<&str>) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     if name.contains('/') || name.is_empty() {
         return name.into();
     }
@@ -321,16 +447,7 @@ fn resolve_program(name: &str, path: Option<&str>) -> std::path::PathBuf {
         .map(str::to_string)
         .or(inherited)
         .unwrap_or_else(|| "/bin:/usr/bin".to_string());
-    for dir in dirs.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        let candidate = Path::new(dir).join(name);
-        let executable = std::fs::metadata(&candidate)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        if executable {
-            return candidate;
-        }
-    }
-    name.into()
+    find_in_path(name, &dirs).unwrap_or_else(|| name.into())
 }
 
 #[cfg(test)]
