@@ -251,6 +251,38 @@ impl LocalEndpoint {
 
     /// Stores an uploaded object after checking its digest; native trees must
     /// only name objects already present.
+    /// Stores many blobs (no trees) as [`LocalEndpoint::store`] does each,
+    /// synced together.
+    pub fn store_blobs(&self, blobs: &[(&Digest, &[u8])]) -> Vec<Result<Digest, EndpointError>> {
+        let checked: Vec<Result<(), EndpointError>> = blobs
+            .iter()
+            .map(|(digest, data)| match digest.is_tree {
+                true => Err(EndpointError::TreeInvariant(format!(
+                    "{} is a tree, stored on its own",
+                    digest.hash
+                ))),
+                false => self.check_size(digest, data.len() as u64),
+            })
+            .collect();
+        let items: Vec<(ObjectKind, &[u8], Option<&str>)> = blobs
+            .iter()
+            .zip(&checked)
+            .filter(|(_, ok)| ok.is_ok())
+            .map(|((digest, data), _)| (ObjectKind::File, *data, Some(digest.hash.as_str())))
+            .collect();
+        let mut stored = self.cas.put_many_checked(&items).into_iter();
+        checked
+            .into_iter()
+            .map(|ok| match ok {
+                Ok(()) => stored
+                    .next()
+                    .expect("one result per stored blob")
+                    .map_err(EndpointError::from),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
     pub fn store(&self, digest: &Digest, data: &[u8]) -> Result<Digest, EndpointError> {
         self.check_size(digest, data.len() as u64)?;
         if digest.is_tree {

@@ -52,9 +52,19 @@ impl RemoteCas for LocalRemote {
     async fn upload_blobs(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
         let endpoint = self.endpoint.clone();
         blocking(move || {
-            for (digest, data) in blobs {
+            // Blobs first, synced together; then the trees in the order
+            // given (children before parents), each checked as it goes in.
+            let files: Vec<(&Digest, &[u8])> = blobs
+                .iter()
+                .filter(|(d, _)| !d.is_tree)
+                .map(|(d, data)| (d, data.as_slice()))
+                .collect();
+            for ((digest, _), stored) in files.iter().zip(endpoint.store_blobs(&files)) {
+                stored.map_err(|e| refused(&digest.hash, e))?;
+            }
+            for (digest, data) in blobs.iter().filter(|(d, _)| d.is_tree) {
                 endpoint
-                    .store(&digest, &data)
+                    .store(digest, data)
                     .map_err(|e| refused(&digest.hash, e))?;
             }
             Ok(())

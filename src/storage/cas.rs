@@ -236,6 +236,52 @@ impl Cas {
         Ok(digest)
     }
 
+    /// Stores many in-memory objects, each refused unless it hashes to its
+    /// expected id: those not stored yet are staged, then synced together
+    /// and named in the given order (see [`super::atomic::commit_all`]).
+    pub fn put_many_checked(
+        &self,
+        items: &[(ObjectKind, &[u8], Option<&str>)],
+    ) -> Vec<Result<Digest, CasError>> {
+        let mut results = Vec::with_capacity(items.len());
+        let mut staged = Vec::new();
+        let mut staged_at = Vec::new();
+        let mut staging = std::collections::HashSet::new();
+        for (i, (kind, data, expected)) in items.iter().enumerate() {
+            let digest = self.hash.digest_bytes(*kind, data);
+            if let Err(e) = check_expected(*expected, &digest.hash) {
+                results.push(Err(e));
+                continue;
+            }
+            let dest = self.path(*kind, &digest.hash);
+            if !dest.is_file() && staging.insert(dest.clone()) {
+                let stage = || -> io::Result<TempFile> {
+                    let mut tmp = TempFile::new_in(&self.tmp)?;
+                    tmp.write_all(data)?;
+                    Ok(tmp)
+                };
+                match stage() {
+                    Ok(tmp) => {
+                        staged.push((tmp, dest, self.store(*kind).mode()));
+                        staged_at.push(i);
+                    }
+                    Err(e) => {
+                        results.push(Err(io_err(&self.tmp)(e)));
+                        continue;
+                    }
+                }
+            }
+            results.push(Ok(digest));
+        }
+        if let Err(e) = super::atomic::commit_all(staged) {
+            let message = e.to_string();
+            for i in staged_at {
+                results[i] = Err(io_err(&self.tmp)(io::Error::new(e.kind(), message.clone())));
+            }
+        }
+        results
+    }
+
     /// Stores `len` bytes read from `reader`, hashing them on the way (constant memory).
     pub fn put_stream(
         &self,

@@ -296,6 +296,7 @@ fn update_blobs(
     let mut responses: Vec<Option<batch_update_blobs_response::Response>> =
         (0..requests.len()).map(|_| None).collect();
     let mut trees = Vec::new();
+    let mut blobs = Vec::new();
     let answer = |wire: &Option<reapi::Digest>, status| batch_update_blobs_response::Response {
         digest: wire.clone(),
         status,
@@ -322,11 +323,19 @@ fn update_blobs(
             trees.push((i, digest));
             continue;
         }
-        let status = match endpoint.store(&digest, &r.data) {
+        blobs.push((i, digest));
+    }
+    // The blobs, synced together.
+    let items: Vec<(&Digest, &[u8])> = blobs
+        .iter()
+        .map(|(i, d)| (d, requests[*i].data.as_slice()))
+        .collect();
+    for ((i, _), stored) in blobs.iter().zip(endpoint.store_blobs(&items)) {
+        let status = match stored {
             Ok(_) => rpc_status(Code::Ok, ""),
             Err(e) => status_of(&e),
         };
-        responses[i] = Some(answer(&r.digest, status));
+        responses[*i] = Some(answer(&requests[*i].digest, status));
     }
     // Trees whose entries are all present go in; repeat while that makes progress.
     let mut pending: VecDeque<(usize, Digest)> = trees.into();
