@@ -310,6 +310,11 @@ async fn check_root_tree_and_get_remote_tree() {
         let other = s.dir.path().join("other");
         std::fs::create_dir_all(other.join("d/empty")).unwrap();
         std::fs::write(other.join("d/f.txt"), "client only\n").unwrap();
+        std::fs::write(other.join("d/same.txt"), "client only\n").unwrap();
+        std::fs::write(other.join("run.sh"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(other.join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
         std::os::unix::fs::symlink("d/f.txt", other.join("l")).unwrap();
         let scratch = git2::Repository::init_bare(s.dir.path().join("scratch")).unwrap();
         let tree = jserve::git::import_directory(&scratch, &other)
@@ -324,8 +329,10 @@ async fn check_root_tree_and_get_remote_tree() {
         let digest = upload_dir(&s, &other).await;
         let r = c.get_remote_tree(digest).await;
         assert_eq!(r.status, 0, "compatible={compatible}");
-        // Round trip: the git cache now has exactly the client's git tree.
+        // Round trip: the git cache now has exactly the client's git tree,
+        // in a pack git itself accepts.
         assert_eq!(git(&s.git_cache(), &["cat-file", "-t", &tree]), "tree");
+        git(&s.git_cache(), &["fsck", "--strict", "--no-dangling"]);
         let r = c.check_root_tree(tree.clone()).await;
         assert_eq!(r.status, 0);
 

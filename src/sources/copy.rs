@@ -1,7 +1,8 @@
 //! Copying trees into the git cache: from the local native CAS, and from the
 //! endpoint's CAS (native git trees, or compatible `Directory` trees turned
-//! back into git trees). Objects are written straight into the git object
-//! database; what is there already is skipped.
+//! back into git trees). Objects from the local CAS are written straight
+//! into the git object database, those from the endpoint into a pack;
+//! what is there already is skipped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use prost::Message;
 use crate::digest::{
     parse_git_tree, serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind,
 };
+use crate::git::{install_packs, PackFiles, PackKind, PackWriter};
 use crate::remote::RemoteCas;
+use crate::storage::staging::ScratchDir;
 use crate::storage::trees::{directory_nodes, Node};
 use crate::storage::Cas;
 
@@ -35,10 +38,6 @@ pub enum CopyError {
     Tree(#[from] crate::digest::TreeError),
     #[error(transparent)]
     TooDeep(#[from] crate::tree_walk::TooDeep),
-}
-
-fn has(repo: &Repository, id: Oid) -> bool {
-    repo.odb().map(|o| o.exists(id)).unwrap_or(false)
 }
 
 /// Writes native CAS tree `tree` (and everything below it) into `repo`.
@@ -74,37 +73,143 @@ pub fn native_cas_tree_to_git(cas: &Cas, repo: &Repository, tree: &str) -> Resul
 }
 
 /// Fetches tree `root` from the endpoint into the repository at `repo_path`;
-/// returns its git tree id. Objects are gathered first, then written in one go
-/// off the async workers.
+/// returns its git tree id. What arrives goes into one pack as it comes (on
+/// a blocking thread, staged in `scratch`), so memory holds the tree
+/// structure and a bounded number of objects in flight, never the content.
 pub async fn remote_tree_to_git(
     remote: &Arc<dyn RemoteCas>,
     repo_path: &std::path::Path,
+    scratch: &std::path::Path,
     root: &Digest,
 ) -> Result<Oid, CopyError> {
-    let mut objects = Vec::new();
+    let sink = PackSink::open(scratch)?;
     let root_oid = match remote.hash_function() {
         HashFunction::GitSha1 => {
             let oid = Oid::from_str(&root.hash)?;
-            let path = repo_path.to_path_buf();
-            let present = blocking(move || Ok(has(&Repository::open_bare(&path)?, oid))).await?;
-            if !present {
-                fetch_git_tree(remote.as_ref(), root, &mut objects).await?;
-            }
+            fetch_git_tree(remote, repo_path, root, &sink).await?;
             oid
         }
-        HashFunction::Sha256 => directories_to_git(remote, root, &mut objects).await?,
+        HashFunction::Sha256 => directories_to_git(remote, root, &sink).await?,
     };
+    let (scratch, packs) = sink.finish().await?;
     let path = repo_path.to_path_buf();
     blocking(move || {
         let repo = Repository::open_bare(&path)?;
-        let odb = repo.odb()?;
-        for (kind, data) in objects {
-            odb.write(kind, &data)?;
-        }
+        install_packs(&repo, &packs).map_err(|e| CopyError::Invalid(e.to_string()))?;
+        drop(scratch);
         Ok(())
     })
     .await?;
     Ok(root_oid)
+}
+
+/// Objects in flight to the pack writer.
+const SINK_QUEUE: usize = 64;
+
+/// A pack written on a blocking thread from objects sent to it.
+struct PackSink {
+    tx: tokio::sync::mpsc::Sender<(PackKind, Vec<u8>)>,
+    /// The scratch directory goes once the packs are installed.
+    writer: tokio::task::JoinHandle<Result<(ScratchDir, Vec<PackFiles>), CopyError>>,
+}
+
+impl PackSink {
+    fn open(scratch: &std::path::Path) -> Result<PackSink, CopyError> {
+        let dir = crate::storage::staging::scratch_dir(scratch, "remote-tree")
+            .map_err(|e| CopyError::Invalid(format!("cannot stage a pack: {e}")))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(PackKind, Vec<u8>)>(SINK_QUEUE);
+        let writer = tokio::task::spawn_blocking(
+            move || -> Result<(ScratchDir, Vec<PackFiles>), CopyError> {
+                let failed =
+                    |e: crate::git::GitError| CopyError::Invalid(format!("writing a pack: {e}"));
+                let mut writer =
+                    PackWriter::create(&dir.path().join("incoming.pack"), 1).map_err(failed)?;
+                while let Some((kind, data)) = rx.blocking_recv() {
+                    writer.add(kind, &data).map_err(failed)?;
+                }
+                let files = writer.finish().map_err(failed)?;
+                Ok((dir, files.into_iter().collect()))
+            },
+        );
+        Ok(PackSink { tx, writer })
+    }
+
+    async fn send(&self, kind: PackKind, data: Vec<u8>) -> Result<(), CopyError> {
+        // A writer that stopped failed; finish() reports why.
+        let _ = self.tx.send((kind, data)).await;
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(ScratchDir, Vec<PackFiles>), CopyError> {
+        drop(self.tx);
+        self.writer
+            .await
+            .map_err(|e| CopyError::Invalid(format!("pack writer failed: {e}")))?
+    }
+}
+
+/// Reads of one kind from the endpoint, up to [`PARALLEL_READS`] at once,
+/// each checked against its id; answers in the order they complete.
+struct Fetcher {
+    remote: Arc<dyn RemoteCas>,
+    pending: std::vec::IntoIter<Digest>,
+    running: tokio::task::JoinSet<Result<(Digest, Vec<u8>), CopyError>>,
+    kind: ObjectType,
+}
+
+impl Fetcher {
+    fn new(remote: &Arc<dyn RemoteCas>, digests: Vec<Digest>, kind: ObjectType) -> Fetcher {
+        Fetcher {
+            remote: remote.clone(),
+            pending: digests.into_iter(),
+            running: tokio::task::JoinSet::new(),
+            kind,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<(Digest, Vec<u8>), CopyError>> {
+        while self.running.len() < PARALLEL_READS {
+            let Some(digest) = self.pending.next() else {
+                break;
+            };
+            let (remote, kind) = (self.remote.clone(), self.kind);
+            self.running.spawn(async move {
+                let data = remote
+                    .read_blob(&digest)
+                    .await?
+                    .ok_or_else(|| CopyError::Missing(format!("{kind} {}", digest.hash)))?;
+                let actual = match remote.hash_function() {
+                    HashFunction::GitSha1 => git_id(kind, &data)?.to_string(),
+                    HashFunction::Sha256 => {
+                        HashFunction::Sha256.hash_bytes(ObjectKind::File, &data)
+                    }
+                };
+                if actual != digest.hash {
+                    return Err(CopyError::Invalid(format!(
+                        "{kind} {} has other content",
+                        digest.hash
+                    )));
+                }
+                Ok((digest, data))
+            });
+        }
+        let done = self.running.join_next().await?;
+        Some(done.unwrap_or_else(|e| Err(CopyError::Invalid(format!("read task failed: {e}")))))
+    }
+}
+
+/// Those of `ids` the repository at `repo_path` lacks.
+async fn absent(repo_path: &std::path::Path, ids: Vec<Digest>) -> Result<Vec<Digest>, CopyError> {
+    let path = repo_path.to_path_buf();
+    blocking(move || {
+        let repo = Repository::open_bare(&path)?;
+        let odb = repo.odb()?;
+        Ok(ids
+            .into_iter()
+            .filter(|d| Oid::from_str(&d.hash).map_or(true, |oid| !odb.exists(oid)))
+            .collect())
+    })
+    .await
 }
 
 /// [`crate::blocking::run`] with this module's error type.
@@ -125,53 +230,49 @@ fn git_id(kind: ObjectType, data: &[u8]) -> Result<Oid, CopyError> {
     Ok(Oid::from_str(&hex)?)
 }
 
-/// Native mode: downloads a git tree and everything below it, checking ids.
+/// Native mode: downloads a git tree and everything below it that the
+/// repository lacks, level by level, into `sink`. A subtree the repository
+/// has is complete there (trees are only ever written after what they name).
 async fn fetch_git_tree(
-    remote: &dyn RemoteCas,
+    remote: &Arc<dyn RemoteCas>,
+    repo_path: &std::path::Path,
     root: &Digest,
-    objects: &mut Vec<(ObjectType, Vec<u8>)>,
+    sink: &PackSink,
 ) -> Result<(), CopyError> {
-    let mut stack = vec![root.clone()];
+    let mut level = absent(repo_path, vec![root.clone()]).await?;
     let mut seen = HashSet::new();
-    while let Some(tree) = stack.pop() {
-        if !seen.insert(tree.hash.clone()) {
-            continue;
-        }
-        let bytes = fetch(remote, &tree, ObjectType::Tree).await?;
-        for e in parse_git_tree(&bytes)? {
-            let child = Digest {
-                hash: hex::encode(e.id),
-                size: 0,
-                is_tree: e.kind == ObjectKind::Tree,
-            };
-            if child.is_tree {
-                stack.push(child);
-            } else if seen.insert(child.hash.clone()) {
-                let data = fetch(remote, &child, ObjectType::Blob).await?;
-                objects.push((ObjectType::Blob, data));
+    let mut blobs = Vec::new();
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        let mut trees = Fetcher::new(remote, level, ObjectType::Tree);
+        while let Some(fetched) = trees.next().await {
+            let (_, bytes) = fetched?;
+            for e in parse_git_tree(&bytes)? {
+                let child = Digest {
+                    hash: hex::encode(e.id),
+                    size: 0,
+                    is_tree: e.kind == ObjectKind::Tree,
+                };
+                if !seen.insert(child.hash.clone()) {
+                    continue;
+                }
+                match child.is_tree {
+                    true => next.push(child),
+                    false => blobs.push(child),
+                }
             }
+            sink.send(PackKind::Tree, bytes).await?;
         }
-        objects.push((ObjectType::Tree, bytes));
+        level = absent(repo_path, next).await?;
+    }
+    let mut fetcher = Fetcher::new(remote, absent(repo_path, blobs).await?, ObjectType::Blob);
+    while let Some(fetched) = fetcher.next().await {
+        sink.send(PackKind::Blob, fetched?.1).await?;
     }
     Ok(())
 }
 
-/// Downloads one native object and checks that it is what its id says.
-async fn fetch(remote: &dyn RemoteCas, d: &Digest, kind: ObjectType) -> Result<Vec<u8>, CopyError> {
-    let data = remote
-        .read_blob(d)
-        .await?
-        .ok_or_else(|| CopyError::Missing(format!("{} {}", kind, d.hash)))?;
-    if git_id(kind, &data)?.to_string() != d.hash {
-        return Err(CopyError::Invalid(format!(
-            "{} {} has other content",
-            kind, d.hash
-        )));
-    }
-    Ok(data)
-}
-
-/// Blobs fetched at once when rebuilding a compatible tree.
+/// Objects read from the endpoint at once.
 const PARALLEL_READS: usize = 16;
 
 /// Compatible mode: rebuilds a git tree from `Directory` messages. All
@@ -180,7 +281,7 @@ const PARALLEL_READS: usize = 16;
 async fn directories_to_git(
     remote: &Arc<dyn RemoteCas>,
     root: &Digest,
-    objects: &mut Vec<(ObjectType, Vec<u8>)>,
+    sink: &PackSink,
 ) -> Result<Oid, CopyError> {
     // Re-encoded messages that do not hash to their id (another server's
     // encoding) are simply read again below.
@@ -222,48 +323,33 @@ async fn directories_to_git(
         }
     }
 
-    let mut contents: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut pending = files.into_values();
-    let mut running = tokio::task::JoinSet::new();
-    loop {
-        while running.len() < PARALLEL_READS {
-            let Some(digest) = pending.next() else { break };
-            let remote = remote.clone();
-            running.spawn(async move {
-                let data = remote
-                    .read_blob(&digest)
-                    .await?
-                    .ok_or_else(|| CopyError::Missing(format!("blob {}", digest.hash)))?;
-                if HashFunction::Sha256.hash_bytes(ObjectKind::File, &data) != digest.hash {
-                    return Err(CopyError::Invalid(format!(
-                        "blob {} has other content",
-                        digest.hash
-                    )));
-                }
-                Ok((digest.hash, data))
-            });
-        }
-        let Some(done) = running.join_next().await else {
-            break;
-        };
-        let (hash, data) =
-            done.map_err(|e| CopyError::Invalid(format!("read task failed: {e}")))??;
-        contents.insert(hash, data);
+    // The files into the pack as they come; only their git ids stay.
+    let mut oids: HashMap<String, Oid> = HashMap::new();
+    let mut fetcher = Fetcher::new(remote, files.into_values().collect(), ObjectType::Blob);
+    while let Some(fetched) = fetcher.next().await {
+        let (digest, data) = fetched?;
+        oids.insert(digest.hash, git_id(ObjectType::Blob, &data)?);
+        sink.send(PackKind::Blob, data).await?;
     }
-
+    let mut objects = Vec::new();
     let mut walk = GitTrees {
         dirs: &dirs,
-        contents: &contents,
-        objects,
+        oids: &oids,
+        objects: &mut objects,
     };
-    crate::tree_walk::post_order(&mut walk, root.hash.clone())
+    let root = crate::tree_walk::post_order(&mut walk, root.hash.clone())?;
+    for (kind, data) in objects {
+        sink.send(kind, data).await?;
+    }
+    Ok(root)
 }
 
-/// The git tree of each Directory, written into `objects` after its parts.
+/// The git tree of each Directory (and its symlinks' blobs), collected in
+/// `objects`; the files are in the pack already, known by their git ids.
 struct GitTrees<'a> {
     dirs: &'a HashMap<String, reapi::Directory>,
-    contents: &'a HashMap<String, Vec<u8>>,
-    objects: &'a mut Vec<(ObjectType, Vec<u8>)>,
+    oids: &'a HashMap<String, Oid>,
+    objects: &'a mut Vec<(PackKind, Vec<u8>)>,
 }
 
 impl crate::tree_walk::PostOrder for GitTrees<'_> {
@@ -300,19 +386,14 @@ impl crate::tree_walk::PostOrder for GitTrees<'_> {
                 Node::Dir { name, digest } => (name, ObjectKind::Tree, done[&digest.hash]),
                 Node::Symlink { name, target } => {
                     let oid = git_id(ObjectType::Blob, &target)?;
-                    self.objects.push((ObjectType::Blob, target));
+                    self.objects.push((PackKind::Blob, target));
                     (name, ObjectKind::Symlink, oid)
                 }
                 Node::File {
                     name,
                     digest,
                     executable,
-                } => {
-                    let data = &self.contents[&digest.hash];
-                    let oid = git_id(ObjectType::Blob, data)?;
-                    self.objects.push((ObjectType::Blob, data.clone()));
-                    (name, ObjectKind::blob(executable), oid)
-                }
+                } => (name, ObjectKind::blob(executable), self.oids[&digest.hash]),
             };
             let mut id = [0u8; 20];
             id.copy_from_slice(oid.as_bytes());
@@ -320,7 +401,7 @@ impl crate::tree_walk::PostOrder for GitTrees<'_> {
         }
         let tree = serialize_git_tree(entries)?;
         let oid = git_id(ObjectType::Tree, &tree)?;
-        self.objects.push((ObjectType::Tree, tree));
+        self.objects.push((PackKind::Tree, tree));
         Ok(oid)
     }
 }

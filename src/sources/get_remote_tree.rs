@@ -27,7 +27,8 @@ impl Sources {
             Err(e) => return Outcome::FailedPrecondition(e.to_string()),
         }
         let cache = self.git_cache();
-        let tree = match remote_tree_to_git(&self.remote, &cache, &digest).await {
+        let scratch = self.build_root.tmp_dir();
+        let tree = match remote_tree_to_git(&self.remote, &cache, &scratch, &digest).await {
             Ok(t) => t,
             Err(e @ (CopyError::Missing(_) | CopyError::Remote(_) | CopyError::Invalid(_))) => {
                 return Outcome::FailedPrecondition(e.to_string())
