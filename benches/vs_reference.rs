@@ -2,7 +2,7 @@
 //! workloads, printing the ratios.
 //!
 //!   cargo bench --bench vs_reference [-- FILTER]   FILTER: compat, commit, archive, target,
-//!                                                  cold, cold-archive, cold-target
+//!                                                  cold, cold-archive, cold-large, cold-target
 //!
 //! Both servers run as processes with the same configuration (a fresh build
 //! root each, one repository), pinned to CPU 0 when there are two or more;
@@ -17,6 +17,8 @@
 //! target: ServeTarget cache hits of an export target built once before;
 //! cold-archive: ServeArchiveTree of a 10,000-file tar.gz on a fresh server,
 //!   then the same with sync;
+//! cold-large: ServeCommitTree with sync of 100,000 small files, then
+//!   GetRemoteTree of that tree, and the server's peak memory;
 //! cold-target: ServeTarget on a fresh server of an export target over 500
 //!   actions, then the reference's load scenario (an export chain 1,000 deep
 //!   plus 1,000 export targets wide) asked by two clients at once.
@@ -46,6 +48,28 @@ use tonic::transport::Channel;
 
 /// How long one case runs against one server.
 const RUN: Duration = Duration::from_secs(2);
+
+/// The peak RSS (KiB) of the server listening on `port`, from
+/// /proc/PID/status (VmHWM); 0 if unknown.
+fn peak_rss_kib(port: u16) -> u64 {
+    let pid = SERVERS
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(p, _)| *p == port)
+        .map(|(_, pid)| *pid);
+    let Some(pid) = pid else { return 0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Port and pid of every server started.
+static SERVERS: std::sync::Mutex<Vec<(u16, u32)>> = std::sync::Mutex::new(Vec::new());
 
 /// A server process, killed on drop.
 struct Server {
@@ -118,6 +142,7 @@ fn start(program: &Path, dir: &Path, repo: &Path) -> Server {
         let status = child.try_wait().ok().flatten()?;
         Some(format!("{program:?} exited ({status})"))
     });
+    SERVERS.lock().unwrap().push((port, child.id()));
     Server { child, port }
 }
 
@@ -286,6 +311,16 @@ fn main() {
         .status()
         .unwrap();
     assert!(tar.success(), "tar");
+    if "cold-large".contains(&filter) {
+        // LARGE_FILES small files, 100 to a directory.
+        for i in 0..LARGE_FILES {
+            let dir = repo.join(format!("large/d{:04}", i / 100));
+            if i % 100 == 0 {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
+            std::fs::write(dir.join(format!("f{i}")), format!("large file {i}\n")).unwrap();
+        }
+    }
     let (commit, tree) = commit_all(&repo);
     let archive = git(&repo, &["rev-parse", "HEAD:pkg.tar.gz"]);
     let sources = repo
@@ -372,8 +407,14 @@ fn main() {
         if "cold-target".contains(&filter) {
             cold.targets(&tree).await;
         }
+        if "cold-large".contains(&filter) {
+            cold.large(&commit).await;
+        }
     });
 }
+
+/// Files of the large tree synced and fetched cold.
+const LARGE_FILES: usize = 100_000;
 
 /// Files of the archive imported cold (about 10 kB each).
 const COLD_FILES: usize = 10_000;
@@ -422,6 +463,38 @@ impl Cold {
             reference.as_secs_f64(),
             jserve.as_secs_f64(),
             jserve.as_secs_f64() / reference.as_secs_f64()
+        );
+    }
+
+    /// ServeCommitTree with sync of a directory of [`LARGE_FILES`] files
+    /// (the commit is in a configured repository: everything goes to the
+    /// server's CAS), then GetRemoteTree of that tree (from the CAS into the
+    /// git cache); the server's peak RSS after both.
+    async fn large(&self, commit: &str) {
+        let best = self
+            .best("cold-large", 3, |port| async move {
+                let mut client = SourceTree::new(connect(port).await);
+                let start = Instant::now();
+                let r = client.commit_tree(commit, "large", true).await;
+                let sync = start.elapsed();
+                assert_eq!(r.status, 0, "ServeCommitTree answered {}", r.status);
+                // The tree's digest at the endpoint, as the server gave it.
+                let digest = r.digest.clone().expect("a synced tree has a digest");
+                let start = Instant::now();
+                let g = client.get_remote_tree(digest).await;
+                let fetch = start.elapsed();
+                assert_eq!(g.status, 0, "GetRemoteTree answered {}", g.status);
+                vec![sync, fetch, Duration::from_millis(peak_rss_kib(port))]
+            })
+            .await;
+        let files = format!("{LARGE_FILES} files");
+        Self::print(&format!("ServeCommitTree + sync, {files}"), best[0]);
+        Self::print("  GetRemoteTree of that tree into the git cache", best[1]);
+        println!(
+            "{:<58} {:>9} MiB {:>7} MiB",
+            "  peak RSS of the server",
+            best[2][0].as_millis() >> 10,
+            best[2][1].as_millis() >> 10
         );
     }
 

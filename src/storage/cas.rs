@@ -238,8 +238,20 @@ impl Cas {
 
     /// Stores many in-memory objects, each refused unless it hashes to its
     /// expected id: those not stored yet are staged, then synced together
-    /// and named in the given order (see [`super::atomic::commit_all`]).
+    /// and named in the given order (see [`super::atomic::commit_all`]), at
+    /// most [`STAGED_AT_ONCE`] at a time (each holds a descriptor).
     pub fn put_many_checked(
+        &self,
+        items: &[(ObjectKind, &[u8], Option<&str>)],
+    ) -> Vec<Result<Digest, CasError>> {
+        let mut results = Vec::with_capacity(items.len());
+        for chunk in items.chunks(STAGED_AT_ONCE) {
+            results.extend(self.put_chunk_checked(chunk));
+        }
+        results
+    }
+
+    fn put_chunk_checked(
         &self,
         items: &[(ObjectKind, &[u8], Option<&str>)],
     ) -> Vec<Result<Digest, CasError>> {
@@ -521,6 +533,9 @@ impl Upload {
     }
 }
 
+/// Objects [`Cas::put_many_checked`] stages (and keeps open) at once.
+pub const STAGED_AT_ONCE: usize = 256;
+
 fn check_expected(expected: Option<&str>, actual: &str) -> Result<(), CasError> {
     match expected {
         Some(e) if e != actual => Err(CasError::HashMismatch {
@@ -536,6 +551,49 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
+
+    /// More objects than are staged at once, duplicates and a wrong
+    /// expected id among them: each answer is its own.
+    #[test]
+    fn many_objects_are_stored_in_chunks_each_checked() {
+        let (_dir, cas) = cas(HashFunction::GitSha1);
+        let n = STAGED_AT_ONCE * 2 + 7;
+        let contents: Vec<Vec<u8>> = (0..n)
+            .map(|i| format!("object {}", i % (n - 3)).into_bytes())
+            .collect();
+        let ids: Vec<String> = contents
+            .iter()
+            .map(|c| HashFunction::GitSha1.hash_bytes(ObjectKind::File, c))
+            .collect();
+        let wrong = "0".repeat(40);
+        let items: Vec<(ObjectKind, &[u8], Option<&str>)> = contents
+            .iter()
+            .zip(&ids)
+            .enumerate()
+            .map(|(i, (c, id))| {
+                let expected = if i == 300 {
+                    wrong.as_str()
+                } else {
+                    id.as_str()
+                };
+                (ObjectKind::File, c.as_slice(), Some(expected))
+            })
+            .collect();
+        let results = cas.put_many_checked(&items);
+        assert_eq!(results.len(), n);
+        for (i, r) in results.iter().enumerate() {
+            match i {
+                300 => assert!(matches!(r, Err(CasError::HashMismatch { .. })), "{r:?}"),
+                _ => {
+                    assert_eq!(r.as_ref().unwrap().hash, ids[i]);
+                    assert_eq!(
+                        cas.read(ObjectKind::File, &ids[i]).unwrap().unwrap(),
+                        contents[i]
+                    );
+                }
+            }
+        }
+    }
 
     fn cas(hf: HashFunction) -> (tempfile::TempDir, Cas) {
         let dir = tempfile::tempdir().unwrap();
