@@ -93,12 +93,14 @@ impl Drop for TempFile {
 }
 
 /// Commits many staged files as [`TempFile::commit`] does each: all are
-/// synced first, from several threads at once (concurrent syncs share the
-/// device's cache flushes: about a third of the time per file here, 0.08
-/// against 0.24 ms), then renamed in the given order, so that whatever
-/// names an earlier file can follow it.
+/// made durable first, then renamed in the given order, so that whatever
+/// names an earlier file can follow it. Many files are synced by one
+/// `syncfs` of their file system (one device flush for all: 0.03 ms per
+/// small file here, against 0.24 ms for a sync each); a few from several
+/// threads at once, which share the device's flushes (0.08 ms per file).
 pub fn commit_all(staged: Vec<(TempFile, PathBuf, u32)>) -> io::Result<()> {
     const SYNC_THREADS: usize = 16;
+    const SYNCFS_FROM: usize = 32;
     let mut staged = staged;
     for (tmp, _, mode) in &mut staged {
         tmp.file()?
@@ -108,7 +110,13 @@ pub fn commit_all(staged: Vec<(TempFile, PathBuf, u32)>) -> io::Result<()> {
         .iter()
         .map(|(tmp, _, _)| tmp.file.as_ref().expect("opened above"))
         .collect();
-    if files.len() < 4 {
+    if files.len() >= SYNCFS_FROM {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which is open.
+        if unsafe { libc::syncfs(files[0].as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    } else if files.len() < 4 {
         for file in &files {
             file.sync_data()?;
         }
@@ -178,7 +186,8 @@ mod tests {
     fn many_files_commit_together_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let tmp = dir.path().join("tmp");
-        for n in [2usize, 40] {
+        // One at a time, from threads, and by one syncfs.
+        for n in [2usize, 12, 40] {
             let staged = (0..n)
                 .map(|i| {
                     let mut t = TempFile::new_in(&tmp).unwrap();
