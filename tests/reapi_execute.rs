@@ -424,3 +424,65 @@ async fn update_action_result_needs_its_outputs() {
         ep.server.shutdown().await.unwrap();
     }
 }
+
+/// Under the default launcher `env --` a command starts as `env` would
+/// start it (argv[0] as named, found along the search path), one `env`
+/// cannot start fails as under `env` (exit 127), and what an action leaves
+/// running in its process group ends with it.
+#[tokio::test]
+async fn commands_start_as_under_env_and_leave_nothing_running() {
+    let ep = start_execute(HashFunction::GitSha1, 2).await;
+    let root = ep.upload_tree(&script("#!/bin/sh\n")).await;
+    let action = ep
+        .action(
+            &root,
+            &["sh", "-c", "echo \"$0\"; sleep 300 & echo $!"],
+            &[],
+            0,
+            false,
+        )
+        .await;
+    let result = response_of(&ep.execute(&action, false).await)
+        .result
+        .unwrap();
+    assert_eq!(result.exit_code, 0);
+    let stdout = ep.read_blob(result.stdout_digest.as_ref().unwrap()).await;
+    let stdout = String::from_utf8(stdout).unwrap();
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("sh"), "argv[0] as the action named it");
+    let pid: u32 = lines.next().unwrap().parse().unwrap();
+    // SIGKILL was sent before the answer; the process is gone or a zombie
+    // as soon as the kernel has delivered it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        if stat.is_empty() || state == Some("Z") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} still runs: {stat}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let missing = ep
+        .action(&root, &["no-such-program-anywhere"], &[], 0, false)
+        .await;
+    let result = response_of(&ep.execute(&missing, false).await)
+        .result
+        .unwrap();
+    assert_eq!(result.exit_code, 127, "as env exits");
+    let stderr = ep.read_blob(result.stderr_digest.as_ref().unwrap()).await;
+    assert!(
+        String::from_utf8_lossy(&stderr).contains("no-such-program-anywhere"),
+        "env names it"
+    );
+    ep.server.shutdown().await.unwrap();
+}
