@@ -28,6 +28,8 @@ pub enum CopyError {
     Missing(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the pack writer stopped")]
+    WriterStopped,
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
     #[error(transparent)]
@@ -83,15 +85,22 @@ pub async fn remote_tree_to_git(
     root: &Digest,
 ) -> Result<Oid, CopyError> {
     let sink = PackSink::open(scratch)?;
-    let root_oid = match remote.hash_function() {
-        HashFunction::GitSha1 => {
-            let oid = Oid::from_str(&root.hash)?;
-            fetch_git_tree(remote, repo_path, root, &sink).await?;
-            oid
-        }
-        HashFunction::Sha256 => directories_to_git(remote, root, &sink).await?,
+    let fetched = match remote.hash_function() {
+        HashFunction::GitSha1 => match Oid::from_str(&root.hash) {
+            Ok(oid) => fetch_git_tree(remote, repo_path, root, &sink)
+                .await
+                .map(|()| oid),
+            Err(e) => Err(e.into()),
+        },
+        HashFunction::Sha256 => directories_to_git(remote, root, &sink).await,
     };
-    let (scratch, packs) = sink.finish().await?;
+    // The writer's own failure explains a stopped fetch better.
+    let written = sink.finish().await;
+    let root_oid = match (fetched, written) {
+        (Err(CopyError::WriterStopped), Err(e)) => return Err(e),
+        (fetched, written) => (fetched?, written?),
+    };
+    let (root_oid, (scratch, packs)) = root_oid;
     let path = repo_path.to_path_buf();
     blocking(move || {
         let repo = Repository::open_bare(&path)?;
@@ -135,9 +144,11 @@ impl PackSink {
     }
 
     async fn send(&self, kind: PackKind, data: Vec<u8>) -> Result<(), CopyError> {
-        // A writer that stopped failed; finish() reports why.
-        let _ = self.tx.send((kind, data)).await;
-        Ok(())
+        // A writer that stopped failed: stop fetching; finish() says why.
+        self.tx
+            .send((kind, data))
+            .await
+            .map_err(|_| CopyError::WriterStopped)
     }
 
     async fn finish(self) -> Result<(ScratchDir, Vec<PackFiles>), CopyError> {
