@@ -25,7 +25,6 @@ use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
 use jserve::proto::source_tree_client::SourceTreeClient;
 use jserve::proto::*;
 use serde_json::json;
-use tonic::transport::Channel;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -42,14 +41,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 async fn commit_tree(port: u16, commit: &str) {
     for clients in [1usize, 8, 64] {
         let per_client = 2000 / clients.max(1) + 20;
@@ -58,7 +49,7 @@ async fn commit_tree(port: u16, commit: &str) {
         for _ in 0..clients {
             let commit = commit.to_string();
             tasks.push(tokio::spawn(async move {
-                let mut c = SourceTreeClient::new(channel(port).await);
+                let mut c = SourceTreeClient::new(common::channel(port).await);
                 let mut times = Vec::with_capacity(per_client);
                 for _ in 0..per_client {
                     let t = Instant::now();
@@ -144,7 +135,7 @@ fn helper_run(archive: &Path, scratch: &Path, level: u32) -> (Duration, Option<u
 }
 
 async fn archive(dir: &Path, port: u16, archive_id: &str, archive_path: &Path, label: &str) {
-    let mut c = SourceTreeClient::new(channel(port).await);
+    let mut c = SourceTreeClient::new(common::channel(port).await);
     let ask = || ServeArchiveTreeRequest {
         content: archive_id.to_string(),
         archive_type: ArchiveType::Tar as i32,

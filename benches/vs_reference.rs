@@ -146,14 +146,6 @@ fn start(program: &Path, dir: &Path, repo: &Path) -> Server {
     Server { child, port }
 }
 
-async fn connect(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// What the clients ask.
 #[derive(Clone)]
 enum Call {
@@ -196,7 +188,7 @@ impl Call {
 async fn rate(port: u16, call: &Call, clients: usize) -> (f64, Duration) {
     let mut channels = Vec::new();
     for _ in 0..clients {
-        channels.push(connect(port).await);
+        channels.push(common::channel(port).await);
     }
     // Warm the connections up.
     for channel in &channels {
@@ -351,7 +343,7 @@ fn main() {
         // The target request of each server, built there once.
         let mut targets = Vec::new();
         for (_, server) in &servers {
-            let channel = connect(server.port).await;
+            let channel = common::channel(server.port).await;
             let request =
                 request_at(&channel, HashFunction::GitSha1, &tree, "one", json!({})).await;
             common::targets::ask(&mut TargetClient::new(channel), &request).await;
@@ -473,7 +465,7 @@ impl Cold {
     async fn large(&self, commit: &str) {
         let best = self
             .best("cold-large", 3, |port| async move {
-                let mut client = SourceTree::new(connect(port).await);
+                let mut client = SourceTree::new(common::channel(port).await);
                 let start = Instant::now();
                 let r = client.commit_tree(commit, "large", true).await;
                 let sync = start.elapsed();
@@ -503,7 +495,7 @@ impl Cold {
     async fn archive(&self, content: &str) {
         let best = self
             .best("cold-archive", 2, |port| async move {
-                let channel = connect(port).await;
+                let channel = common::channel(port).await;
                 let mut client = SourceTree::new(channel);
                 let mut times = Vec::new();
                 for sync in [false, true] {
@@ -531,7 +523,7 @@ impl Cold {
     async fn targets(&self, tree: &str) {
         let best = self
             .best("cold-target", 2, |port| async move {
-                let channel = connect(port).await;
+                let channel = common::channel(port).await;
                 let mut times = Vec::new();
                 let many =
                     request_at(&channel, HashFunction::GitSha1, tree, "many", json!({})).await;

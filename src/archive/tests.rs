@@ -675,6 +675,20 @@ fn git_tree_matches_system_tar_and_git() {
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(src.join("lib/big.bin"), &big).unwrap();
 
+    // The system git in `dir`, without system or user configuration.
+    let git_in = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", tmp.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "git {args:?}: {err}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
     let mut archives = 0;
     for (flag, name) in [("-cf", "a.tar"), ("-czf", "a.tar.gz"), ("-cJf", "a.tar.xz")] {
         let archive = tmp.path().join(name);
@@ -706,19 +720,7 @@ fn git_tree_matches_system_tar_and_git() {
         let repo = git2::Repository::init_bare(&repo_path).unwrap();
         crate::git::install_packs(&repo, &done.packs).unwrap();
         let ours = done.root.to_string();
-        let fsck = Command::new("git")
-            .arg("--git-dir")
-            .arg(&repo_path)
-            .args(["fsck", "--strict", "--no-dangling"])
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("HOME", tmp.path())
-            .output()
-            .unwrap();
-        assert!(
-            fsck.status.success(),
-            "git fsck: {}",
-            String::from_utf8_lossy(&fsck.stderr)
-        );
+        git_in(&repo_path, &["fsck", "--strict", "--no-dangling"]);
 
         // Reference: the system tar extracts, git computes the tree.
         let reference = tmp.path().join(format!("ref-{name}"));
@@ -728,21 +730,9 @@ fn git_tree_matches_system_tar_and_git() {
             .arg(&reference)
             .arg("-xf")
             .arg(&archive));
-        let git = |args: &[&str]| {
-            let out = Command::new("git")
-                .arg("-C")
-                .arg(&reference)
-                .args(args)
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("HOME", tmp.path())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "git {args:?}");
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
-        git(&["init", "-q"]);
-        git(&["add", "-A"]);
-        let expected = git(&["write-tree"]);
+        git_in(&reference, &["init", "-q"]);
+        git_in(&reference, &["add", "-A"]);
+        let expected = git_in(&reference, &["write-tree"]);
         assert_eq!(ours, expected, "{name}");
     }
 }

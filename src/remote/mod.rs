@@ -59,7 +59,8 @@ pub trait RemoteCas: Send + Sync {
     /// Those of `digests` the endpoint does not have.
     async fn find_missing(&self, digests: Vec<Digest>) -> Result<Vec<Digest>, RemoteError>;
 
-    /// Uploads in-memory objects, in the given order (batched where small).
+    /// Uploads in-memory objects (batched where small). A tree goes up
+    /// only after the objects before it in `blobs`; blobs may go first.
     async fn upload_blobs(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError>;
 
     /// Uploads one object from a file, streaming it.

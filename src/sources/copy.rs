@@ -84,7 +84,7 @@ pub async fn remote_tree_to_git(
     scratch: &std::path::Path,
     root: &Digest,
 ) -> Result<Oid, CopyError> {
-    let sink = PackSink::open(scratch)?;
+    let sink = PackSink::open(scratch);
     let fetched = match remote.hash_function() {
         HashFunction::GitSha1 => match Oid::from_str(&root.hash) {
             Ok(oid) => fetch_git_tree(remote, repo_path, root, &sink)
@@ -123,12 +123,15 @@ struct PackSink {
 }
 
 impl PackSink {
-    fn open(scratch: &std::path::Path) -> Result<PackSink, CopyError> {
-        let dir = crate::storage::staging::scratch_dir(scratch, "remote-tree")
-            .map_err(|e| CopyError::Invalid(format!("cannot stage a pack: {e}")))?;
+    /// Starts the writer; all its file work, the scratch directory's
+    /// creation too, happens on its blocking thread.
+    fn open(scratch: &std::path::Path) -> PackSink {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(PackKind, Vec<u8>)>(SINK_QUEUE);
+        let scratch = scratch.to_path_buf();
         let writer = tokio::task::spawn_blocking(
             move || -> Result<(ScratchDir, Vec<PackFiles>), CopyError> {
+                let dir = crate::storage::staging::scratch_dir(&scratch, "remote-tree")
+                    .map_err(|e| CopyError::Invalid(format!("cannot stage a pack: {e}")))?;
                 let failed =
                     |e: crate::git::GitError| CopyError::Invalid(format!("writing a pack: {e}"));
                 let mut writer =
@@ -140,7 +143,7 @@ impl PackSink {
                 Ok((dir, files.into_iter().collect()))
             },
         );
-        Ok(PackSink { tx, writer })
+        PackSink { tx, writer }
     }
 
     async fn send(&self, kind: PackKind, data: Vec<u8>) -> Result<(), CopyError> {

@@ -89,11 +89,7 @@ pub fn load_targets(actions: usize, depth: usize, width: usize) -> Value {
     }
     // An install's "dirs" stage their targets' artifacts ("deps" only the
     // runfiles, which generic targets have none of).
-    t.insert("many-impl".into(), json!({"type": "install", "dirs": all}));
-    t.insert(
-        "many".into(),
-        json!({"type": "export", "target": "many-impl"}),
-    );
+    export(&mut t, "many", json!({"type": "install", "dirs": all}));
     for i in 0..depth {
         let (deps, cmd) = match i {
             0 => (json!([]), "echo 0 > c0.txt".to_string()),
@@ -102,35 +98,34 @@ pub fn load_targets(actions: usize, depth: usize, width: usize) -> Value {
                 format!("cat c{}.txt > c{i}.txt && echo {i} >> c{i}.txt", i - 1),
             ),
         };
-        t.insert(
-            format!("c{i}-impl"),
+        export(
+            &mut t,
+            &format!("c{i}"),
             json!({"type": "generic", "outs": [format!("c{i}.txt")], "deps": deps, "cmds": [cmd]}),
-        );
-        t.insert(
-            format!("c{i}"),
-            json!({"type": "export", "target": format!("c{i}-impl")}),
         );
     }
     let mut wide = Vec::new();
     for i in 0..width {
-        t.insert(
-            format!("w{i}-impl"),
+        export(
+            &mut t,
+            &format!("w{i}"),
             json!({"type": "generic", "outs": [format!("w{i}.txt")],
                    "cmds": [format!("echo wide {i} > w{i}.txt")]}),
-        );
-        t.insert(
-            format!("w{i}"),
-            json!({"type": "export", "target": format!("w{i}-impl")}),
         );
         wide.push(json!([format!("w{i}"), "."]));
     }
     if depth > 0 {
         wide.push(json!([format!("c{}", depth - 1), "."]));
     }
-    t.insert("load-impl".into(), json!({"type": "install", "dirs": wide}));
-    t.insert(
-        "load".into(),
-        json!({"type": "export", "target": "load-impl"}),
-    );
+    export(&mut t, "load", json!({"type": "install", "dirs": wide}));
     Value::Object(t)
+}
+
+/// Target `name`, an export of `NAME-impl` defined as `definition`.
+fn export(targets: &mut Map<String, Value>, name: &str, definition: Value) {
+    targets.insert(format!("{name}-impl"), definition);
+    targets.insert(
+        name.to_string(),
+        json!({"type": "export", "target": format!("{name}-impl")}),
+    );
 }
