@@ -106,7 +106,10 @@ impl ServeContext {
                     (None, clients)
                 }
             };
-        let sources = Arc::new(Sources::new(build_root.clone(), repos.clone(), remote));
+        let sources = Arc::new(
+            Sources::new(build_root.clone(), repos.clone(), remote)
+                .with_fetch_limits(config.unpacking().limits),
+        );
         let gc = crate::storage::gc::GcLocks::for_root(&build_root);
         Ok(Arc::new(ServeContext {
             hash,

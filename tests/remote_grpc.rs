@@ -1034,11 +1034,18 @@ async fn get_tree_lists_directories_in_compatible_mode() {
     let cas = GrpcCas::connect(config(ep.server.addr, "", HashFunction::Sha256))
         .await
         .unwrap();
-    let dirs = cas.get_tree(&root).await.unwrap().expect("GetTree answers");
+    let dirs = cas
+        .get_tree(&root, u64::MAX)
+        .await
+        .unwrap()
+        .expect("GetTree answers");
     assert_eq!(dirs.len(), 3, "root, a, a/b");
+    // A listing over the bound is refused, not held.
+    let e = cas.get_tree(&root, 10).await.unwrap_err();
+    assert!(matches!(e, RemoteError::TooLarge { .. }), "{e}");
     // A root the endpoint does not have is not listed.
     let absent = HashFunction::Sha256.digest_bytes(ObjectKind::Tree, b"no such directory");
-    assert!(cas.get_tree(&absent).await.unwrap().is_none());
+    assert!(cas.get_tree(&absent, u64::MAX).await.unwrap().is_none());
     ep.server.shutdown().await.unwrap();
 
     // Native endpoints have no Directory trees to list.
@@ -1047,6 +1054,67 @@ async fn get_tree_lists_directories_in_compatible_mode() {
         .await
         .unwrap();
     let tree = HashFunction::GitSha1.digest_bytes(ObjectKind::Tree, b"");
-    assert!(cas.get_tree(&tree).await.unwrap().is_none());
+    assert!(cas.get_tree(&tree, u64::MAX).await.unwrap().is_none());
     ep.server.shutdown().await.unwrap();
+}
+
+/// Reads under bounds: small objects in memory, larger ones in the spill
+/// file (also when a native digest carries no size), too large ones refused.
+#[tokio::test]
+async fn bounded_reads_spill_large_objects_and_refuse_oversized_ones() {
+    use jserve::remote::{Fetched, ReadBounds};
+    for hf in [HashFunction::GitSha1, HashFunction::Sha256] {
+        let ep = start_execute(hf, 1).await;
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        ep.upload_blob(&data).await;
+        let cas = GrpcCas::connect(config(ep.server.addr, "", hf))
+            .await
+            .unwrap();
+        let mut digest = hf.digest_bytes(ObjectKind::File, &data);
+        let dir = tempfile::tempdir().unwrap();
+        let spill = dir.path().join("spill");
+        let sizes = if hf.is_native() {
+            vec![true, false]
+        } else {
+            vec![true]
+        };
+        for size_known in sizes {
+            // Native digests taken from git trees have no size.
+            digest.size = if size_known { data.len() as u64 } else { 0 };
+            let case = format!("{hf:?} size known: {size_known}");
+            let bounds = |in_memory, max| ReadBounds {
+                in_memory,
+                max,
+                spill: &spill,
+            };
+            let got = cas.read_bounded(&digest, bounds(1 << 20, 1 << 20)).await;
+            assert_eq!(got.unwrap(), Some(Fetched::Memory(data.clone())), "{case}");
+            assert!(!spill.exists(), "{case}");
+            let got = cas.read_bounded(&digest, bounds(1000, 1 << 20)).await;
+            assert_eq!(
+                got.unwrap(),
+                Some(Fetched::File(data.len() as u64)),
+                "{case}"
+            );
+            assert_eq!(std::fs::read(&spill).unwrap(), data, "{case}");
+            std::fs::remove_file(&spill).unwrap();
+            let e = cas
+                .read_bounded(&digest, bounds(1000, 50_000))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, RemoteError::TooLarge { .. }), "{case}: {e}");
+            assert!(!spill.exists(), "{case}: a refused read leaves no file");
+        }
+        let absent = hf.digest_bytes(ObjectKind::File, b"not uploaded");
+        let got = cas.read_bounded(
+            &absent,
+            ReadBounds {
+                in_memory: 10,
+                max: 100,
+                spill: &spill,
+            },
+        );
+        assert_eq!(got.await.unwrap(), None);
+        ep.server.shutdown().await.unwrap();
+    }
 }

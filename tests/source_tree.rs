@@ -647,3 +647,175 @@ async fn unreachable_endpoint_in(compatible: bool) {
     );
     server.shutdown().await.unwrap();
 }
+
+/// GetRemoteTree takes in what an archive may unpack to ("archive limits"),
+/// large files included, whichever endpoint holds the tree, and refuses more.
+#[tokio::test]
+async fn get_remote_tree_within_the_archive_limits() {
+    use common::reapi::{start_execute, Endpoint, TestFile};
+    use jserve::digest::HashFunction;
+    use std::collections::BTreeMap;
+
+    const MIB: usize = 1 << 20;
+    // Over the 1 MiB read into memory, so it comes through a file.
+    let big = |seed: u8| -> Vec<u8> {
+        (0..3 * MIB)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+            .collect()
+    };
+    let small = |n: usize| TestFile {
+        content: format!("file {n}\n").into_bytes(),
+        executable: false,
+    };
+    for compatible in [false, true] {
+        let hash = if compatible {
+            HashFunction::Sha256
+        } else {
+            HashFunction::GitSha1
+        };
+        for external in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let limits = json!({"max bytes": 5 * MIB, "max entries": 20});
+            let mut extra = json!({"archive limits": limits});
+            let outside = if external {
+                let ep = start_execute(hash, 1).await;
+                let address = format!("127.0.0.1:{}", ep.server.addr.port());
+                extra["execution endpoint"] = json!({"address": address, "compatible": compatible});
+                Some(ep)
+            } else {
+                extra["execution endpoint"] = json!({"compatible": compatible});
+                None
+            };
+            let (_ctx, own) = common::start_serve(&config_in(dir.path(), extra), hash).await;
+            let holder: &Endpoint = outside.as_ref().unwrap_or(&own);
+            let mut c = SourceTree::new(own.channel.clone());
+            let cache = dir.path().join("build-root/repositories/generation-0/git");
+            let case = format!("compatible={compatible} external={external}");
+
+            // Within the limits: a large file, an executable, a subdirectory.
+            let files: BTreeMap<&str, TestFile> = [
+                (
+                    "big.bin",
+                    TestFile {
+                        content: big(1),
+                        executable: false,
+                    },
+                ),
+                ("sub/a.txt", small(1)),
+                (
+                    "run",
+                    TestFile {
+                        content: b"#!/bin/sh\n".to_vec(),
+                        executable: true,
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect();
+            let expected = git_tree_of(dir.path(), &files);
+            let root = holder.upload_tree(&files).await;
+            let r = c.get_remote_tree(root).await;
+            assert_eq!(r.status, 0, "{case}");
+            assert_eq!(
+                git(&cache, &["cat-file", "-t", &expected]),
+                "tree",
+                "{case}"
+            );
+            let listed = git(&cache, &["ls-tree", "-r", &expected]);
+            let blob = listed
+                .lines()
+                .find(|l| l.ends_with("\tbig.bin"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .unwrap()
+                .to_string();
+            let out = Command::new("git")
+                .args(["-C", cache.to_str().unwrap(), "cat-file", "blob", &blob])
+                .output()
+                .unwrap();
+            assert!(out.stdout == big(1), "{case}: the large file arrives whole");
+            git(&cache, &["fsck", "--strict", "--no-dangling"]);
+
+            // More bytes than "max bytes", or more entries than "max entries":
+            // refused, and nothing of it lands in the git cache.
+            let heavy: BTreeMap<&str, TestFile> = [("a.bin", big(2)), ("b.bin", big(3))]
+                .into_iter()
+                .map(|(name, content)| {
+                    let file = TestFile {
+                        content,
+                        executable: false,
+                    };
+                    (name, file)
+                })
+                .collect();
+            let names: Vec<String> = (0..25).map(|i| format!("f{i}")).collect();
+            let many: BTreeMap<&str, TestFile> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), small(i)))
+                .collect();
+            for (what, files) in [("bytes", heavy), ("entries", many)] {
+                let expected = git_tree_of(dir.path(), &files);
+                let root = holder.upload_tree(&files).await;
+                let r = c.get_remote_tree(root).await;
+                assert_eq!(
+                    r.status,
+                    get_remote_tree_response::GetRemoteTreeStatus::FailedPrecondition as i32,
+                    "{case}: too many {what}"
+                );
+                let present = Command::new("git")
+                    .args(["-C", cache.to_str().unwrap(), "cat-file", "-e", &expected])
+                    .status()
+                    .unwrap();
+                assert!(!present.success(), "{case}: too many {what}");
+            }
+            // Nothing is left in the staging area.
+            let left: Vec<_> = walkdir(&dir.path().join("build-root/tmp"))
+                .into_iter()
+                .filter(|p| p.is_file() && !p.ends_with(".lock"))
+                .collect();
+            assert!(left.is_empty(), "{case}: left behind {left:?}");
+            own.server.shutdown().await.unwrap();
+            if let Some(ep) = outside {
+                ep.server.shutdown().await.unwrap();
+            }
+        }
+    }
+}
+
+/// The git tree id of `files` (written out under `base` and imported).
+fn git_tree_of(
+    base: &Path,
+    files: &std::collections::BTreeMap<&str, common::reapi::TestFile>,
+) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let out = tempfile::tempdir_in(base).unwrap();
+    for (path, f) in files {
+        let p = out.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &f.content).unwrap();
+        if f.executable {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let scratch = tempfile::tempdir_in(base).unwrap();
+    let repo = git2::Repository::init_bare(scratch.path()).unwrap();
+    jserve::git::import_directory(&repo, out.path())
+        .unwrap()
+        .to_string()
+}
+
+/// Every path below `dir` (none if it does not exist).
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}

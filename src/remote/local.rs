@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{RemoteCas, RemoteError};
+use super::{Fetched, ReadBounds, RemoteCas, RemoteError};
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::{EndpointError, LocalEndpoint};
 
@@ -119,6 +119,39 @@ impl RemoteCas for LocalRemote {
         .await
     }
 
+    async fn read_bounded(
+        &self,
+        digest: &Digest,
+        bounds: ReadBounds<'_>,
+    ) -> Result<Option<Fetched>, RemoteError> {
+        let (endpoint, digest) = (self.endpoint.clone(), digest.clone());
+        let (in_memory, max, spill) = (bounds.in_memory, bounds.max, bounds.spill.to_path_buf());
+        blocking(move || {
+            let Some(source) = endpoint.object_path(&digest) else {
+                return Ok(None);
+            };
+            let io = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| RemoteError::Io { path, source }
+            };
+            let len = std::fs::metadata(&source).map_err(io(&source))?.len();
+            if len > max {
+                return Err(RemoteError::TooLarge {
+                    hash: digest.hash,
+                    limit: max,
+                });
+            }
+            if len <= in_memory {
+                return Ok(Some(Fetched::Memory(
+                    std::fs::read(&source).map_err(io(&source))?,
+                )));
+            }
+            std::fs::copy(&source, &spill).map_err(io(&spill))?;
+            Ok(Some(Fetched::File(len)))
+        })
+        .await
+    }
+
     async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError> {
         let (endpoint, digest, dest) = (self.endpoint.clone(), digest.clone(), dest.to_path_buf());
         blocking(move || {
@@ -140,18 +173,32 @@ impl RemoteCas for LocalRemote {
     async fn get_tree(
         &self,
         root: &Digest,
+        max_bytes: u64,
     ) -> Result<
         Option<Vec<bazel_remote_apis::build::bazel::remote::execution::v2::Directory>>,
         RemoteError,
     > {
+        use prost::Message;
         if self.endpoint.hash.is_native() {
             return Ok(None);
         }
         let (endpoint, root) = (self.endpoint.clone(), root.clone());
-        blocking(move || match endpoint.directories(&root) {
-            Ok(dirs) => Ok(Some(dirs)),
-            Err(EndpointError::NotFound(_)) => Ok(None),
-            Err(e) => Err(RemoteError::Other(e.to_string())),
+        blocking(move || {
+            let (mut dirs, mut bytes) = (Vec::new(), 0u64);
+            let walked = endpoint.for_each_directory(&root, |dir| {
+                bytes += dir.encoded_len() as u64;
+                dirs.push(dir);
+                bytes <= max_bytes
+            });
+            match walked {
+                Ok(()) if bytes > max_bytes => Err(RemoteError::TooLarge {
+                    hash: format!("the listing of tree {}", root.hash),
+                    limit: max_bytes,
+                }),
+                Ok(()) => Ok(Some(dirs)),
+                Err(EndpointError::NotFound(_)) => Ok(None),
+                Err(e) => Err(RemoteError::Other(e.to_string())),
+            }
         })
         .await
     }

@@ -45,8 +45,29 @@ pub enum RemoteError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// An object over the size its reader allows.
+    #[error("{hash} is larger than {limit} bytes")]
+    TooLarge { hash: String, limit: u64 },
     #[error("{0}")]
     Other(String),
+}
+
+/// How [`RemoteCas::read_bounded`] may read one object: into memory up to
+/// `in_memory` bytes, into the new file `spill` beyond that, and not at all
+/// beyond `max` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadBounds<'a> {
+    pub in_memory: u64,
+    pub max: u64,
+    pub spill: &'a Path,
+}
+
+/// An object read under [`ReadBounds`]: its content, or its length in the
+/// spill file (checked against its digest either way).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    Memory(Vec<u8>),
+    File(u64),
 }
 
 /// The CAS of the associated endpoint. Digests are in the endpoint's hash
@@ -69,13 +90,26 @@ pub trait RemoteCas: Send + Sync {
     /// Reads one object into memory; `None` if the endpoint does not have it.
     async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError>;
 
+    /// Reads one object within `bounds`, whether or not its size is known
+    /// (native digests from git trees carry none); `None` if absent.
+    async fn read_bounded(
+        &self,
+        digest: &Digest,
+        bounds: ReadBounds<'_>,
+    ) -> Result<Option<Fetched>, RemoteError>;
+
     /// Streams one object into `dest` (created or replaced); false if absent.
     async fn download_to_file(&self, digest: &Digest, dest: &Path) -> Result<bool, RemoteError>;
 
     /// Compatible mode: every `Directory` of the tree `root` (GetTree), so a
     /// whole tree's structure arrives in one call. `None` where the endpoint
     /// cannot list it (native mode, or no GetTree): read the objects one by one.
-    async fn get_tree(&self, root: &Digest) -> Result<Option<Vec<Directory>>, RemoteError>;
+    /// Messages of more than `max_bytes` in all are [`RemoteError::TooLarge`].
+    async fn get_tree(
+        &self,
+        root: &Digest,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<Directory>>, RemoteError>;
 }
 
 /// The CAS and Execution clients of one endpoint.

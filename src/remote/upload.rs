@@ -134,9 +134,17 @@ mod tests {
         async fn download_to_file(&self, _: &Digest, _: &Path) -> Result<bool, RemoteError> {
             Ok(false)
         }
+        async fn read_bounded(
+            &self,
+            _: &Digest,
+            _: crate::remote::ReadBounds<'_>,
+        ) -> Result<Option<crate::remote::Fetched>, RemoteError> {
+            Ok(None)
+        }
         async fn get_tree(
             &self,
             _: &Digest,
+            _: u64,
         ) -> Result<
             Option<Vec<bazel_remote_apis::build::bazel::remote::execution::v2::Directory>>,
             RemoteError,

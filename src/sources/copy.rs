@@ -11,11 +11,12 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 use git2::{ObjectType, Oid, Repository};
 use prost::Message;
 
+use crate::archive::Limits;
 use crate::digest::{
     parse_git_tree, serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind,
 };
 use crate::git::{install_packs, PackFiles, PackKind, PackWriter};
-use crate::remote::RemoteCas;
+use crate::remote::{Fetched, ReadBounds, RemoteCas, RemoteError, MAX_DECODING_BYTES};
 use crate::storage::staging::ScratchDir;
 use crate::storage::trees::{directory_nodes, Node};
 use crate::storage::Cas;
@@ -30,16 +31,28 @@ pub enum CopyError {
     Invalid(String),
     #[error("the pack writer stopped")]
     WriterStopped,
+    /// The tree is over the configured bounds of one import.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
     #[error(transparent)]
     Cas(#[from] crate::storage::CasError),
     #[error(transparent)]
-    Remote(#[from] crate::remote::RemoteError),
+    Remote(RemoteError),
     #[error(transparent)]
     Tree(#[from] crate::digest::TreeError),
     #[error(transparent)]
     TooDeep(#[from] crate::tree_walk::TooDeep),
+}
+
+impl From<RemoteError> for CopyError {
+    fn from(e: RemoteError) -> CopyError {
+        match e {
+            RemoteError::TooLarge { .. } => CopyError::TooLarge(e.to_string()),
+            e => CopyError::Remote(e),
+        }
+    }
 }
 
 /// Writes native CAS tree `tree` (and everything below it) into `repo`.
@@ -77,22 +90,40 @@ pub fn native_cas_tree_to_git(cas: &Cas, repo: &Repository, tree: &str) -> Resul
 /// Fetches tree `root` from the endpoint into the repository at `repo_path`;
 /// returns its git tree id. What arrives goes into one pack as it comes (on
 /// a blocking thread, staged in `scratch`), so memory holds the tree
-/// structure and a bounded number of objects in flight, never the content.
+/// structure and a bounded number of objects in flight, never the content:
+/// objects over [`IN_MEMORY`] come through files. The tree may have at most
+/// `limits.max_entries` distinct objects and `limits.max_total_bytes` bytes
+/// of distinct files (those the repository has already not counted), as an
+/// unpacked archive.
 pub async fn remote_tree_to_git(
     remote: &Arc<dyn RemoteCas>,
     repo_path: &std::path::Path,
     scratch: &std::path::Path,
     root: &Digest,
+    limits: &Limits,
 ) -> Result<Oid, CopyError> {
     let sink = PackSink::open(scratch);
+    let spill_dir = {
+        let scratch = scratch.to_path_buf();
+        blocking(move || {
+            crate::storage::staging::scratch_dir(&scratch, "remote-blobs")
+                .map_err(|e| CopyError::Invalid(format!("cannot stage large objects: {e}")))
+        })
+        .await?
+    };
+    let mut budget = Budget::new(limits);
+    let spill = Arc::new(Spill {
+        dir: spill_dir.path().to_path_buf(),
+        next: Default::default(),
+    });
     let fetched = match remote.hash_function() {
         HashFunction::GitSha1 => match Oid::from_str(&root.hash) {
-            Ok(oid) => fetch_git_tree(remote, repo_path, root, &sink)
+            Ok(oid) => fetch_git_tree(remote, repo_path, root, &sink, &spill, &mut budget)
                 .await
                 .map(|()| oid),
             Err(e) => Err(e.into()),
         },
-        HashFunction::Sha256 => directories_to_git(remote, root, &sink).await,
+        HashFunction::Sha256 => directories_to_git(remote, root, &sink, &spill, &mut budget).await,
     };
     // The writer's own failure explains a stopped fetch better.
     let written = sink.finish().await;
@@ -105,19 +136,103 @@ pub async fn remote_tree_to_git(
     blocking(move || {
         let repo = Repository::open_bare(&path)?;
         install_packs(&repo, &packs).map_err(|e| CopyError::Invalid(e.to_string()))?;
-        drop(scratch);
+        drop((scratch, spill_dir));
         Ok(())
     })
     .await?;
     Ok(root_oid)
 }
 
+/// Objects up to this size are read into memory; larger ones into a file
+/// each. Memory thus holds at most ([`PARALLEL_READS`] + [`SINK_QUEUE`])
+/// times this much content.
+const IN_MEMORY: u64 = 1 << 20;
+
+/// What one fetched tree may still add: distinct objects and file bytes.
+struct Budget {
+    entries: u64,
+    bytes: u64,
+    limits: Limits,
+}
+
+impl Budget {
+    fn new(limits: &Limits) -> Budget {
+        Budget {
+            entries: 0,
+            bytes: 0,
+            limits: limits.clone(),
+        }
+    }
+
+    fn add_entries(&mut self, n: u64) -> Result<(), CopyError> {
+        self.entries += n;
+        if self.entries > self.limits.max_entries {
+            return Err(CopyError::TooLarge(format!(
+                "the tree has more than {} entries",
+                self.limits.max_entries
+            )));
+        }
+        Ok(())
+    }
+
+    fn add_bytes(&mut self, n: u64) -> Result<(), CopyError> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(CopyError::TooLarge(format!(
+                "the tree's files have more than {} bytes",
+                self.limits.max_total_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The most one more file may have.
+    fn remaining_bytes(&self) -> u64 {
+        self.limits.max_total_bytes.saturating_sub(self.bytes)
+    }
+}
+
+/// Files for objects over [`IN_MEMORY`], in a scratch directory of the fetch.
+struct Spill {
+    dir: std::path::PathBuf,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Spill {
+    fn path(&self) -> std::path::PathBuf {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dir.join(n.to_string())
+    }
+}
+
+/// A fetched object's content: in memory, or in a spill file of that length.
+enum Content {
+    Memory(Vec<u8>),
+    File(std::path::PathBuf, u64),
+}
+
+impl Content {
+    fn len(&self) -> u64 {
+        match self {
+            Content::Memory(data) => data.len() as u64,
+            Content::File(_, len) => *len,
+        }
+    }
+}
+
 /// Objects in flight to the pack writer.
 const SINK_QUEUE: usize = 64;
 
+/// What the pack writer is sent: an object, or a blob in a spill file (which
+/// it streams, then removes), whose id it answers.
+enum Item {
+    Object(PackKind, Vec<u8>),
+    File(std::path::PathBuf, u64, tokio::sync::oneshot::Sender<Oid>),
+}
+
 /// A pack written on a blocking thread from objects sent to it.
 struct PackSink {
-    tx: tokio::sync::mpsc::Sender<(PackKind, Vec<u8>)>,
+    tx: tokio::sync::mpsc::Sender<Item>,
     /// The scratch directory goes once the packs are installed.
     writer: tokio::task::JoinHandle<Result<(ScratchDir, Vec<PackFiles>), CopyError>>,
 }
@@ -126,7 +241,7 @@ impl PackSink {
     /// Starts the writer; all its file work, the scratch directory's
     /// creation too, happens on its blocking thread.
     fn open(scratch: &std::path::Path) -> PackSink {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(PackKind, Vec<u8>)>(SINK_QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(SINK_QUEUE);
         let scratch = scratch.to_path_buf();
         let writer = tokio::task::spawn_blocking(
             move || -> Result<(ScratchDir, Vec<PackFiles>), CopyError> {
@@ -136,8 +251,17 @@ impl PackSink {
                     |e: crate::git::GitError| CopyError::Invalid(format!("writing a pack: {e}"));
                 let mut writer =
                     PackWriter::create(&dir.path().join("incoming.pack"), 1).map_err(failed)?;
-                while let Some((kind, data)) = rx.blocking_recv() {
-                    writer.add(kind, &data).map_err(failed)?;
+                while let Some(item) = rx.blocking_recv() {
+                    match item {
+                        Item::Object(kind, data) => {
+                            writer.add(kind, &data).map_err(failed)?;
+                        }
+                        Item::File(path, len, id) => {
+                            let oid = stream_file(&mut writer, &path, len)?;
+                            let _ = std::fs::remove_file(&path);
+                            let _ = id.send(oid);
+                        }
+                    }
                 }
                 let files = writer.finish().map_err(failed)?;
                 Ok((dir, files.into_iter().collect()))
@@ -147,9 +271,29 @@ impl PackSink {
     }
 
     async fn send(&self, kind: PackKind, data: Vec<u8>) -> Result<(), CopyError> {
+        self.send_item(Item::Object(kind, data)).await
+    }
+
+    /// Sends a blob, whatever holds it; its git id once written.
+    async fn send_blob(
+        &self,
+        content: Content,
+    ) -> Result<tokio::sync::oneshot::Receiver<Oid>, CopyError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match content {
+            Content::Memory(data) => {
+                let _ = tx.send(git_id(ObjectType::Blob, &data)?);
+                self.send(PackKind::Blob, data).await?;
+            }
+            Content::File(path, len) => self.send_item(Item::File(path, len, tx)).await?,
+        }
+        Ok(rx)
+    }
+
+    async fn send_item(&self, item: Item) -> Result<(), CopyError> {
         // A writer that stopped failed: stop fetching; finish() says why.
         self.tx
-            .send((kind, data))
+            .send(item)
             .await
             .map_err(|_| CopyError::WriterStopped)
     }
@@ -162,53 +306,105 @@ impl PackSink {
     }
 }
 
+/// Streams the blob in the file at `path` (`len` bytes) into `writer`.
+fn stream_file(
+    writer: &mut PackWriter,
+    path: &std::path::Path,
+    len: u64,
+) -> Result<Oid, CopyError> {
+    use std::io::Read;
+    let failed = |e: crate::git::GitError| CopyError::Invalid(format!("writing a pack: {e}"));
+    let io = |e: std::io::Error| CopyError::Invalid(format!("reading {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    writer.begin_blob(len).map_err(failed)?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        writer.write_chunk(&buf[..n]).map_err(failed)?;
+    }
+    writer.finish_object().map_err(failed)
+}
+
 /// Reads of one kind from the endpoint, up to [`PARALLEL_READS`] at once,
-/// each checked against its id; answers in the order they complete.
+/// each checked against its digest by the reader; answers in the order they
+/// complete. Trees and directories are read into memory (at most
+/// [`MAX_DECODING_BYTES`] each), blobs as [`Content`] of at most `max` bytes
+/// each.
 struct Fetcher {
     remote: Arc<dyn RemoteCas>,
     pending: std::vec::IntoIter<Digest>,
-    running: tokio::task::JoinSet<Result<(Digest, Vec<u8>), CopyError>>,
+    running: tokio::task::JoinSet<Result<(Digest, Content), CopyError>>,
     kind: ObjectType,
+    spill: Arc<Spill>,
+    max: u64,
 }
 
 impl Fetcher {
-    fn new(remote: &Arc<dyn RemoteCas>, digests: Vec<Digest>, kind: ObjectType) -> Fetcher {
+    fn new(
+        remote: &Arc<dyn RemoteCas>,
+        digests: Vec<Digest>,
+        kind: ObjectType,
+        spill: &Arc<Spill>,
+        max: u64,
+    ) -> Fetcher {
         Fetcher {
             remote: remote.clone(),
             pending: digests.into_iter(),
             running: tokio::task::JoinSet::new(),
             kind,
+            spill: spill.clone(),
+            max,
         }
     }
 
-    async fn next(&mut self) -> Option<Result<(Digest, Vec<u8>), CopyError>> {
+    /// Sets the most bytes of the blobs read from now on.
+    fn set_max(&mut self, max: u64) {
+        self.max = max;
+    }
+
+    async fn next(&mut self) -> Option<Result<(Digest, Content), CopyError>> {
         while self.running.len() < PARALLEL_READS {
             let Some(digest) = self.pending.next() else {
                 break;
             };
             let (remote, kind) = (self.remote.clone(), self.kind);
+            let spill = self.spill.path();
+            let (in_memory, max) = match kind {
+                ObjectType::Blob => (IN_MEMORY, self.max),
+                _ => (MAX_DECODING_BYTES as u64, MAX_DECODING_BYTES as u64),
+            };
             self.running.spawn(async move {
-                let data = remote
-                    .read_blob(&digest)
+                let bounds = ReadBounds {
+                    in_memory,
+                    max,
+                    spill: &spill,
+                };
+                let fetched = remote
+                    .read_bounded(&digest, bounds)
                     .await?
                     .ok_or_else(|| CopyError::Missing(format!("{kind} {}", digest.hash)))?;
-                let actual = match remote.hash_function() {
-                    HashFunction::GitSha1 => git_id(kind, &data)?.to_string(),
-                    HashFunction::Sha256 => {
-                        HashFunction::Sha256.hash_bytes(ObjectKind::File, &data)
-                    }
-                };
-                if actual != digest.hash {
-                    return Err(CopyError::Invalid(format!(
-                        "{kind} {} has other content",
-                        digest.hash
-                    )));
-                }
-                Ok((digest, data))
+                Ok(match fetched {
+                    Fetched::Memory(data) => (digest, Content::Memory(data)),
+                    Fetched::File(len) => (digest, Content::File(spill, len)),
+                })
             });
         }
         let done = self.running.join_next().await?;
         Some(done.unwrap_or_else(|e| Err(CopyError::Invalid(format!("read task failed: {e}")))))
+    }
+}
+
+/// A tree or directory read by a [`Fetcher`], which reads them into memory.
+fn in_memory(digest: &Digest, content: Content) -> Result<Vec<u8>, CopyError> {
+    match content {
+        Content::Memory(data) => Ok(data),
+        Content::File(..) => Err(CopyError::Invalid(format!(
+            "{} was not read into memory",
+            digest.hash
+        ))),
     }
 }
 
@@ -252,15 +448,21 @@ async fn fetch_git_tree(
     repo_path: &std::path::Path,
     root: &Digest,
     sink: &PackSink,
+    spill: &Arc<Spill>,
+    budget: &mut Budget,
 ) -> Result<(), CopyError> {
     let mut level = absent(repo_path, vec![root.clone()]).await?;
+    budget.add_entries(level.len() as u64)?;
     let mut seen = HashSet::new();
     let mut blobs = Vec::new();
+    // Levels are walked one after the other, not recursively: the entry
+    // bound is the only one depth needs.
     while !level.is_empty() {
         let mut next = Vec::new();
-        let mut trees = Fetcher::new(remote, level, ObjectType::Tree);
+        let mut trees = Fetcher::new(remote, level, ObjectType::Tree, spill, 0);
         while let Some(fetched) = trees.next().await {
-            let (_, bytes) = fetched?;
+            let (digest, content) = fetched?;
+            let bytes = in_memory(&digest, content)?;
             for e in parse_git_tree(&bytes)? {
                 let child = Digest {
                     hash: hex::encode(e.id),
@@ -270,6 +472,7 @@ async fn fetch_git_tree(
                 if !seen.insert(child.hash.clone()) {
                     continue;
                 }
+                budget.add_entries(1)?;
                 match child.is_tree {
                     true => next.push(child),
                     false => blobs.push(child),
@@ -279,15 +482,35 @@ async fn fetch_git_tree(
         }
         level = absent(repo_path, next).await?;
     }
-    let mut fetcher = Fetcher::new(remote, absent(repo_path, blobs).await?, ObjectType::Blob);
+    let blobs = absent(repo_path, blobs).await?;
+    let mut fetcher = Fetcher::new(
+        remote,
+        blobs,
+        ObjectType::Blob,
+        spill,
+        budget.remaining_bytes(),
+    );
     while let Some(fetched) = fetcher.next().await {
-        sink.send(PackKind::Blob, fetched?.1).await?;
+        let (_, content) = fetched?;
+        budget.add_bytes(content.len())?;
+        fetcher.set_max(budget.remaining_bytes());
+        // Native ids are the git ids: no need to learn them from the writer.
+        match content {
+            Content::Memory(data) => sink.send(PackKind::Blob, data).await?,
+            Content::File(path, len) => {
+                let (id, _) = tokio::sync::oneshot::channel();
+                sink.send_item(Item::File(path, len, id)).await?;
+            }
+        }
     }
     Ok(())
 }
 
 /// Objects read from the endpoint at once.
 const PARALLEL_READS: usize = 16;
+
+/// The most bytes of `Directory` messages one GetTree listing may bring.
+const MAX_LISTING_BYTES: u64 = 256 << 20;
 
 /// Compatible mode: rebuilds a git tree from `Directory` messages. All
 /// directories first (one GetTree call where the endpoint has it), then every
@@ -296,11 +519,13 @@ async fn directories_to_git(
     remote: &Arc<dyn RemoteCas>,
     root: &Digest,
     sink: &PackSink,
+    spill: &Arc<Spill>,
+    budget: &mut Budget,
 ) -> Result<Oid, CopyError> {
     // Re-encoded messages that do not hash to their id (another server's
     // encoding) are simply read again below.
     let mut dirs = HashMap::new();
-    if let Some(listed) = remote.get_tree(root).await? {
+    if let Some(listed) = remote.get_tree(root, MAX_LISTING_BYTES).await? {
         for dir in listed {
             dirs.insert(
                 HashFunction::Sha256.hash_bytes(ObjectKind::File, &dir.encode_to_vec()),
@@ -316,34 +541,65 @@ async fn directories_to_git(
             continue;
         }
         if !dirs.contains_key(&d.hash) {
-            let bytes = remote
-                .read_blob(&d)
+            let spill = spill.path();
+            let bounds = ReadBounds {
+                in_memory: MAX_DECODING_BYTES as u64,
+                max: MAX_DECODING_BYTES as u64,
+                spill: &spill,
+            };
+            let fetched = remote
+                .read_bounded(&d, bounds)
                 .await?
                 .ok_or_else(|| CopyError::Missing(format!("directory {}", d.hash)))?;
+            let bytes = match fetched {
+                Fetched::Memory(data) => data,
+                Fetched::File(len) => in_memory(&d, Content::File(spill, len))?,
+            };
             let dir = reapi::Directory::decode(bytes.as_slice())
                 .map_err(|e| CopyError::Invalid(format!("{} is not a Directory: {e}", d.hash)))?;
             dirs.insert(d.hash.clone(), dir);
         }
-        for node in directory_nodes(HashFunction::Sha256, &d.hash, &dirs[&d.hash])
-            .map_err(|e| CopyError::Invalid(e.to_string()))?
-        {
+        let nodes = directory_nodes(HashFunction::Sha256, &d.hash, &dirs[&d.hash])
+            .map_err(|e| CopyError::Invalid(e.to_string()))?;
+        budget.add_entries(nodes.len() as u64 + 1)?;
+        for node in nodes {
             match node {
                 Node::Dir { digest, .. } => queue.push(digest),
                 Node::File { digest, .. } => {
-                    files.insert(digest.hash.clone(), digest);
+                    if !files.contains_key(&digest.hash) {
+                        budget.add_bytes(digest.size)?;
+                        files.insert(digest.hash.clone(), digest);
+                    }
                 }
                 Node::Symlink { .. } => {}
             }
         }
     }
 
-    // The files into the pack as they come; only their git ids stay.
+    // The files into the pack as they come; only their git ids stay (those
+    // of files streamed from a spill file come from the writer).
     let mut oids: HashMap<String, Oid> = HashMap::new();
-    let mut fetcher = Fetcher::new(remote, files.into_values().collect(), ObjectType::Blob);
+    let mut streamed = Vec::new();
+    let mut fetcher = Fetcher::new(
+        remote,
+        files.into_values().collect(),
+        ObjectType::Blob,
+        spill,
+        budget.limits.max_total_bytes,
+    );
     while let Some(fetched) = fetcher.next().await {
-        let (digest, data) = fetched?;
-        oids.insert(digest.hash, git_id(ObjectType::Blob, &data)?);
-        sink.send(PackKind::Blob, data).await?;
+        let (digest, content) = fetched?;
+        let mut id = sink.send_blob(content).await?;
+        match id.try_recv() {
+            Ok(oid) => {
+                oids.insert(digest.hash, oid);
+            }
+            Err(_) => streamed.push((digest.hash, id)),
+        }
+    }
+    for (hash, id) in streamed {
+        let oid = id.await.map_err(|_| CopyError::WriterStopped)?;
+        oids.insert(hash, oid);
     }
     let mut objects = Vec::new();
     let mut walk = GitTrees {

@@ -10,7 +10,8 @@ use crate::digest::Digest;
 use crate::git::commit_and_keep;
 
 impl Sources {
-    /// GetRemoteTree: fetches a tree from the endpoint's CAS into the git cache.
+    /// GetRemoteTree: fetches a tree from the endpoint's CAS into the git
+    /// cache, if it is within the bounds of an unpacked archive.
     pub async fn get_remote_tree(&self, digest: &Digest) -> Outcome {
         let mut digest = digest.clone();
         if self.remote_hash().is_native() {
@@ -28,11 +29,16 @@ impl Sources {
         }
         let cache = self.git_cache();
         let scratch = self.build_root.tmp_dir();
-        let tree = match remote_tree_to_git(&self.remote, &cache, &scratch, &digest).await {
+        let limits = &self.fetch_limits;
+        let copied = remote_tree_to_git(&self.remote, &cache, &scratch, &digest, limits).await;
+        let tree = match copied {
             Ok(t) => t,
-            Err(e @ (CopyError::Missing(_) | CopyError::Remote(_) | CopyError::Invalid(_))) => {
-                return Outcome::FailedPrecondition(e.to_string())
-            }
+            Err(
+                e @ (CopyError::Missing(_)
+                | CopyError::Remote(_)
+                | CopyError::Invalid(_)
+                | CopyError::TooLarge(_)),
+            ) => return Outcome::FailedPrecondition(e.to_string()),
             Err(e) => return Outcome::Internal(e.to_string()),
         };
         let message = format!("Content of tree {}", digest.hash);

@@ -48,6 +48,8 @@ pub struct Sources {
     /// (archive content, archive kind, subdirectory) -> (repository index,
     /// tree), once unpacked.
     archive_subtrees: crate::memo::Memo<(String, &'static str, String), (usize, String)>,
+    /// Bounds on a tree fetched from the endpoint: those of an unpacked archive.
+    fetch_limits: crate::archive::Limits,
 }
 
 /// What went wrong inside a SourceTree operation: the text of its
@@ -105,7 +107,14 @@ impl Sources {
             repos,
             build_root,
             once: Default::default(),
+            fetch_limits: Default::default(),
         }
+    }
+
+    /// These sources, fetching trees from the endpoint within `limits`.
+    pub fn with_fetch_limits(mut self, limits: crate::archive::Limits) -> Sources {
+        self.fetch_limits = limits;
+        self
     }
 
     /// The endpoint's hash mode.

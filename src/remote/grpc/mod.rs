@@ -33,7 +33,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::{RemoteCas, RemoteError};
+use super::{Fetched, ReadBounds, RemoteCas, RemoteError};
 use crate::config::{Address, AuthConfig, RetryConfig};
 use crate::digest::{Digest, HashFunction, ObjectHasher};
 use crate::remote::retry::{backoff, is_retryable, with_jitter, Random};
@@ -510,6 +510,17 @@ impl GrpcCas {
         if !self.read_stream(digest, &mut download).await? {
             return Ok(false);
         }
+        self.finish_file(digest, tmp, download).await?;
+        Ok(true)
+    }
+
+    /// Flushes a download that ended in file `tmp` and checks it against `digest`.
+    async fn finish_file(
+        &self,
+        digest: &Digest,
+        tmp: &Path,
+        download: Download,
+    ) -> Result<(), RemoteError> {
         let Download {
             target,
             len,
@@ -539,7 +550,7 @@ impl GrpcCas {
                 hash: digest.hash.clone(),
             });
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -695,7 +706,50 @@ impl RemoteCas for GrpcCas {
         }
     }
 
-    async fn get_tree(&self, root: &Digest) -> Result<Option<Vec<reapi::Directory>>, RemoteError> {
+    async fn read_bounded(
+        &self,
+        digest: &Digest,
+        bounds: ReadBounds<'_>,
+    ) -> Result<Option<Fetched>, RemoteError> {
+        let too_large = || RemoteError::TooLarge {
+            hash: digest.hash.clone(),
+            limit: bounds.max,
+        };
+        if digest.size_known(self.hash) {
+            if digest.size > bounds.max {
+                return Err(too_large());
+            }
+            if digest.size <= bounds.in_memory {
+                return Ok(self.read_blob(digest).await?.map(Fetched::Memory));
+            }
+            let found = self.download_to_file(digest, bounds.spill).await?;
+            return Ok(found.then_some(Fetched::File(digest.size)));
+        }
+        // Size unknown: in memory while it is small, then on in the file.
+        let spill = bounds.spill.to_path_buf();
+        let mut guard = TempFile(Some(spill.clone()));
+        let mut download = Download::new(self.hash, digest, Target::Memory(Vec::new()));
+        download.spill = Some((bounds.in_memory, spill.clone()));
+        download.max = Some(bounds.max);
+        if !self.read_stream(digest, &mut download).await? {
+            return Ok(None);
+        }
+        let len = download.len;
+        if let Target::Memory(data) = &mut download.target {
+            let data = std::mem::take(data);
+            verify(self.hash, digest, &data)?;
+            return Ok(Some(Fetched::Memory(data)));
+        }
+        self.finish_file(digest, &spill, download).await?;
+        guard.0 = None;
+        Ok(Some(Fetched::File(len)))
+    }
+
+    async fn get_tree(
+        &self,
+        root: &Digest,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<reapi::Directory>>, RemoteError> {
         if self.hash.is_native() {
             return Ok(None);
         }
@@ -703,6 +757,7 @@ impl RemoteCas for GrpcCas {
             .retrying("GetTree", || async {
                 let mut client = self.cas_client();
                 let mut directories = Vec::new();
+                let mut bytes = 0u64;
                 let mut token = String::new();
                 // Pages arrive as a stream; a stream ending with a token asks for another call.
                 loop {
@@ -721,6 +776,17 @@ impl RemoteCas for GrpcCas {
                             .map_err(|_| self.no_answer("GetTree"))?
                             .map_err(|s| Failed::status("GetTree", s))?;
                         let Some(page) = page else { break };
+                        bytes += page
+                            .directories
+                            .iter()
+                            .map(|d| prost::Message::encoded_len(d) as u64)
+                            .sum::<u64>();
+                        if bytes > max_bytes {
+                            return Err(Failed::fatal(RemoteError::TooLarge {
+                                hash: format!("the listing of tree {}", root.hash),
+                                limit: max_bytes,
+                            }));
+                        }
                         directories.extend(page.directories);
                         token = page.next_page_token;
                     }

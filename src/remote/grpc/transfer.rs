@@ -195,6 +195,11 @@ pub(super) struct Download {
     pub(super) len: u64,
     pub(super) expected: Option<u64>,
     pub(super) hasher: Option<ObjectHasher>,
+    /// A memory download goes on in this file once it is longer than the
+    /// given number of bytes.
+    pub(super) spill: Option<(u64, PathBuf)>,
+    /// More bytes than this are refused.
+    pub(super) max: Option<u64>,
 }
 
 impl Download {
@@ -206,6 +211,8 @@ impl Download {
             len: 0,
             expected: known.then_some(digest.size),
             hasher: known.then(|| hf.hasher(digest.framing(), digest.size)),
+            spill: None,
+            max: None,
         }
     }
 
@@ -217,6 +224,22 @@ impl Download {
             return Err(RemoteError::Corrupt {
                 hash: self.hash.clone(),
             });
+        }
+        let len = self.len + data.len() as u64;
+        if let Some(max) = self.max.filter(|&max| len > max) {
+            return Err(RemoteError::TooLarge {
+                hash: self.hash.clone(),
+                limit: max,
+            });
+        }
+        if let (Target::Memory(buf), Some((at, path))) = (&self.target, &self.spill) {
+            if len > *at {
+                let mut file = tokio::fs::File::create(path)
+                    .await
+                    .map_err(io_error(path))?;
+                file.write_all(buf).await.map_err(io_error(path))?;
+                self.target = Target::File(file, path.clone());
+            }
         }
         match &mut self.target {
             Target::Memory(buf) => buf.extend_from_slice(data),
