@@ -1118,3 +1118,75 @@ async fn bounded_reads_spill_large_objects_and_refuse_oversized_ones() {
         ep.server.shutdown().await.unwrap();
     }
 }
+
+/// Batched reads of native digests without sizes (those taken from git
+/// trees): what the endpoint has comes in one BatchReadBlobs call, trees
+/// included; what is absent, or would make the answer too large, is left
+/// out for reading one by one.
+async fn check_sizeless_batches(cas: &GrpcCas, who: &str) {
+    let small: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("small {i}\n").into_bytes())
+        .collect();
+    // Over the 16 MiB that an answer for sizeless digests may have.
+    let big: Vec<u8> = (0..17u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let digest = |data: &[u8]| HashFunction::GitSha1.digest_bytes(ObjectKind::File, data);
+    let mut blobs: Vec<(Digest, Vec<u8>)> = small.iter().map(|d| (digest(d), d.clone())).collect();
+    blobs.push((digest(&big), big.clone()));
+    let (tree, tree_bytes) = git_tree(&[("a", &blobs[0].0)]);
+    blobs.push((tree.clone(), tree_bytes.clone()));
+    cas.upload_blobs(blobs.clone()).await.unwrap();
+
+    let absent = digest(b"never uploaded");
+    let sizeless: Vec<Digest> = blobs.iter().map(|(d, _)| unknown_size(d)).collect();
+    let mut asked = sizeless.clone();
+    asked.push(unknown_size(&absent));
+    // The small ones and the tree in one answer.
+    let mut read = cas.read_small(asked, 1 << 20).await.unwrap();
+    read.sort_by(|a, b| a.0.hash.cmp(&b.0.hash));
+    let mut want: Vec<(String, Vec<u8>)> = blobs
+        .iter()
+        .filter(|(_, data)| data.len() < 1 << 20)
+        .map(|(d, data)| (d.hash.clone(), data.clone()))
+        .collect();
+    want.sort();
+    let got: Vec<(String, Vec<u8>)> = read.into_iter().map(|(d, data)| (d.hash, data)).collect();
+    assert_eq!(got, want, "{who}");
+    // The large one alone: its answer would be too large, so nothing.
+    let big_alone = cas
+        .read_small(vec![sizeless[3].clone()], 1 << 20)
+        .await
+        .unwrap();
+    assert!(big_alone.is_empty(), "{who}");
+}
+
+#[tokio::test]
+async fn sizeless_digests_are_read_in_batches() {
+    let ep = start_execute(HashFunction::GitSha1, 1).await;
+    let cas = GrpcCas::connect(config(ep.server.addr, "", HashFunction::GitSha1))
+        .await
+        .unwrap();
+    check_sizeless_batches(&cas, "jserve").await;
+    ep.server.shutdown().await.unwrap();
+    // The reference's endpoint, of both generations.
+    for (label, just) in [
+        ("just execute 1.5", common::reference::reference_just()),
+        ("just execute 1.6", common::reference::reference_just_16()),
+    ] {
+        let Some(just) = just else {
+            println!("SKIPPED: {label} not installed");
+            continue;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let execute = common::endpoints::Execute::start(&just, dir.path(), false, None);
+        let cas = GrpcCas::connect(GrpcCasConfig::new(
+            local(execute.port),
+            "",
+            HashFunction::GitSha1,
+        ))
+        .await
+        .unwrap();
+        check_sizeless_batches(&cas, label).await;
+    }
+}

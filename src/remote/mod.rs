@@ -90,6 +90,17 @@ pub trait RemoteCas: Send + Sync {
     /// Reads one object into memory; `None` if the endpoint does not have it.
     async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError>;
 
+    /// Reads objects expected to be small in as few round trips as the
+    /// endpoint allows (BatchReadBlobs), each checked against its digest.
+    /// Answers those it read; the others (absent, over `max_each` bytes,
+    /// or in a batch the endpoint would not answer whole) are for the caller
+    /// to read one by one.
+    async fn read_small(
+        &self,
+        digests: Vec<Digest>,
+        max_each: u64,
+    ) -> Result<Vec<(Digest, Vec<u8>)>, RemoteError>;
+
     /// Reads one object within `bounds`, whether or not its size is known
     /// (native digests from git trees carry none); `None` if absent.
     async fn read_bounded(

@@ -134,6 +134,13 @@ mod tests {
         async fn download_to_file(&self, _: &Digest, _: &Path) -> Result<bool, RemoteError> {
             Ok(false)
         }
+        async fn read_small(
+            &self,
+            _: Vec<Digest>,
+            _: u64,
+        ) -> Result<Vec<(Digest, Vec<u8>)>, RemoteError> {
+            Ok(Vec::new())
+        }
         async fn read_bounded(
             &self,
             _: &Digest,

@@ -91,7 +91,8 @@ pub fn native_cas_tree_to_git(cas: &Cas, repo: &Repository, tree: &str) -> Resul
 /// returns its git tree id. What arrives goes into one pack as it comes (on
 /// a blocking thread, staged in `scratch`), so memory holds the tree
 /// structure and a bounded number of objects in flight, never the content:
-/// objects over [`IN_MEMORY`] come through files. The tree may have at most
+/// objects over [`IN_MEMORY`] come through files. Small objects are read
+/// in batches, with no round trip each. The tree may have at most
 /// `limits.max_entries` distinct objects and `limits.max_total_bytes` bytes
 /// of distinct files (those the repository has already not counted), as an
 /// unpacked archive.
@@ -145,7 +146,9 @@ pub async fn remote_tree_to_git(
 
 /// Objects up to this size are read into memory; larger ones into a file
 /// each. Memory thus holds at most ([`PARALLEL_READS`] + [`SINK_QUEUE`])
-/// times this much content.
+/// times this much content, plus [`PARALLEL_BATCHES`] batch answers (their
+/// size bounded by the endpoint's batch limit, or 16 MiB where objects
+/// have no known size).
 const IN_MEMORY: u64 = 1 << 20;
 
 /// What one fetched tree may still add: distinct objects and file bytes.
@@ -328,18 +331,31 @@ fn stream_file(
     writer.finish_object().map_err(failed)
 }
 
-/// Reads of one kind from the endpoint, up to [`PARALLEL_READS`] at once,
-/// each checked against its digest by the reader; answers in the order they
-/// complete. Trees and directories are read into memory (at most
-/// [`MAX_DECODING_BYTES`] each), blobs as [`Content`] of at most `max` bytes
-/// each.
+/// Reads of one kind from the endpoint, answered in the order they
+/// complete, each checked against its digest by the reader. Objects go in
+/// batches of [`FETCH_BATCH`] ([`RemoteCas::read_small`], up to
+/// [`PARALLEL_BATCHES`] at once); those a batch leaves out (large or absent)
+/// are read one by one, up to [`PARALLEL_READS`] at once. Trees and
+/// directories are read into memory (at most [`MAX_DECODING_BYTES`] each),
+/// blobs as [`Content`] of at most `max` bytes each.
 struct Fetcher {
     remote: Arc<dyn RemoteCas>,
     pending: std::vec::IntoIter<Digest>,
-    running: tokio::task::JoinSet<Result<(Digest, Content), CopyError>>,
+    /// Left out by their batch.
+    singles: Vec<Digest>,
+    running: tokio::task::JoinSet<Result<Done, CopyError>>,
+    batches_running: usize,
+    /// Read by a batch, not answered yet.
+    ready: std::collections::VecDeque<(Digest, Vec<u8>)>,
     kind: ObjectType,
     spill: Arc<Spill>,
     max: u64,
+}
+
+/// A finished read task: one object, or a batch (what it read, what it left).
+enum Done {
+    One(Digest, Content),
+    Batch(Vec<(Digest, Vec<u8>)>, Vec<Digest>),
 }
 
 impl Fetcher {
@@ -353,7 +369,10 @@ impl Fetcher {
         Fetcher {
             remote: remote.clone(),
             pending: digests.into_iter(),
+            singles: Vec::new(),
             running: tokio::task::JoinSet::new(),
+            batches_running: 0,
+            ready: Default::default(),
             kind,
             spill: spill.clone(),
             max,
@@ -365,17 +384,22 @@ impl Fetcher {
         self.max = max;
     }
 
-    async fn next(&mut self) -> Option<Result<(Digest, Content), CopyError>> {
+    /// (read into memory up to, refused over) for the next reads.
+    fn bounds(&self) -> (u64, u64) {
+        match self.kind {
+            ObjectType::Blob => (IN_MEMORY.min(self.max), self.max),
+            _ => (MAX_DECODING_BYTES as u64, MAX_DECODING_BYTES as u64),
+        }
+    }
+
+    /// Starts what may run now: single reads first, then batches.
+    fn start(&mut self) {
+        let (in_memory, max) = self.bounds();
         while self.running.len() < PARALLEL_READS {
-            let Some(digest) = self.pending.next() else {
+            let Some(digest) = self.singles.pop() else {
                 break;
             };
-            let (remote, kind) = (self.remote.clone(), self.kind);
-            let spill = self.spill.path();
-            let (in_memory, max) = match kind {
-                ObjectType::Blob => (IN_MEMORY, self.max),
-                _ => (MAX_DECODING_BYTES as u64, MAX_DECODING_BYTES as u64),
-            };
+            let (remote, kind, spill) = (self.remote.clone(), self.kind, self.spill.path());
             self.running.spawn(async move {
                 let bounds = ReadBounds {
                     in_memory,
@@ -387,13 +411,51 @@ impl Fetcher {
                     .await?
                     .ok_or_else(|| CopyError::Missing(format!("{kind} {}", digest.hash)))?;
                 Ok(match fetched {
-                    Fetched::Memory(data) => (digest, Content::Memory(data)),
-                    Fetched::File(len) => (digest, Content::File(spill, len)),
+                    Fetched::Memory(data) => Done::One(digest, Content::Memory(data)),
+                    Fetched::File(len) => Done::One(digest, Content::File(spill, len)),
                 })
             });
         }
-        let done = self.running.join_next().await?;
-        Some(done.unwrap_or_else(|e| Err(CopyError::Invalid(format!("read task failed: {e}")))))
+        while self.batches_running < PARALLEL_BATCHES && self.running.len() < PARALLEL_READS {
+            let batch: Vec<Digest> = self.pending.by_ref().take(FETCH_BATCH).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let remote = self.remote.clone();
+            self.batches_running += 1;
+            self.running.spawn(async move {
+                let read = remote.read_small(batch.clone(), in_memory).await?;
+                let got: HashSet<&str> = read.iter().map(|(d, _)| d.hash.as_str()).collect();
+                let left = batch
+                    .iter()
+                    .filter(|d| !got.contains(d.hash.as_str()))
+                    .cloned()
+                    .collect();
+                Ok(Done::Batch(read, left))
+            });
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<(Digest, Content), CopyError>> {
+        loop {
+            if let Some((digest, data)) = self.ready.pop_front() {
+                return Some(Ok((digest, Content::Memory(data))));
+            }
+            self.start();
+            let done = match self.running.join_next().await? {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => return Some(Err(e)),
+                Err(e) => return Some(Err(CopyError::Invalid(format!("read task failed: {e}")))),
+            };
+            match done {
+                Done::One(digest, content) => return Some(Ok((digest, content))),
+                Done::Batch(read, left) => {
+                    self.batches_running -= 1;
+                    self.ready.extend(read);
+                    self.singles.extend(left);
+                }
+            }
+        }
     }
 }
 
@@ -506,8 +568,11 @@ async fn fetch_git_tree(
     Ok(())
 }
 
-/// Objects read from the endpoint at once.
+/// Objects read from the endpoint one by one at once.
 const PARALLEL_READS: usize = 16;
+/// Objects asked for in one batch, and batches under way at once.
+const FETCH_BATCH: usize = 64;
+const PARALLEL_BATCHES: usize = 4;
 
 /// The most bytes of `Directory` messages one GetTree listing may bring.
 const MAX_LISTING_BYTES: u64 = 256 << 20;

@@ -446,6 +446,58 @@ impl GrpcCas {
         .map_err(|f| f.error)
     }
 
+    /// Reads the objects of `digests` in one BatchReadBlobs call, the
+    /// answer at most `max_answer` bytes; those found, unverified. `None`
+    /// when the endpoint will not answer this batch whole (the answer is too
+    /// large, or the batch is refused as too large).
+    async fn read_batch(
+        &self,
+        digests: &[Digest],
+        max_answer: usize,
+    ) -> Result<Option<Vec<(Digest, Vec<u8>)>>, RemoteError> {
+        const CALL: &str = "BatchReadBlobs";
+        let wire: HashMap<String, &Digest> = digests
+            .iter()
+            .map(|d| (d.to_wire(self.hash).hash, d))
+            .collect();
+        let request = reapi::BatchReadBlobsRequest {
+            instance_name: self.instance_name.clone(),
+            digests: digests.iter().map(|d| d.to_wire(self.hash)).collect(),
+            ..Default::default()
+        };
+        let answered = self
+            .retrying(CALL, || {
+                let mut client = ContentAddressableStorageClient::new(self.channel.clone())
+                    .max_decoding_message_size(max_answer);
+                let request = self.request(request.clone());
+                async move { self.unary(CALL, client.batch_read_blobs(request)).await }
+            })
+            .await;
+        let answer = match answered {
+            Ok(answer) => answer,
+            Err(Failed {
+                error: RemoteError::Status { status, .. },
+                ..
+            }) if matches!(
+                status.code(),
+                Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+            ) =>
+            {
+                return Ok(None)
+            }
+            Err(f) => return Err(f.error),
+        };
+        let mut read = Vec::with_capacity(digests.len());
+        for response in answer.responses {
+            let ok = response.status.as_ref().is_none_or(|s| s.code == 0);
+            let digest = response.digest.and_then(|d| wire.get(&d.hash).copied());
+            if let (true, Some(digest), 0) = (ok, digest, response.compressor) {
+                read.push((digest.clone(), response.data));
+            }
+        }
+        Ok(Some(read))
+    }
+
     /// Reads one object through ByteStream into `download`, resuming after
     /// transient failures; false if absent. Unverified.
     async fn read_stream(
@@ -595,6 +647,12 @@ impl Retrier<'_> {
     }
 }
 
+/// Objects of unknown size asked for in one BatchReadBlobs call.
+const UNKNOWN_BATCH: usize = 64;
+/// The largest answer taken to such a call; a larger one is not read, and
+/// its objects are read one by one.
+const UNKNOWN_ANSWER_BYTES: usize = 16 << 20;
+
 #[tonic::async_trait]
 impl RemoteCas for GrpcCas {
     fn hash_function(&self) -> HashFunction {
@@ -704,6 +762,67 @@ impl RemoteCas for GrpcCas {
             }
             None => Ok(None),
         }
+    }
+
+    async fn read_small(
+        &self,
+        digests: Vec<Digest>,
+        max_each: u64,
+    ) -> Result<Vec<(Digest, Vec<u8>)>, RemoteError> {
+        // Known sizes fill batches up to the endpoint's limit; unknown ones
+        // (native digests from git trees) go UNKNOWN_BATCH at a time, the
+        // answer capped at UNKNOWN_ANSWER_BYTES, a batch with a large object
+        // halved until the others come.
+        let limit = self.max_batch_bytes().await?;
+        let mut batches: Vec<(Vec<Digest>, usize)> = Vec::new();
+        let (mut known, mut known_bytes) = (Vec::new(), 0usize);
+        let mut unknown = Vec::new();
+        for d in digests {
+            if !d.size_known(self.hash) {
+                unknown.push(d);
+                if unknown.len() == UNKNOWN_BATCH {
+                    batches.push((std::mem::take(&mut unknown), UNKNOWN_ANSWER_BYTES));
+                }
+                continue;
+            }
+            if d.size > max_each || !self.fits_batch(d.size).await? {
+                continue;
+            }
+            let cost = d.size as usize + ENTRY_OVERHEAD;
+            if known_bytes + cost > limit && !known.is_empty() {
+                batches.push((std::mem::take(&mut known), MAX_DECODING_BYTES));
+                known_bytes = 0;
+            }
+            known_bytes += cost;
+            known.push(d);
+        }
+        if !unknown.is_empty() {
+            batches.push((unknown, UNKNOWN_ANSWER_BYTES));
+        }
+        if !known.is_empty() {
+            batches.push((known, MAX_DECODING_BYTES));
+        }
+        let mut read = Vec::new();
+        while let Some((batch, max_answer)) = batches.pop() {
+            let Some(found) = self.read_batch(&batch, max_answer).await? else {
+                // Too large as a whole: each half on its own, down to
+                // single objects, which are left out.
+                if batch.len() > 1 {
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    batches.push((first, max_answer));
+                    batches.push((second, max_answer));
+                }
+                continue;
+            };
+            for (digest, data) in found {
+                verify(self.hash, &digest, &data)?;
+                if data.len() as u64 <= max_each {
+                    read.push((digest, data));
+                }
+            }
+        }
+        Ok(read)
     }
 
     async fn read_bounded(
