@@ -48,6 +48,8 @@ pub enum DaemonError {
     Serve(tonic::transport::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::http::ListenError),
 }
 
 /// What the info file records about a running daemon.
@@ -73,8 +75,11 @@ pub struct RunningServer {
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
     state_files: Vec<PathBuf>,
-    /// Work beside serving (the collector), stopped with the server.
+    /// Work beside serving (the collector, the metrics listener), stopped
+    /// with the server.
     background: Vec<JoinHandle<()>>,
+    /// Where the metrics are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// How a bounded stop ended.
@@ -124,6 +129,20 @@ impl RunningServer {
         self.background.push(crate::storage::gc::collector::spawn(
             locks, root, config, stats,
         ));
+    }
+
+    /// Serves Prometheus metrics at `config`'s address (`GET /metrics`).
+    pub async fn serve_metrics(
+        &mut self,
+        config: &crate::config::MetricsConfig,
+        scrape: crate::metrics::Scrape,
+    ) -> Result<(), DaemonError> {
+        let (addr, task) =
+            crate::metrics::http::serve(&config.interface, config.port, scrape).await?;
+        tracing::info!("metrics at http://{addr}/metrics");
+        self.metrics_addr = Some(addr);
+        self.background.push(task);
+        Ok(())
     }
 
     fn stop_background(&self) {
@@ -283,6 +302,17 @@ pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError>
             ctx.gc_stats.clone(),
         );
     }
+    if let Some(metrics) = &ctx.config.metrics {
+        let scrape = crate::metrics::Scrape::new(
+            Some(ctx.target_stats.clone()),
+            Some(ctx.gc_stats.clone()),
+            Some(ctx.build_root.clone()),
+        );
+        if let Err(e) = server.serve_metrics(metrics, scrape).await {
+            let _ = server.shutdown().await;
+            return Err(e);
+        }
+    }
     Ok(server)
 }
 
@@ -291,6 +321,8 @@ pub async fn start_services(
     listen: &Listen,
     services: Services,
 ) -> Result<RunningServer, DaemonError> {
+    // The metrics' start time is the daemon's.
+    crate::metrics::global();
     let service = listen.service.clone();
     let listener = tokio::net::TcpListener::bind((service.interface.as_str(), service.port))
         .await
@@ -316,6 +348,7 @@ pub async fn start_services(
             let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
             tracing::info_span!("rpc", id, method = %request.uri().path())
         })
+        .layer(crate::metrics::layer::MetricsLayer)
         .layer(crate::connections::activity_layer())
         .layer(crate::gc_layer::layer(services.gc_locks()))
         .layer(crate::status_layer::layer());
@@ -406,5 +439,6 @@ pub async fn start_services(
         task,
         state_files,
         background: Vec::new(),
+        metrics_addr: None,
     })
 }

@@ -15,6 +15,7 @@ pub mod git;
 mod hold_layer;
 pub mod logging;
 pub mod memo;
+pub mod metrics;
 pub mod remote;
 pub mod serve;
 pub mod sources;

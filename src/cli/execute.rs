@@ -100,6 +100,12 @@ pub struct ExecuteArgs {
     /// never removed.
     #[arg(long = "gc-min-age", value_name = "SECONDS", default_value_t = 60.0)]
     gc_min_age: f64,
+    /// Serve Prometheus metrics over HTTP at this port (`GET /metrics`; 0: any free port).
+    #[arg(long = "metrics-port", value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// The interface of the metrics port.
+    #[arg(long = "metrics-interface", default_value = "127.0.0.1")]
+    metrics_interface: String,
     /// Accepted for compatibility with `just execute`; jserve keeps a fixed number of finished operations.
     #[arg(long = "log-operations-threshold", hide = true)]
     log_operations_threshold: Option<u32>,
@@ -203,6 +209,10 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
         },
     };
     let stop_timeout = Duration::from_secs_f64(args.stop_timeout);
+    let metrics = args.metrics_port.map(|port| crate::config::MetricsConfig {
+        interface: args.metrics_interface,
+        port,
+    });
     run_daemon(
         &logging,
         &[],
@@ -220,8 +230,20 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
             let locks = endpoint.gc.clone();
             let mut server =
                 crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?;
+            let gc_stats = std::sync::Arc::new(crate::storage::gc::collector::GcStats::default());
+            if let Some(metrics) = metrics {
+                let scrape = crate::metrics::Scrape::new(
+                    None,
+                    Some(gc_stats.clone()),
+                    Some(build_root.clone()),
+                );
+                if let Err(e) = server.serve_metrics(&metrics, scrape).await {
+                    let _ = server.shutdown().await;
+                    return Err(e.into());
+                }
+            }
             if let Some(gc) = gc {
-                server.collect_garbage(locks, build_root, gc, Default::default());
+                server.collect_garbage(locks, build_root, gc, gc_stats);
             }
             Ok(server)
         },

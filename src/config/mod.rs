@@ -246,6 +246,23 @@ pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// What was used this recently is never removed, by default.
 pub const DEFAULT_GC_MIN_AGE: Duration = Duration::from_secs(60);
 
+/// Where Prometheus metrics are served (jserve's own `"metrics"` key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub interface: String,
+    /// 0 picks a free port.
+    pub port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            interface: "127.0.0.1".into(),
+            port: 9100,
+        }
+    }
+}
+
 /// Keeping the build root within a size bound (storage::gc::collector).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GcConfig {
@@ -279,6 +296,8 @@ pub struct ServeConfig {
     /// The build root's size bound (`"gc"`); none: nothing is removed
     /// automatically.
     pub gc: Option<GcConfig>,
+    /// Prometheus metrics (`"metrics"`); none: not served.
+    pub metrics: Option<MetricsConfig>,
     /// The jserve binary that unpacks archives in a child process (not a
     /// file key: the command line sets it to itself). None: in this process.
     pub unpack_helper: Option<PathBuf>,

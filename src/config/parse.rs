@@ -109,6 +109,10 @@ impl ServeConfig {
         if let Some((k, v)) = top.get("gc") {
             gc = Some(gc_section(Obj::new(v, k)?, &mut warnings)?);
         }
+        let mut metrics = None;
+        if let Some((k, v)) = top.get("metrics") {
+            metrics = Some(metrics_section(Obj::new(v, k)?, &mut warnings)?);
+        }
         top.finish(&mut warnings);
 
         Ok(ServeConfig {
@@ -124,10 +128,27 @@ impl ServeConfig {
             archive_limits,
             stop_timeout,
             gc,
+            metrics,
             unpack_helper: None,
             warnings,
         })
     }
+}
+
+/// The `"metrics"` object (jserve's own): where Prometheus scrapes.
+fn metrics_section(
+    mut o: Obj<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<MetricsConfig, ConfigError> {
+    let mut metrics = MetricsConfig::default();
+    if let Some((k, v)) = o.get("interface") {
+        metrics.interface = string(v, &k)?;
+    }
+    if let Some((k, v)) = o.get("port") {
+        metrics.port = integer(v, &k, 0, 65535)? as u16;
+    }
+    o.finish(warnings);
+    Ok(metrics)
 }
 
 /// The `"gc"` object (jserve's own): the size bound of the build root.

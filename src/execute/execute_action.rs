@@ -163,6 +163,7 @@ impl LocalEndpoint {
         .map_err(|e| EndpointError::Internal(e.to_string()))??;
 
         if let Some(result) = cached {
+            action_outcome("cached");
             tracing::info!(action = %action_digest.hash, "served from action cache");
             let response = reapi::ExecuteResponse {
                 result: Some(result),
@@ -235,7 +236,12 @@ impl LocalEndpoint {
         demand: Arc<Demand>,
     ) -> reapi::ExecuteResponse {
         let do_not_cache = loaded.action.do_not_cache;
-        match self.runner.run(loaded.spec, demand).await {
+        let ran = self.runner.run(loaded.spec, demand).await;
+        action_outcome(match &ran {
+            Ok(outcome) if outcome.result.exit_code == 0 && !outcome.timed_out => "executed",
+            _ => "failed",
+        });
+        match ran {
             Ok(outcome) if outcome.timed_out => reapi::ExecuteResponse {
                 result: Some(outcome.result),
                 status: rpc_status(
@@ -283,4 +289,12 @@ impl LocalEndpoint {
             }
         }
     }
+}
+
+/// Counts an action for the metrics: executed, failed or cached.
+fn action_outcome(outcome: &'static str) {
+    crate::metrics::global()
+        .actions
+        .get_or_create(&crate::metrics::ActionOutcome { outcome })
+        .inc();
 }

@@ -307,11 +307,15 @@ impl GrpcExecutor {
     }
 
     /// Waits before the next attempt if one is left.
-    async fn another_attempt(&self, attempt: &mut u32, what: &str, why: &str) -> bool {
+    async fn another_attempt(&self, attempt: &mut u32, what: &'static str, why: &str) -> bool {
         let max = self.config.retry.max_attempts.max(1);
         if *attempt >= max {
             return false;
         }
+        crate::metrics::global()
+            .endpoint_retries
+            .get_or_create(&crate::metrics::Method { method: what })
+            .inc();
         let wait = retry::wait(&self.config.retry, *attempt, &self.random);
         tracing::info!(
             "{what} at {}: attempt {}/{max} failed: {why}; retrying in {wait:.1?}",
@@ -339,10 +343,14 @@ impl RemoteExecutor for GrpcExecutor {
         let mut reattached = 0u32;
         let mut running: Option<String> = None;
         loop {
-            let followed = match &running {
-                None => self.execute_once(action, skip_cache_lookup).await,
-                Some(name) => self.wait_once(name).await,
+            let (call, followed) = match &running {
+                None => (
+                    "Execute",
+                    self.execute_once(action, skip_cache_lookup).await,
+                ),
+                Some(name) => ("WaitExecution", self.wait_once(name).await),
             };
+            crate::metrics::global().endpoint_call(call, followed.is_err());
             match followed {
                 Ok(op) => match outcome_of(action, op) {
                     Err(ExecError::Failed { code, message, .. })

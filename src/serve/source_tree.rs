@@ -33,6 +33,14 @@ impl SourceTreeService {
     }
 }
 
+/// Counts an answer for the metrics, by RPC and the status answered.
+fn answered(rpc: &'static str, status: &'static str) {
+    crate::metrics::global()
+        .source_tree_answers
+        .get_or_create(&crate::metrics::RpcStatus { rpc, status })
+        .inc();
+}
+
 fn log_outcome(rpc: &str, id: &str, outcome: &Outcome) {
     match outcome {
         Outcome::Ok => tracing::info!("{rpc}({id}): OK"),
@@ -60,6 +68,7 @@ impl SourceTree for SourceTreeService {
             Outcome::SyncError(_) => S::SyncError,
             _ => S::InternalError,
         };
+        answered("ServeCommitTree", status.as_str_name());
         Ok(Response::new(ServeCommitTreeResponse {
             digest: self.wire(&answer),
             tree: answer.tree.unwrap_or_default(),
@@ -107,6 +116,7 @@ impl SourceTree for SourceTreeService {
             ArchiveOutcome::Unpack(_) => S::UnpackError,
             ArchiveOutcome::Resolve(_) => S::ResolveError,
         };
+        answered("ServeArchiveTree", status.as_str_name());
         tracing::info!("ServeArchiveTree({}): {status:?}", r.content);
         let digest = answer
             .digest
@@ -143,6 +153,7 @@ impl SourceTree for SourceTreeService {
             Outcome::SyncError(_) => S::SyncError,
             _ => S::InternalError,
         };
+        answered("ServeDistdirTree", status.as_str_name());
         Ok(Response::new(ServeDistdirTreeResponse {
             digest: self.wire(&answer),
             tree: answer.tree.unwrap_or_default(),
@@ -164,6 +175,7 @@ impl SourceTree for SourceTreeService {
             Outcome::SyncError(_) => S::SyncError,
             _ => S::InternalError,
         };
+        answered("ServeContent", status.as_str_name());
         Ok(Response::new(ServeContentResponse {
             digest: self.wire(&answer),
             status: status as i32,
@@ -184,6 +196,7 @@ impl SourceTree for SourceTreeService {
             Outcome::SyncError(_) => S::SyncError,
             _ => S::InternalError,
         };
+        answered("ServeTree", status.as_str_name());
         Ok(Response::new(ServeTreeResponse {
             digest: self.wire(&answer),
             status: status as i32,
@@ -203,6 +216,7 @@ impl SourceTree for SourceTreeService {
             Outcome::NotFound => S::NotFound,
             _ => S::InternalError,
         };
+        answered("CheckRootTree", status.as_str_name());
         Ok(Response::new(CheckRootTreeResponse {
             status: status as i32,
         }))
@@ -224,6 +238,7 @@ impl SourceTree for SourceTreeService {
             Outcome::FailedPrecondition(_) | Outcome::NotFound => S::FailedPrecondition,
             _ => S::InternalError,
         };
+        answered("GetRemoteTree", status.as_str_name());
         Ok(Response::new(GetRemoteTreeResponse {
             status: status as i32,
         }))
@@ -242,6 +257,7 @@ impl SourceTree for SourceTreeService {
             Outcome::NotFound => S::NotFound,
             _ => S::InternalError,
         };
+        answered("ComputeTreeStructure", status.as_str_name());
         Ok(Response::new(ComputeTreeStructureResponse {
             status: status as i32,
             tree_structure_hash: answer.tree.unwrap_or_default(),

@@ -396,6 +396,10 @@ impl Sources {
                     &format!("Content of {kind_name} {id}"),
                 )?;
                 map.set(&id, &unpacked.root.to_string())?;
+                let metrics = crate::metrics::global();
+                metrics.archives_unpacked.inc();
+                metrics.archive_entries.inc_by(unpacked.stats.entries);
+                metrics.archive_bytes.inc_by(unpacked.stats.bytes);
                 tracing::info!(
                     archive = %id,
                     tree = %unpacked.root,

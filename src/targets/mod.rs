@@ -60,8 +60,9 @@ const DISPATCH_INSTANCE: &str = "alternative remote execution";
 /// An endpoint-dispatch list: properties to match and the endpoint to use.
 pub type DispatchList = Vec<(BTreeMap<String, String>, String)>;
 
-/// Counters of what ServeTarget did since start (for logs and tests).
-#[derive(Debug, Default)]
+/// Counters of what ServeTarget did since start (for logs, tests and the
+/// metrics).
+#[derive(Debug)]
 pub struct TargetStats {
     /// Requests answered or failed.
     pub requests: AtomicU64,
@@ -73,6 +74,31 @@ pub struct TargetStats {
     pub builds: AtomicU64,
     pub actions_executed: AtomicU64,
     pub actions_cached: AtomicU64,
+    /// Computations that did not find their key in the cache.
+    pub misses: AtomicU64,
+    /// Requests answered with an error or a failed build's log.
+    pub failures: AtomicU64,
+    /// Requests that joined an identical request's computation.
+    pub shared: AtomicU64,
+    /// Seconds from a miss to its value (or failure).
+    pub build_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for TargetStats {
+    fn default() -> Self {
+        TargetStats {
+            requests: AtomicU64::default(),
+            computations: AtomicU64::default(),
+            hits: AtomicU64::default(),
+            builds: AtomicU64::default(),
+            actions_executed: AtomicU64::default(),
+            actions_cached: AtomicU64::default(),
+            misses: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            shared: AtomicU64::default(),
+            build_seconds: crate::metrics::build_buckets(),
+        }
+    }
 }
 
 impl TargetStats {
@@ -174,7 +200,11 @@ impl TargetServer {
     /// Answers one request; identical concurrent requests are computed once.
     pub async fn serve(self: &Arc<TargetServer>, request: TargetRequest) -> Outcome {
         self.deps.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.serve_fetched(request).await
+        let outcome = self.serve_fetched(request).await;
+        if matches!(outcome, Err(_) | Ok(TargetAnswer::Log(_))) {
+            self.deps.stats.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        outcome
     }
 
     /// The backend description of a request's properties and dispatch
@@ -232,7 +262,11 @@ impl TargetServer {
                 .compute(request, backend, dispatch, interest)
                 .await
         };
-        let joined = || tracing::info!("ServeTarget {target}: joining a computation under way");
+        let stats = self.deps.stats.clone();
+        let joined = || {
+            stats.shared.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("ServeTarget {target}: joining a computation under way")
+        };
         self.inflight
             .run(key, start, joined)
             .await
@@ -319,15 +353,32 @@ impl TargetServer {
             );
             return Ok(answer);
         }
+        stats.misses.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "ServeTarget {}: not in the cache; analysing and building",
             request.key.hash
         );
+        let outcome = self
+            .build_miss(&cache, &request, &dispatch, interest, started)
+            .await;
+        stats.build_seconds.observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// A miss: analysis, build, and the value as stored.
+    async fn build_miss(
+        self: &Arc<TargetServer>,
+        cache: &TargetCache,
+        request: &TargetRequest,
+        dispatch: &DispatchList,
+        interest: Interest,
+        started: std::time::Instant,
+    ) -> Outcome {
+        let stats = &self.deps.stats;
         // Only a miss needs the required digests (the repository description).
         let download_errors = self.fetch_required(&request.required).await;
-        let targets = self.dispatch_targets(&dispatch)?;
-        let outcome = match miss::build_and_store(&self, &cache, &request, targets, &interest).await
-        {
+        let targets = self.dispatch_targets(dispatch)?;
+        let outcome = match miss::build_and_store(self, cache, request, targets, &interest).await {
             Ok(o) => o,
             Err(e) if !download_errors.is_empty() => {
                 let e = TargetError::AfterDownloadFailures {
@@ -358,9 +409,9 @@ impl TargetServer {
         let (c, key) = (cache.clone(), request.key.hash.clone());
         let found = blocking(move || c.read(&key)).await?;
         if let Ok(Some(entry)) = &found {
-            self.remember(&cache, &request.key.hash, entry);
+            self.remember(cache, &request.key.hash, entry);
         }
-        match self.answer_hit(&cache, &request, found).await? {
+        match self.answer_hit(cache, request, found).await? {
             Some(answer) => {
                 tracing::info!(
                     "ServeTarget {}: built ({} actions: {} executed, {} cached; {} ms)",

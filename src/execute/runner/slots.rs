@@ -88,9 +88,33 @@ pub struct Slots {
 /// A slot held; freed on drop.
 pub struct Slot(Arc<Slots>);
 
+impl Slot {
+    fn new(slots: Arc<Slots>) -> Slot {
+        crate::metrics::global().actions_running.inc();
+        Slot(slots)
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        crate::metrics::global().actions_running.dec();
         self.0.release();
+    }
+}
+
+/// Counted as queued (for the metrics) while it lives.
+struct InQueue;
+
+impl InQueue {
+    fn new() -> InQueue {
+        crate::metrics::global().actions_queued.inc();
+        InQueue
+    }
+}
+
+impl Drop for InQueue {
+    fn drop(&mut self) {
+        crate::metrics::global().actions_queued.dec();
     }
 }
 
@@ -129,12 +153,13 @@ impl Slots {
             let mut state = self.state.lock().expect("slots lock");
             if state.free > 0 && state.queue.is_empty() {
                 state.free -= 1;
-                return Slot(self.clone());
+                return Slot::new(self.clone());
             }
             let (wake, rx) = oneshot::channel();
             state.queue.push_back(Waiter { demand, wake });
             rx
         };
+        let in_queue = InQueue::new();
         let mut queued = Queued {
             slots: self.clone(),
             wake: Some(rx),
@@ -143,9 +168,10 @@ impl Slots {
         if rx.await.is_ok() {
             queued.wake = None;
         }
+        drop(in_queue);
         // The sender is only ever dropped after sending (or with the queue,
         // which lives as long as `self`).
-        Slot(self.clone())
+        Slot::new(self.clone())
     }
 
     /// Hands a freed slot to the next waiter, or keeps it free.

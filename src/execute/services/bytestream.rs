@@ -137,6 +137,7 @@ impl ByteStream for ByteStreamService {
             0 => len - offset,
             limit => (limit as u64).min(len - offset),
         };
+        crate::metrics::global().cas_transfer("out", self.endpoint.hash, 1, remaining);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let mut file = file;
@@ -436,6 +437,7 @@ fn commit(
             }
         })
         .map_err(|e| EndpointError::from(e).to_status())?;
+    crate::metrics::global().cas_transfer("in", endpoint.hash, 1, total);
     Ok(())
 }
 

@@ -89,6 +89,16 @@ impl ContentAddressableStorage for CasService {
         self.endpoint.check_instance(&request.instance_name)?;
         let endpoint = self.endpoint.clone();
         let responses = blocking(move || Ok(update_blobs(&endpoint, request.requests))).await?;
+        let stored = responses
+            .iter()
+            .filter(|r| r.status.as_ref().is_none_or(|s| s.code == 0));
+        let (blobs, bytes) = stored.fold((0, 0), |(n, b), r| {
+            (
+                n + 1,
+                b + r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64),
+            )
+        });
+        crate::metrics::global().cas_transfer("in", self.endpoint.hash, blobs, bytes);
         Ok(Response::new(reapi::BatchUpdateBlobsResponse { responses }))
     }
 
@@ -154,6 +164,11 @@ impl ContentAddressableStorage for CasService {
             Ok(responses)
         })
         .await?;
+        let read = responses
+            .iter()
+            .filter(|r| r.status.as_ref().is_none_or(|s| s.code == 0));
+        let (blobs, bytes) = read.fold((0, 0), |(n, b), r| (n + 1, b + r.data.len() as u64));
+        crate::metrics::global().cas_transfer("out", self.endpoint.hash, blobs, bytes);
         Ok(Response::new(reapi::BatchReadBlobsResponse { responses }))
     }
 

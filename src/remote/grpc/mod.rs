@@ -214,7 +214,9 @@ impl GrpcCas {
     {
         let mut retrier = self.retrier(call);
         loop {
-            match attempt().await {
+            let attempted = attempt().await;
+            crate::metrics::global().endpoint_call(call, attempted.is_err());
+            match attempted {
                 Ok(v) => return Ok(v),
                 Err(f) => {
                     if !retrier.again(&f).await {
@@ -514,7 +516,9 @@ impl GrpcCas {
         );
         let mut retrier = self.retrier("ByteStream.Read");
         loop {
-            match self.read_attempt(&resource_name, download).await {
+            let attempted = self.read_attempt(&resource_name, download).await;
+            crate::metrics::global().endpoint_call("ByteStream.Read", attempted.is_err());
+            match attempted {
                 Ok(found) => return Ok(found),
                 Err(f) => {
                     if !retrier.again(&f).await {
@@ -628,6 +632,10 @@ impl Retrier<'_> {
             }
             return false;
         }
+        crate::metrics::global()
+            .endpoint_retries
+            .get_or_create(&crate::metrics::Method { method: self.call })
+            .inc();
         let wait = with_jitter(
             backoff(&self.cas.retry, self.attempt),
             self.cas.random.unit(),

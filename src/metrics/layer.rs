@@ -1,0 +1,156 @@
+//! A tower layer counting every gRPC request by method and status code, and
+//! timing it from arrival to the end of its answer (streams included). The
+//! code is read from the response headers (a trailers-only error) or from
+//! the trailers; an answer dropped before its end counts as CANCELLED.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tonic::body::Body;
+
+use super::{global, Method, MethodCode};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetricsLayer;
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+    fn layer(&self, inner: S) -> MetricsService<S> {
+        MetricsService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = global().method_label(request.uri().path());
+        let start = Instant::now();
+        // The clone is ready only if polled; keep the polled one for this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut record = Record {
+                method,
+                start,
+                code: None,
+            };
+            let response = inner.call(request).await?;
+            record.code = code_of(response.headers());
+            Ok(response.map(|body| Body::new(MeteredBody { body, record })))
+        })
+    }
+}
+
+/// The status code in `grpc-status`, if there is one.
+fn code_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(tonic::Code::from(value))
+}
+
+/// One request's figures, counted when dropped.
+struct Record {
+    method: &'static str,
+    start: Instant,
+    code: Option<tonic::Code>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let g = global();
+        let code = self.code.map_or("CANCELLED", code_name);
+        g.grpc_requests
+            .get_or_create(&MethodCode {
+                method: self.method,
+                code,
+            })
+            .inc();
+        g.grpc_duration
+            .get_or_create(&Method {
+                method: self.method,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The name gRPC gives a code.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A response body that reads the code off the trailers and records the
+/// request when it is dropped.
+struct MeteredBody {
+    body: Body,
+    record: Record,
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = <Body as http_body::Body>::Data;
+    type Error = <Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(code) = frame.trailers_ref().and_then(code_of) {
+                self.record.code = Some(code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
