@@ -287,6 +287,14 @@ fn write_state_file(what: &'static str, path: &Path, content: &str) -> Result<()
     write_atomic(dir, path, content.as_bytes(), 0o644).map_err(err)
 }
 
+/// The associated endpoint of a serve daemon (its own one for `execute`).
+fn ctx_endpoint(services: &Services) -> crate::config::Associated<'_> {
+    match services {
+        Services::Serve(ctx) => ctx.config.associated_endpoint(),
+        Services::Execute(_) => crate::config::Associated::Own,
+    }
+}
+
 /// Starts the serve daemon as configured in the context.
 pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError> {
     let listen = Listen {
@@ -392,6 +400,28 @@ pub async fn start_services(
                     .max_decoding_message_size(limit),
             );
     }
+    let mut background = Vec::new();
+    if let (Services::Serve(ctx), crate::config::Associated::External { address, .. }) =
+        (&services, ctx_endpoint(&services))
+    {
+        let interval = ctx
+            .config
+            .execution_endpoint
+            .as_ref()
+            .and_then(|e| e.health_interval)
+            .unwrap_or(crate::config::DEFAULT_HEALTH_INTERVAL);
+        background.push(crate::health::watch_endpoint(
+            health.clone(),
+            ctx.sources.remote.clone(),
+            vec![
+                <SourceTreeServer<SourceTreeService> as NamedService>::NAME,
+                <TargetServer<TargetService> as NamedService>::NAME,
+                <ConfigurationServer<ConfigurationService> as NamedService>::NAME,
+            ],
+            address.to_string(),
+            interval,
+        ));
+    }
     if let Some(endpoint) = services.endpoint() {
         for name in crate::execute::SERVICE_NAMES {
             health
@@ -438,7 +468,7 @@ pub async fn start_services(
         shutdown,
         task,
         state_files,
-        background: Vec::new(),
+        background,
         metrics_addr: None,
     })
 }

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod execute;
 mod gc_layer;
 pub mod git;
+mod health;
 mod hold_layer;
 pub mod logging;
 pub mod memo;

@@ -151,6 +151,58 @@ async fn serve_target_without_a_key_is_an_invalid_argument() {
     server.shutdown().await.unwrap();
 }
 
+/// The serve services are NOT_SERVING while the external endpoint does not
+/// answer, and SERVING again when it is back; the REAPI of that endpoint is
+/// not jserve's to report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_external_endpoint() {
+    use jserve::digest::HashFunction;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let endpoint = common::reapi::start_execute(HashFunction::GitSha1, 1).await;
+    let port = endpoint.server.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&config_in(
+        dir.path(),
+        json!({"execution endpoint": {"address": format!("127.0.0.1:{port}"),
+                                      "health interval": 0.05}}),
+    ))
+    .await;
+    let mut health = HealthClient::new(channel(server.addr.port()).await);
+    let names = [
+        "",
+        "justbuild.just_serve.Configuration",
+        "justbuild.just_serve.SourceTree",
+        "justbuild.just_serve.Target",
+    ];
+    // Each name's status once all agree on `want`, within 20 s.
+    let mut settle = async |want: i32| {
+        let deadline = std::time::Instant::now() + common::TIMEOUT;
+        loop {
+            let mut statuses = Vec::new();
+            for name in names {
+                let request = HealthCheckRequest {
+                    service: name.into(),
+                };
+                statuses.push(health.check(request).await.unwrap().into_inner().status);
+            }
+            if statuses.iter().all(|s| *s == want) || std::time::Instant::now() > deadline {
+                return statuses;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    const SERVING: i32 = 1;
+    const NOT_SERVING: i32 = 2;
+    assert_eq!(settle(SERVING).await, [SERVING; 4]);
+    endpoint.server.shutdown().await.unwrap();
+    assert_eq!(settle(NOT_SERVING).await, [NOT_SERVING; 4]);
+    let back = common::reapi::start_execute_at(HashFunction::GitSha1, 1, None, port).await;
+    assert_eq!(settle(SERVING).await, [SERVING; 4]);
+    back.server.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn health_and_reflection() {
     use tonic_health::pb::health_client::HealthClient;

@@ -170,7 +170,13 @@ pub struct ExecutionEndpointConfig {
     /// What clients use to reach the same endpoint, if it differs.
     pub client_address: Option<Address>,
     pub compatible: bool,
+    /// How often an external endpoint is probed for the health service
+    /// (jserve's own `"health interval"`, seconds); `None`: the default.
+    pub health_interval: Option<Duration>,
 }
+
+/// How often an external endpoint is probed by default.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Retry policy for calls to the execution endpoint.
 #[derive(Clone, Debug, PartialEq)]

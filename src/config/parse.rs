@@ -286,6 +286,9 @@ fn execution_endpoint_section(
     if let Some((k, v)) = o.get("compatible") {
         e.compatible = flag(v, &k)?;
     }
+    if let Some((k, v)) = o.get("health interval") {
+        e.health_interval = Some(seconds(v, &k, false)?);
+    }
     o.finish(warnings);
     Ok(e)
 }

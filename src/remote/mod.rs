@@ -90,6 +90,12 @@ pub trait RemoteCas: Send + Sync {
     /// Reads one object into memory; `None` if the endpoint does not have it.
     async fn read_blob(&self, digest: &Digest) -> Result<Option<Vec<u8>>, RemoteError>;
 
+    /// Whether the endpoint answers at all (any status will do), asked once
+    /// with a short time limit and no retries.
+    async fn probe(&self) -> Result<(), RemoteError> {
+        Ok(())
+    }
+
     /// Reads objects expected to be small in as few round trips as the
     /// endpoint allows (BatchReadBlobs), each checked against its digest.
     /// Answers those it read; the others (absent, over `max_each` bytes,

@@ -37,6 +37,17 @@ pub async fn start_execute_with(
     jobs: usize,
     instance: Option<&str>,
 ) -> Endpoint {
+    start_execute_at(hash, jobs, instance, 0).await
+}
+
+/// As [`start_execute_with`], on `port` (0: any free one), so that an
+/// endpoint can come back where it was.
+pub async fn start_execute_at(
+    hash: HashFunction,
+    jobs: usize,
+    instance: Option<&str>,
+    port: u16,
+) -> Endpoint {
     let dir = tempfile::tempdir().unwrap();
     let build_root = BuildRoot::open(&dir.path().join("root")).unwrap();
     let endpoint = LocalEndpoint::new(
@@ -51,7 +62,9 @@ pub async fn start_execute_with(
             },
         },
     );
-    let server = jserve::daemon::start_services(&Listen::default(), Services::Execute(endpoint))
+    let mut listen = Listen::default();
+    listen.service.port = port;
+    let server = jserve::daemon::start_services(&listen, Services::Execute(endpoint))
         .await
         .expect("execute endpoint starts");
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", server.addr.port()))

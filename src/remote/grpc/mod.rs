@@ -655,6 +655,9 @@ impl Retrier<'_> {
     }
 }
 
+/// How long a health probe waits for an answer.
+const PROBE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Objects of unknown size asked for in one BatchReadBlobs call.
 const UNKNOWN_BATCH: usize = 64;
 /// The largest answer taken to such a call; a larger one is not read, and
@@ -769,6 +772,33 @@ impl RemoteCas for GrpcCas {
                 Ok(Some(data))
             }
             None => Ok(None),
+        }
+    }
+
+    async fn probe(&self) -> Result<(), RemoteError> {
+        const CALL: &str = "GetCapabilities";
+        let mut client = CapabilitiesClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_DECODING_BYTES);
+        let request = self.request(reapi::GetCapabilitiesRequest {
+            instance_name: self.instance_name.clone(),
+        });
+        let answered = tokio::time::timeout(PROBE_TIME, client.get_capabilities(request)).await;
+        let failed = match answered {
+            Err(_) => Failed::status(
+                CALL,
+                Status::deadline_exceeded(format!(
+                    "no answer from {} within {PROBE_TIME:?}",
+                    self.address
+                )),
+            ),
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(status)) => Failed::status(CALL, status),
+        };
+        // Any answer, an error status too, comes from a reachable endpoint.
+        if failed.unreachable {
+            Err(failed.error)
+        } else {
+            Ok(())
         }
     }
 
