@@ -354,7 +354,12 @@ pub async fn start_services(
         .initial_connection_window_size(Some(16 << 20))
         .trace_fn(|request| {
             let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-            tracing::info_span!("rpc", id, method = %request.uri().path())
+            tracing::info_span!(
+                "rpc",
+                id,
+                method = %request.uri().path(),
+                subject = tracing::field::Empty
+            )
         })
         .layer(crate::metrics::layer::MetricsLayer)
         .layer(crate::connections::activity_layer())

@@ -49,11 +49,13 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
         Some(r) => level.min(level_filter(r)),
         None => level,
     };
-    let mut layers: Vec<Box<dyn Layer<_> + Send + Sync>> = vec![tracing_subscriber::fmt::layer()
-        .with_writer(Capped(std::io::stderr))
-        .with_ansi(!config.plain)
-        .with_filter(filter(stderr_level))
-        .boxed()];
+    let json = config.format == crate::config::LogFormat::Json;
+    let mut layers: Vec<Box<dyn Layer<_> + Send + Sync>> =
+        vec![
+            sink(Capped(std::io::stderr, json), json, !config.plain, false)
+                .with_filter(filter(stderr_level))
+                .boxed(),
+        ];
     for path in &config.files {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -69,10 +71,7 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
                 source,
             })?;
         layers.push(
-            tracing_subscriber::fmt::layer()
-                .with_writer(Capped(Arc::new(file)))
-                .with_ansi(false)
-                .with_thread_ids(true)
+            sink(Capped(Arc::new(file), json), json, false, true)
                 .with_filter(filter(level))
                 .boxed(),
         );
@@ -81,30 +80,78 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// Names what the current RPC is about (a commit, tree, archive, target
+/// key) in its span, so that every later line of the request carries it.
+pub fn subject(what: &str) {
+    tracing::Span::current().record("subject", what);
+}
+
+/// One log sink: text (with colours if `ansi`), or one JSON object a line
+/// whose fields are at the top and whose RPC span (request id, method, what
+/// it is about) is under `span`.
+fn sink<S, W>(
+    writer: W,
+    json: bool,
+    ansi: bool,
+    thread_ids: bool,
+) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_thread_ids(thread_ids);
+    if json {
+        layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    } else {
+        layer.with_ansi(ansi).boxed()
+    }
+}
+
 /// Log lines are cut after this many bytes. Messages quote client input
 /// (entry names, paths, target names, digests); a 512 MiB entry name must
 /// not become 512 MiB of log on every sink.
 pub const MAX_LINE: usize = 8 << 10;
 
-/// A [`MakeWriter`] whose writers cut each event at [`MAX_LINE`] bytes.
-struct Capped<M>(M);
+/// A [`MakeWriter`] whose writers cut each event at [`MAX_LINE`] bytes
+/// (JSON lines staying JSON when `.1`).
+struct Capped<M>(M, bool);
 
 impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Capped<M> {
     type Writer = CappedWriter<M::Writer>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        CappedWriter(self.0.make_writer())
+        CappedWriter(self.0.make_writer(), self.1)
     }
 }
 
 /// Writes one formatted event (the fmt layer hands each over in one write),
-/// cut at a character boundary below [`MAX_LINE`] with a note of the rest.
-struct CappedWriter<W>(W);
+/// cut at a character boundary below [`MAX_LINE`] with a note of the rest;
+/// a JSON line has its long strings cut instead, so it stays one object.
+struct CappedWriter<W>(W, bool);
+
+/// Strings of a JSON log line over [`MAX_LINE`] are cut to this many bytes.
+const JSON_STRING: usize = 1 << 10;
 
 impl<W: Write> Write for CappedWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.len() <= MAX_LINE {
             self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        if self.1 {
+            let mut value = serde_json::from_slice::<serde_json::Value>(buf)
+                .unwrap_or_else(|_| serde_json::json!({"message": String::from_utf8_lossy(buf)}));
+            cut_strings(&mut value);
+            let mut line = serde_json::to_vec(&value).map_err(io::Error::other)?;
+            line.push(b'\n');
+            self.0.write_all(&line)?;
             return Ok(buf.len());
         }
         let mut cut = MAX_LINE;
@@ -121,20 +168,61 @@ impl<W: Write> Write for CappedWriter<W> {
     }
 }
 
+/// Cuts every string in `value` to [`JSON_STRING`] bytes (at a character
+/// boundary, noting the rest), in place.
+fn cut_strings(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) if text.len() > JSON_STRING => {
+            let mut cut = JSON_STRING;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let rest = text.len() - cut;
+            text.truncate(cut);
+            text.push_str(&format!(" [{rest} more bytes cut]"));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(cut_strings),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(cut_strings),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn long_json_lines_stay_one_json_object() {
+        let long = "\u{e9}".repeat(MAX_LINE);
+        let line = format!(
+            "{}\n",
+            serde_json::json!({"level": "INFO", "message": long, "span": {"id": 7}})
+        );
+        let mut out = Vec::new();
+        CappedWriter(&mut out, true)
+            .write_all(line.as_bytes())
+            .unwrap();
+        assert!(out.len() < MAX_LINE, "{}", out.len());
+        assert_eq!(out.last(), Some(&b'\n'));
+        let value: serde_json::Value = serde_json::from_slice(&out).expect("still JSON");
+        assert_eq!(value["level"], "INFO");
+        assert_eq!(value["span"]["id"], 7);
+        let message = value["message"].as_str().unwrap();
+        assert!(message.ends_with("more bytes cut]"), "{message}");
+    }
+
+    #[test]
     fn long_lines_are_cut_at_a_character_boundary() {
         let mut out = Vec::new();
         let short = b"short line\n";
-        CappedWriter(&mut out).write_all(short).unwrap();
+        CappedWriter(&mut out, false).write_all(short).unwrap();
         assert_eq!(out, short);
         let mut out = Vec::new();
         // One byte, then two-byte characters: the limit falls inside one.
         let long = format!("x{}\n", "\u{e9}".repeat(MAX_LINE));
-        CappedWriter(&mut out).write_all(long.as_bytes()).unwrap();
+        CappedWriter(&mut out, false)
+            .write_all(long.as_bytes())
+            .unwrap();
         let text = String::from_utf8(out).expect("still UTF-8");
         assert!(text.len() < MAX_LINE + 64, "{}", text.len());
         let kept = MAX_LINE - 1;

@@ -306,3 +306,99 @@ async fn a_stop_is_bounded_and_a_second_signal_forces_it() {
         assert!(!info_path.exists(), "info file removed");
     }
 }
+
+/// Every line of a JSON log (`"logging": {"format": "json"}`, and
+/// `--log-format json`) is one JSON object; the end of an RPC says when,
+/// how bad, which request and method, what about, and how long it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line() {
+    use common::clients::SourceTree;
+    use serde_json::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("f"), "f\n").unwrap();
+    let (commit, _) = common::git::commit_all(&repo);
+    let serve = common::endpoints::JserveServe::start(
+        &dir.path().join("serve"),
+        json!({"local build root": loc(&dir.path().join("root")),
+               "remote service": {"port": 0},
+               "repositories": [loc(&repo)],
+               "logging": {"format": "json", "limit": 5}}),
+    );
+    let channel = common::channel(serve.port).await;
+    let mut sources = SourceTree::new(channel.clone());
+    assert_eq!(sources.commit_tree(&commit, ".", false).await.status, 0);
+    let status = jserve::proto::target_client::TargetClient::new(channel)
+        .serve_target(jserve::proto::ServeTargetRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // The answer's end is logged once its body is done: wait for both.
+    let deadline = Instant::now() + TIMEOUT;
+    let lines = loop {
+        let log = serve.log();
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let ends = lines.iter().filter(|l| l["message"] == "answered").count();
+        if ends >= 2 || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for line in &lines {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let end_of = |method: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == "answered" && l["span"]["method"] == method)
+            .unwrap_or_else(|| panic!("no end of {method} in {lines:?}"))
+            .clone()
+    };
+    let commit_end = end_of("/justbuild.just_serve.SourceTree/ServeCommitTree");
+    assert_eq!(commit_end["code"], "OK");
+    assert_eq!(commit_end["level"], "DEBUG");
+    assert_eq!(commit_end["span"]["subject"], commit.as_str());
+    assert!(commit_end["span"]["id"].is_u64(), "{commit_end}");
+    assert!(
+        commit_end["ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{commit_end}"
+    );
+    // The other lines of that request carry the same request id.
+    let id = &commit_end["span"]["id"];
+    assert!(lines
+        .iter()
+        .any(|l| l["span"]["id"] == *id && l["message"] != "answered"));
+    let target_end = end_of("/justbuild.just_serve.Target/ServeTarget");
+    assert_eq!(target_end["code"], "INVALID_ARGUMENT");
+    assert_eq!(
+        target_end["level"], "INFO",
+        "failures are logged at info level"
+    );
+    drop(serve);
+
+    // The same with `jserve execute --log-format json`.
+    let exec_dir = dir.path().join("execute");
+    let execute = common::endpoints::Execute::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_jserve")),
+        &exec_dir,
+        false,
+        &["--log-format", "json"],
+    );
+    let log = execute.group.log();
+    let started: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        started.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("execution service started"))),
+        "{log}"
+    );
+}

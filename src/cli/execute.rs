@@ -89,6 +89,9 @@ pub struct ExecuteArgs {
     /// Append to log files instead of replacing them.
     #[arg(long = "log-append")]
     log_append: bool,
+    /// Log lines as text (the default) or as one JSON object each (`json`).
+    #[arg(long = "log-format", value_name = "FORMAT", default_value = "text")]
+    log_format: crate::config::LogFormat,
     /// Keep the build root's stores below this many bytes, collecting the
     /// least recently used in the background [default: no bound].
     #[arg(long = "gc-max-bytes", value_name = "BYTES")]
@@ -176,6 +179,7 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
         restrict_stderr_limit: args.restrict_stderr_log_limit,
         plain: args.plain_log,
         append: args.log_append,
+        format: args.log_format,
     };
     let jobs = args
         .jobs

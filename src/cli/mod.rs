@@ -38,6 +38,10 @@ enum Command {
     Serve {
         /// Config file in the just-serve-config(5) format; defaults apply without one.
         config: Option<PathBuf>,
+        /// Log lines as text or as one JSON object each (`json`), over the
+        /// config's `"logging"."format"`.
+        #[arg(long = "log-format", value_name = "FORMAT")]
+        log_format: Option<crate::config::LogFormat>,
     },
     /// Run only a remote-execution endpoint (the drop-in for `just execute`).
     Execute(Box<execute::ExecuteArgs>),
@@ -59,7 +63,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve::run(config.as_deref()),
+        Command::Serve { config, log_format } => serve::run(config.as_deref(), log_format),
         Command::Execute(args) => execute::run(*args),
         Command::Gc(args) => gc::run(*args),
         Command::Analyse(args) => analyse::run(*args),

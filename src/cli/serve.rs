@@ -7,7 +7,7 @@ use super::{run_daemon, EXIT_CONFIG};
 use crate::config::{Environment, ServeConfig};
 use crate::context::ServeContext;
 
-pub fn run(config_path: Option<&Path>) -> ExitCode {
+pub fn run(config_path: Option<&Path>, log_format: Option<crate::config::LogFormat>) -> ExitCode {
     let env = Environment::current();
     let loaded = match config_path {
         Some(path) => ServeConfig::load(path, &env),
@@ -20,6 +20,9 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(format) = log_format {
+        config.logging.format = format;
+    }
     // Archives are unpacked by this very binary in a child process.
     config.unpack_helper = std::env::current_exe().ok();
     let (logging, warnings, jobs) = (config.logging.clone(), config.warnings.clone(), config.jobs);

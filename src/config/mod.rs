@@ -113,11 +113,34 @@ impl fmt::Display for Address {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoggingConfig {
     pub files: Vec<PathBuf>,
+    /// Text (the default) or one JSON object a line (jserve's `"format"`).
+    pub format: LogFormat,
     /// Log level 0 (errors) to 6 (trace), as justbuild numbers them.
     pub limit: Option<u8>,
     pub restrict_stderr_limit: Option<u8>,
     pub plain: bool,
     pub append: bool,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "log format {other:?}: expected \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 /// TLS material for jserve's client connections (and the CA for its server).

@@ -199,6 +199,11 @@ fn logging_section(
     if let Some((k, v)) = o.get("append") {
         logging.append = flag(v, &k)?;
     }
+    if let Some((k, v)) = o.get("format") {
+        logging.format = string(v, &k)?
+            .parse()
+            .map_err(|e: String| invalid(&k, &e))?;
+    }
     o.finish(warnings);
     Ok(logging)
 }

@@ -1,7 +1,9 @@
 //! A tower layer counting every gRPC request by method and status code, and
 //! timing it from arrival to the end of its answer (streams included). The
 //! code is read from the response headers (a trailers-only error) or from
-//! the trailers; an answer dropped before its end counts as CANCELLED.
+//! the trailers; an answer dropped before its end counts as CANCELLED. The
+//! end of each request is logged in its span (request id, method, subject):
+//! at info level when it failed or took [`SLOW`] or longer, else at debug.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +56,8 @@ where
                 method,
                 start,
                 code: None,
+                // The request's span (tonic enters it while polling this).
+                span: tracing::Span::current(),
             };
             let response = inner.call(request).await?;
             record.code = code_of(response.headers());
@@ -73,17 +77,30 @@ fn code_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
     Some(tonic::Code::from(value))
 }
 
-/// One request's figures, counted when dropped.
+/// A request taking this long is logged at info level.
+const SLOW: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One request's figures, counted (and its end logged) when dropped.
 struct Record {
     method: &'static str,
     start: Instant,
     code: Option<tonic::Code>,
+    span: tracing::Span,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
         let g = global();
         let code = self.code.map_or("CANCELLED", code_name);
+        let elapsed = self.start.elapsed();
+        let ms = elapsed.as_secs_f64() * 1e3;
+        self.span.in_scope(|| {
+            if code != "OK" || elapsed >= SLOW {
+                tracing::info!(code, ms, "answered");
+            } else {
+                tracing::debug!(code, ms, "answered");
+            }
+        });
         g.grpc_requests
             .get_or_create(&MethodCode {
                 method: self.method,
@@ -94,7 +111,7 @@ impl Drop for Record {
             .get_or_create(&Method {
                 method: self.method,
             })
-            .observe(self.start.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
     }
 }
 

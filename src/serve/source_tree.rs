@@ -42,6 +42,7 @@ fn answered(rpc: &'static str, status: &'static str) {
 }
 
 fn log_outcome(rpc: &str, id: &str, outcome: &Outcome) {
+    crate::logging::subject(id);
     match outcome {
         Outcome::Ok => tracing::info!("{rpc}({id}): OK"),
         Outcome::NotFound => tracing::info!("{rpc}({id}): not found"),
@@ -117,6 +118,7 @@ impl SourceTree for SourceTreeService {
             ArchiveOutcome::Resolve(_) => S::ResolveError,
         };
         answered("ServeArchiveTree", status.as_str_name());
+        crate::logging::subject(&r.content);
         tracing::info!("ServeArchiveTree({}): {status:?}", r.content);
         let digest = answer
             .digest

@@ -91,6 +91,7 @@ impl Target for TargetService {
                 hash.digest_from_wire(d)
                     .map_err(|e| Status::invalid_argument(format!("target cache key: {e}")))
             })?;
+        crate::logging::subject(&key.hash);
         let dispatch = match &r.dispatch_info {
             Some(d) => Some(
                 hash.digest_from_wire(d)

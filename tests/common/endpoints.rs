@@ -49,7 +49,13 @@ impl JserveServe {
         std::fs::create_dir_all(dir).unwrap();
         let info = dir.join("info.json");
         config["remote service"]["info file"] = loc(&info);
-        config["logging"] = serde_json::json!({"plain": true});
+        // Plain text unless the test asks for more.
+        match config.get_mut("logging").and_then(Value::as_object_mut) {
+            Some(logging) => {
+                logging.insert("plain".into(), true.into());
+            }
+            None => config["logging"] = serde_json::json!({"plain": true}),
+        }
         let config_path = dir.join("serve.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
