@@ -9,6 +9,7 @@ use std::path::PathBuf;
 /// The files defining the services jserve serves; protox adds their imports.
 const SERVED: &[&str] = &[
     "just_serve.proto",
+    "jserve/status.proto",
     "build/bazel/remote/execution/v2/remote_execution.proto",
     "google/bytestream/bytestream.proto",
     "google/longrunning/operations.proto",
@@ -39,7 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // packages would only be dead code: keep the serve protocol's alone.
     let mut serve_only = fds;
     for file in &mut serve_only.file {
-        if file.name() != "just_serve.proto" {
+        if !["just_serve.proto", "jserve/status.proto"].contains(&file.name()) {
             file.service.clear();
         }
     }

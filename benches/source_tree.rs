@@ -120,7 +120,13 @@ fn helper_run(archive: &Path, scratch: &Path, level: u32) -> (Duration, Option<u
     cmd.args(["__unpack", "tar"])
         .arg(archive)
         .arg(scratch)
-        .args([&(16u64 << 30).to_string(), "1000000", &level.to_string()]);
+        // No progress reports: stderr carries the peak RSS alone.
+        .args([
+            &(16u64 << 30).to_string(),
+            "1000000",
+            &level.to_string(),
+            "3600000",
+        ]);
     let start = Instant::now();
     let out = cmd.output().unwrap();
     let took = start.elapsed();
@@ -130,7 +136,10 @@ fn helper_run(archive: &Path, scratch: &Path, level: u32) -> (Duration, Option<u
         String::from_utf8_lossy(&out.stdout)
     );
     std::fs::remove_dir_all(scratch).unwrap();
-    let rss = String::from_utf8_lossy(&out.stderr).trim().parse().ok();
+    let rss = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok());
     (took, rss)
 }
 

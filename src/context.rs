@@ -54,6 +54,7 @@ pub struct ServeContext {
 impl ServeContext {
     /// Opens the local build root (creating it and the git cache as needed).
     pub fn open(config: ServeConfig) -> Result<Arc<ServeContext>, SetupError> {
+        crate::logging::set_progress_interval(config.build.progress_interval);
         let root = &config.local_build_root;
         let build_root = BuildRoot::open(root).map_err(|source| SetupError::BuildRoot {
             path: root.clone(),

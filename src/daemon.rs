@@ -16,6 +16,7 @@ use crate::context::ServeContext;
 use crate::execute::LocalEndpoint;
 use crate::proto::configuration_server::ConfigurationServer;
 use crate::proto::source_tree_server::SourceTreeServer;
+use crate::proto::status::status_server::StatusServer;
 use crate::proto::target_server::TargetServer;
 use crate::serve::{ConfigurationService, SourceTreeService, TargetService};
 use crate::storage::atomic::write_atomic;
@@ -201,6 +202,7 @@ impl Services {
     /// included: exactly what reflection lists.
     fn names(&self) -> Vec<&'static str> {
         let mut names = vec![
+            <StatusServer<crate::status::StatusService> as NamedService>::NAME,
             tonic_health::pb::health_server::SERVICE_NAME,
             tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
             tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
@@ -406,6 +408,30 @@ pub async fn start_services(
             );
     }
     let mut background = Vec::new();
+    let reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (role, scrape) = match &services {
+        Services::Serve(ctx) => (
+            if ctx.endpoint.is_some() {
+                "serve, its own endpoint"
+            } else {
+                "serve"
+            },
+            crate::metrics::Scrape::new(
+                Some(ctx.target_stats.clone()),
+                Some(ctx.gc_stats.clone()),
+                Some(ctx.build_root.clone()),
+            ),
+        ),
+        Services::Execute(endpoint) => (
+            "execute",
+            crate::metrics::Scrape::new(None, None, Some(endpoint.root.clone())),
+        ),
+    };
+    router = router.add_service(StatusServer::new(crate::status::StatusService {
+        role,
+        scrape,
+        reachable: reachable.clone(),
+    }));
     if let (Services::Serve(ctx), crate::config::Associated::External { address, .. }) =
         (&services, ctx_endpoint(&services))
     {
@@ -425,6 +451,7 @@ pub async fn start_services(
             ],
             address.to_string(),
             interval,
+            reachable,
         ));
     }
     if let Some(endpoint) = services.endpoint() {

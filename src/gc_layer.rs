@@ -7,8 +7,9 @@ use crate::hold_layer::{HoldLayer, Holder};
 use crate::storage::gc::{GcHold, GcLocks};
 
 /// Services that touch no stored object: they never wait for a collection.
-const EXEMPT: [&str; 5] = [
+const EXEMPT: [&str; 6] = [
     "/grpc.health.",
+    "/jserve.v1.Status/",
     "/grpc.reflection.",
     "/build.bazel.remote.execution.v2.Capabilities/",
     "/google.longrunning.Operations/",

@@ -14,18 +14,21 @@ use crate::remote::RemoteCas;
 
 /// Probes `remote` every `interval` and sets the status of `services` and
 /// of the empty name from the answer; the returned task runs until aborted.
+/// `reachable` follows the probes too.
 pub fn watch_endpoint(
     reporter: HealthReporter,
     remote: Arc<dyn RemoteCas>,
     services: Vec<&'static str>,
     address: String,
     interval: Duration,
+    reachable: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut serving = true;
         loop {
             let probed = remote.probe().await;
             let now = probed.is_ok();
+            reachable.store(now, std::sync::atomic::Ordering::Relaxed);
             if now != serving {
                 match &probed {
                     Err(e) => tracing::warn!(

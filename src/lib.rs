@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod remote;
 pub mod serve;
 pub mod sources;
+pub mod status;
 mod status_layer;
 pub mod storage;
 pub mod targets;
@@ -33,4 +34,9 @@ pub mod proto {
     /// Operations, with their imports: what gRPC reflection describes.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("services_descriptor");
+
+    /// jserve's own status service (proto/jserve/status.proto).
+    pub mod status {
+        tonic::include_proto!("jserve.v1");
+    }
 }

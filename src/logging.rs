@@ -80,6 +80,23 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// How often long work without a setting of its own (syncs) logs its
+/// progress, in milliseconds; set from the configuration at start.
+static PROGRESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(5000);
+
+/// Sets the interval [`progress_interval`] answers.
+pub fn set_progress_interval(every: std::time::Duration) {
+    PROGRESS_MS.store(
+        every.as_millis().max(1) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// How often long work logs its progress.
+pub fn progress_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Names what the current RPC is about (a commit, tree, archive, target
 /// key) in its span, so that every later line of the request carries it.
 pub fn subject(what: &str) {

@@ -67,6 +67,7 @@ impl Fixture {
             local,
             jobs: 3,
             dispatch: Vec::new(),
+            progress_every: jserve::config::DEFAULT_PROGRESS_INTERVAL,
         }
     }
 
@@ -619,6 +620,7 @@ async fn over_grpc_against_a_running_endpoint() {
             local: Arc::new(NoLocalObjects),
             jobs: 2,
             dispatch: Vec::new(),
+            progress_every: jserve::config::DEFAULT_PROGRESS_INTERVAL,
         };
         let graph = Arc::new(ActionGraph::from_json(&diamond(hash), hash).unwrap());
         let built = Builder::new(graph.clone(), ctx.clone())
@@ -768,6 +770,7 @@ async fn action_digests_equal_the_reference_clients() {
             local: Arc::new(Workspace(ws.clone())),
             jobs: 2,
             dispatch: Vec::new(),
+            progress_every: jserve::config::DEFAULT_PROGRESS_INTERVAL,
         };
         let built = Builder::new(Arc::new(graph), ctx)
             .build(&wanted)

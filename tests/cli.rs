@@ -402,3 +402,78 @@ async fn json_logs_are_one_object_a_line() {
         "{log}"
     );
 }
+
+/// Long work logs how far it got at the progress interval: a build (actions
+/// done, running, queued, the longest-running by name) and an archive
+/// import (entries and bytes so far, reported by the unpacking process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_work_logs_its_progress() {
+    use common::clients::SourceTree;
+    use jserve::digest::HashFunction;
+    use jserve::proto::serve_archive_tree_request::{ArchiveType, SymlinksResolve};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let targets = json!({
+        "slow": {"type": "export", "target": "slow-gen"},
+        "slow-gen": {"type": "generic", "outs": ["late.txt"],
+                     "cmds": ["sleep 1", "echo late > late.txt"]}});
+    std::fs::write(repo.join("TARGETS"), targets.to_string()).unwrap();
+    let (_, tree) = common::git::commit_all(&repo);
+    let serve = common::endpoints::JserveServe::start(
+        &dir.path().join("serve"),
+        json!({"local build root": loc(&dir.path().join("root")),
+               "remote service": {"port": 0},
+               "repositories": [loc(&repo)],
+               "build": {"progress interval": 0.05}}),
+    );
+    let channel = common::channel(serve.port).await;
+    let request =
+        common::targets::request_at(&channel, HashFunction::GitSha1, &tree, "slow", json!({}))
+            .await;
+    let mut target = jserve::proto::target_client::TargetClient::new(channel.clone());
+    common::targets::ask(&mut target, &request).await;
+    let log = serve.log();
+    let progress = log
+        .lines()
+        .find(|l| l.contains("1 running, 0 queued; longest: "))
+        .unwrap_or_else(|| panic!("no progress of the build:\n{log}"));
+    assert!(progress.contains("making late.txt"), "{progress}");
+    assert!(progress.contains("0 of 1 actions done"), "{progress}");
+
+    // An archive large enough to take a while to unpack.
+    let archive = dir.path().join("big.tar.gz");
+    common::corpus::make_tar_gz(&archive, 2000, 8 << 10, common::corpus::Corpus::Words);
+    let data = std::fs::read(&archive).unwrap();
+    let digest = HashFunction::GitSha1.digest_bytes(jserve::digest::ObjectKind::File, &data);
+    // Through ByteStream: larger than a batch may be.
+    use jserve::remote::RemoteCas;
+    let address = jserve::config::Address::parse(&serve.address()).unwrap();
+    let cas = jserve::remote::grpc::GrpcCas::connect(jserve::remote::grpc::GrpcCasConfig::new(
+        address,
+        "",
+        HashFunction::GitSha1,
+    ))
+    .await
+    .unwrap();
+    cas.upload_file(&digest, &archive).await.unwrap();
+    let r = SourceTree::new(channel)
+        .archive_tree(
+            &digest.hash,
+            ArchiveType::Tar,
+            ".",
+            SymlinksResolve::None,
+            false,
+        )
+        .await;
+    assert_eq!(r.status, 0);
+    let log = serve.log();
+    let unpacking: Vec<&str> = log.lines().filter(|l| l.contains("unpacking: ")).collect();
+    assert!(!unpacking.is_empty(), "no progress of the import:\n{log}");
+    assert!(
+        unpacking
+            .iter()
+            .any(|l| l.contains(" entries, ") && l.contains(&digest.hash[2..])),
+        "{unpacking:?}"
+    );
+}

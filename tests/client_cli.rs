@@ -93,3 +93,75 @@ async fn client_commands() {
     assert_eq!(v["compatible"], false);
     server.shutdown().await.unwrap();
 }
+
+/// `jserve status`: the daemon's counters, as a table and as JSON; a server
+/// without the Status service (the reference `just serve`) is a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_daemons_counters() {
+    use jserve::digest::HashFunction;
+    use jserve::proto::target_client::TargetClient;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("TARGETS"), common::targets::one_action_export()).unwrap();
+    let (_, tree) = common::git::commit_all(&repo);
+    let (_ctx, endpoint) = common::start_serve(
+        &config_in(dir.path(), json!({"repositories": [loc(&repo)]})),
+        HashFunction::GitSha1,
+    )
+    .await;
+    let port = endpoint.server.addr.port();
+    let request = common::targets::request(&endpoint, &tree, "one", json!({})).await;
+    let mut target = TargetClient::new(endpoint.channel.clone());
+    for _ in 0..4 {
+        common::targets::ask(&mut target, &request).await;
+    }
+    let (code, out, table) = tokio::task::spawn_blocking(move || {
+        let (code, out) = jserve(&["status", "--json"], port);
+        let (_, table) = jserve(&["status"], port);
+        (code, out, table)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["role"], "serve, its own endpoint");
+    assert_eq!(s["serve_target_requests"], 4);
+    assert_eq!(s["serve_target_hits"], 3);
+    assert_eq!(s["builds_running"], 0);
+    assert_eq!(s["actions_running"], 0);
+    assert_eq!(s["endpoint_reachable"], true);
+    assert!(s["requests"].as_u64().unwrap() >= 4, "{s}");
+    assert!(s["build_root_bytes"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["uptime_seconds"].as_f64().unwrap() >= 0.0, "{s}");
+    assert!(
+        table.contains("ServeTarget hits") && table.contains("3 of 4 requests (75.0 %)"),
+        "{table}"
+    );
+    assert!(table.contains("build root"), "{table}");
+    endpoint.server.shutdown().await.unwrap();
+
+    // The reference `just serve` has no such service.
+    let Some(just) = common::reference::reference_just() else {
+        return;
+    };
+    let reference = common::reference::start_server(
+        &just,
+        &["serve"],
+        &dir.path().join("reference"),
+        &repo,
+        false,
+    );
+    let port = reference.port;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_jserve"))
+            .args(["status", "-R", &format!("127.0.0.1:{port}")])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no jserve Status service"), "{stderr}");
+}

@@ -27,10 +27,12 @@ const REAPI: [&str; 6] = [
     "google.bytestream.ByteStream",
     "google.longrunning.Operations",
 ];
-const ALWAYS: [&str; 3] = [
+const ALWAYS: [&str; 4] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
+    // jserve's own, for `jserve status`.
+    "jserve.v1.Status",
 ];
 
 /// The reflection questions this test asks.

@@ -79,6 +79,9 @@ impl<'a> Extractor<'a> {
 
     fn count_entry(&mut self) -> Result<(), UnpackError> {
         self.stats.entries += 1;
+        super::PROGRESS
+            .entries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.check_entry_count(self.stats.entries)
     }
 
@@ -229,6 +232,9 @@ impl<'a> Extractor<'a> {
             return Err(self.too_large(path));
         }
         self.stats.bytes += n as u64;
+        super::PROGRESS
+            .bytes
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -324,6 +330,9 @@ impl<'a> Extractor<'a> {
             spool.rewind().map_err(write)?;
             // The bytes were counted once already.
             self.stats.bytes -= size;
+            super::PROGRESS
+                .bytes
+                .fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
             self.stream_blob(path, size, &mut spool)
         };
         let blob = spooled();

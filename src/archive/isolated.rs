@@ -59,9 +59,16 @@ pub fn unpack_isolated(
         .arg(limits.max_total_bytes.to_string())
         .arg(limits.max_entries.to_string())
         .arg(unpacking.compression.to_string())
+        .arg(
+            unpacking
+                .progress_every
+                .as_millis()
+                .clamp(1, 1000)
+                .to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     let max_memory = isolation.max_memory;
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
@@ -93,6 +100,10 @@ pub fn unpack_isolated(
             isolation.program.display()
         ))
     })?;
+    let progress = child.stderr.take().map(|stderr| {
+        let (archive, every) = (archive.to_path_buf(), unpacking.progress_every);
+        std::thread::spawn(move || log_progress(stderr, &archive, every))
+    });
     let mut output = String::new();
     if let Some(stdout) = child.stdout.take() {
         let _ = stdout.take(MAX_OUTPUT).read_to_string(&mut output);
@@ -100,6 +111,9 @@ pub fn unpack_isolated(
     let status = child
         .wait()
         .map_err(|e| UnpackError::Internal(format!("waiting for the unpacker: {e}")))?;
+    if let Some(progress) = progress {
+        let _ = progress.join();
+    }
     match (status.code(), status.signal()) {
         (Some(0), _) => parse_output(&output, scratch),
         (Some(EXIT_REFUSED), _) => Err(UnpackError::Refused(output.trim().to_string())),
@@ -112,6 +126,47 @@ pub fn unpack_isolated(
             "the unpacker exited with {code:?}: {}",
             output.trim()
         ))),
+    }
+}
+
+/// Reads the helper's progress reports (`progress ENTRIES BYTES` lines on
+/// its stderr) until it ends, logging one at most every `every`. Other
+/// lines (a panic's message) are read and dropped, each cut at a bound.
+fn log_progress(stderr: std::process::ChildStderr, archive: &Path, every: std::time::Duration) {
+    use std::io::BufRead;
+    let started = std::time::Instant::now();
+    let mut logged = started;
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // At most 1 KiB a line; the rest of a longer one is a line of its own.
+        match reader.by_ref().take(1 << 10).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let mut words = text.split_whitespace();
+        if words.next() != Some("progress") {
+            continue;
+        }
+        let (Some(Ok(entries)), Some(Ok(bytes))) = (
+            words.next().map(str::parse::<u64>),
+            words.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        if logged.elapsed() >= every {
+            logged = std::time::Instant::now();
+            tracing::info!(
+                archive = %archive.display(),
+                entries,
+                bytes,
+                "unpacking: {entries} entries, {} MiB so far ({} s)",
+                bytes >> 20,
+                started.elapsed().as_secs()
+            );
+        }
     }
 }
 
@@ -147,8 +202,10 @@ fn parse_output(output: &str, scratch: &Path) -> Result<Unpacked, UnpackError> {
 /// The helper's side: runs [`unpack`] on its arguments, prints `ENTRIES
 /// BYTES ROOT PACK-NAMES` or the refusal, and returns the process exit code.
 pub fn helper_main(args: &[String]) -> i32 {
-    let [format, archive, scratch, max_bytes, max_entries, level] = args else {
-        println!("usage: {HELPER_COMMAND} tar|zip ARCHIVE SCRATCH MAX_BYTES MAX_ENTRIES LEVEL");
+    let [format, archive, scratch, max_bytes, max_entries, level, progress_ms] = args else {
+        println!(
+            "usage: {HELPER_COMMAND} tar|zip ARCHIVE SCRATCH MAX_BYTES MAX_ENTRIES LEVEL PROGRESS_MS"
+        );
         return 2;
     };
     let format = match format.as_str() {
@@ -159,12 +216,28 @@ pub fn helper_main(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let (Ok(max_total_bytes), Ok(max_entries), Ok(level)) =
-        (max_bytes.parse(), max_entries.parse(), level.parse())
-    else {
-        println!("limits and level must be numbers");
+    let (Ok(max_total_bytes), Ok(max_entries), Ok(level), Ok(progress_ms)) = (
+        max_bytes.parse(),
+        max_entries.parse(),
+        level.parse(),
+        progress_ms.parse::<u64>(),
+    ) else {
+        println!("limits, level and progress interval must be numbers");
         return 2;
     };
+    // How far it got, on stderr, for the daemon to log (it ends with us).
+    std::thread::spawn(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(progress_ms.max(1)));
+            let progress = &super::PROGRESS;
+            eprintln!(
+                "progress {} {}",
+                progress.entries.load(Relaxed),
+                progress.bytes.load(Relaxed)
+            );
+        }
+    });
     let limits = Limits {
         max_total_bytes,
         max_entries,

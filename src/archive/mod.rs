@@ -86,11 +86,24 @@ impl Default for Limits {
 /// How archives are unpacked: the bounds, the zlib level of the packed
 /// objects, and whether in a child process (see [`Isolation`]; without it,
 /// in this process).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unpacking {
     pub limits: Limits,
     pub compression: u32,
     pub isolation: Option<Isolation>,
+    /// How often an isolated unpacking logs how far it got.
+    pub progress_every: std::time::Duration,
+}
+
+impl Default for Unpacking {
+    fn default() -> Self {
+        Unpacking {
+            limits: Limits::default(),
+            compression: 0,
+            isolation: None,
+            progress_every: crate::config::DEFAULT_PROGRESS_INTERVAL,
+        }
+    }
 }
 
 impl Unpacking {
@@ -108,6 +121,18 @@ impl Unpacking {
         }
     }
 }
+
+/// Entries and bytes unpacked so far in this process: what the unpack
+/// helper, which unpacks one archive, reports while it works.
+pub struct Progress {
+    pub entries: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+pub static PROGRESS: Progress = Progress {
+    entries: std::sync::atomic::AtomicU64::new(0),
+    bytes: std::sync::atomic::AtomicU64::new(0),
+};
 
 /// An unpacked archive: its root tree, in packs not yet installed anywhere.
 #[derive(Clone, Debug, PartialEq, Eq)]

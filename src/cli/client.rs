@@ -101,6 +101,12 @@ pub enum ClientCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// How a jserve daemon is doing: uptime, requests, cache hits, builds
+    /// and actions running, build-root size (jserve's own Status service).
+    Status {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 async fn connect(e: &Endpoint) -> anyhow::Result<Channel> {
@@ -179,6 +185,96 @@ fn to_screaming(camel: &str) -> String {
         out.push(c.to_ascii_uppercase());
     }
     out
+}
+
+fn status_json(s: &crate::proto::status::GetStatusResponse) -> serde_json::Value {
+    json!({
+        "version": s.version,
+        "role": s.role,
+        "uptime_seconds": s.uptime_seconds,
+        "requests": s.requests,
+        "serve_target_requests": s.serve_target_requests,
+        "serve_target_hits": s.serve_target_hits,
+        "builds_running": s.builds_running,
+        "actions_running": s.actions_running,
+        "actions_queued": s.actions_queued,
+        "build_root_bytes": s.build_root_bytes,
+        "build_root_measured_seconds_ago": s.build_root_measured_seconds_ago,
+        "endpoint_reachable": s.endpoint_reachable,
+    })
+}
+
+/// The status as a two-column table for people.
+fn status_table(address: &str, s: &crate::proto::status::GetStatusResponse) -> String {
+    let uptime = s.uptime_seconds as u64;
+    let uptime = match uptime {
+        0..60 => format!("{uptime} s"),
+        60..3600 => format!("{} min {} s", uptime / 60, uptime % 60),
+        _ => format!("{} h {} min", uptime / 3600, uptime % 3600 / 60),
+    };
+    let hits = if s.serve_target_requests == 0 {
+        "no requests yet".to_string()
+    } else {
+        format!(
+            "{} of {} requests ({:.1} %)",
+            s.serve_target_hits,
+            s.serve_target_requests,
+            100.0 * s.serve_target_hits as f64 / s.serve_target_requests as f64
+        )
+    };
+    let root = if s.build_root_measured_seconds_ago < 0.0 {
+        "not measured yet".to_string()
+    } else {
+        format!(
+            "{} (measured {:.0} s ago)",
+            human_bytes(s.build_root_bytes),
+            s.build_root_measured_seconds_ago
+        )
+    };
+    let rows = [
+        (
+            "daemon",
+            format!("jserve {} ({}) at {address}", s.version, s.role),
+        ),
+        ("uptime", uptime),
+        ("requests", s.requests.to_string()),
+        ("ServeTarget hits", hits),
+        ("builds running", s.builds_running.to_string()),
+        (
+            "actions",
+            format!("{} running, {} queued", s.actions_running, s.actions_queued),
+        ),
+        ("build root", root),
+        (
+            "endpoint",
+            if s.endpoint_reachable {
+                "reachable"
+            } else {
+                "NOT REACHABLE"
+            }
+            .to_string(),
+        ),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
+}
+
+/// Bytes in B, KiB, MiB, GiB or TiB, one decimal.
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 fn parse_distfile(spec: &str) -> anyhow::Result<serve_distdir_tree_request::Distfile> {
@@ -341,6 +437,27 @@ async fn run_async(command: ClientCommand) -> anyhow::Result<ExitCode> {
                 true,
                 json!({"address": address, "instance_name": r.remote_instance_name, "compatible": compatible}),
             )
+        }
+        ClientCommand::Status { endpoint } => {
+            let mut c =
+                crate::proto::status::status_client::StatusClient::new(connect(&endpoint).await?);
+            let answer = c
+                .get_status(crate::proto::status::GetStatusRequest {})
+                .await;
+            let s = match answer {
+                Ok(r) => r.into_inner(),
+                Err(e) if e.code() == tonic::Code::Unimplemented => bail!(
+                    "{} has no jserve Status service (a `just serve`?)",
+                    endpoint.address
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            if endpoint.json {
+                println!("{}", status_json(&s));
+            } else {
+                print!("{}", status_table(&endpoint.address, &s));
+            }
+            ExitCode::SUCCESS
         }
     })
 }

@@ -55,7 +55,7 @@ enum Command {
     /// Unpacks one archive for the daemon, in a process of its own.
     #[command(name = crate::archive::HELPER_COMMAND, hide = true)]
     Unpack {
-        #[arg(num_args = 6)]
+        #[arg(num_args = 7)]
         args: Vec<String>,
     },
 }

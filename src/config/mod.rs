@@ -229,7 +229,13 @@ pub struct BuildConfig {
     pub action_timeout: Duration,
     pub target_cache_write_strategy: TargetCacheWriteStrategy,
     pub local_launcher: Vec<String>,
+    /// How often long work (a build, an archive import) logs its progress
+    /// (jserve's own `"progress interval"`, seconds).
+    pub progress_interval: Duration,
 }
+
+/// How often long work logs its progress by default.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How far an archive may expand when unpacked (jserve's own config key
 /// `"archive limits"`; archives past it fail with UNPACK_ERROR).
@@ -345,6 +351,7 @@ impl ServeConfig {
                 max_entries: limits.max_entries,
             },
             compression: limits.compression,
+            progress_every: self.build.progress_interval,
             isolation: self
                 .unpack_helper
                 .clone()

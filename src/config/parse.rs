@@ -97,6 +97,7 @@ impl ServeConfig {
             action_timeout: Duration::from_secs(300),
             target_cache_write_strategy: TargetCacheWriteStrategy::Sync,
             local_launcher: vec!["env".to_string(), "--".to_string()],
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
         };
         if let Some((k, v)) = top.get("build") {
             build = build_section(Obj::new(v, k)?, build, &mut warnings)?;
@@ -309,6 +310,9 @@ fn build_section(
     }
     if let Some((k, v)) = o.get("local jobs") {
         build.local_jobs = integer(v, &k, 1, 1 << 20)? as usize;
+    }
+    if let Some((k, v)) = o.get("progress interval") {
+        build.progress_interval = seconds(v, &k, false)?;
     }
     if let Some((k, v)) = o.get("action timeout") {
         build.action_timeout = seconds(v, &k, false)?;

@@ -104,6 +104,8 @@ pub struct LocalEndpoint {
     pub demands: Mutex<HashMap<String, Arc<Demand>>>,
     /// Held by runs, which may outlive the request that started them.
     pub gc: Arc<GcLocks>,
+    /// The build root the stores are in.
+    pub root: BuildRoot,
 }
 
 impl LocalEndpoint {
@@ -117,6 +119,7 @@ impl LocalEndpoint {
             operations: Operations::new(),
             demands: Mutex::default(),
             gc: GcLocks::for_root(build_root),
+            root: build_root.clone(),
             cas,
         })
     }

@@ -91,6 +91,8 @@ struct Record {
 impl Drop for Record {
     fn drop(&mut self) {
         let g = global();
+        g.requests_answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let code = self.code.map_or("CANCELLED", code_name);
         let elapsed = self.start.elapsed();
         let ms = elapsed.as_secs_f64() * 1e3;

@@ -97,6 +97,8 @@ pub struct Global {
     pub endpoint_calls: Family<Method, Counter>,
     pub endpoint_errors: Family<Method, Counter>,
     pub endpoint_retries: Family<Method, Counter>,
+    /// gRPC requests answered, all methods together.
+    pub requests_answered: std::sync::atomic::AtomicU64,
     started: SystemTime,
     known_methods: OnceLock<HashSet<&'static str>>,
 }
@@ -119,12 +121,18 @@ pub fn global() -> &'static Global {
         endpoint_calls: Family::default(),
         endpoint_errors: Family::default(),
         endpoint_retries: Family::default(),
+        requests_answered: std::sync::atomic::AtomicU64::new(0),
         started: SystemTime::now(),
         known_methods: OnceLock::new(),
     })
 }
 
 impl Global {
+    /// When the daemon started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
     /// The method label of a request path: the path of a method jserve
     /// serves, else `other` (so that clients cannot make up labels).
     pub fn method_label(&self, path: &str) -> &'static str {
@@ -192,7 +200,7 @@ pub struct Scrape {
     pub gc: Option<Arc<crate::storage::gc::collector::GcStats>>,
     /// The build root, measured every [`MEASURE_EVERY`] by the listener.
     pub root: Option<crate::storage::BuildRoot>,
-    usage: Arc<Mutex<Option<crate::storage::gc::usage::Usage>>>,
+    usage: Arc<Mutex<Option<(std::time::Instant, crate::storage::gc::usage::Usage)>>>,
 }
 
 /// How often the metrics listener measures the build root.
@@ -221,8 +229,31 @@ impl Scrape {
         if let Ok(usage) =
             tokio::task::spawn_blocking(move || crate::storage::gc::usage::measure(&root)).await
         {
-            *self.usage.lock().expect("usage lock") = Some(usage);
+            *self.usage.lock().expect("usage lock") = Some((std::time::Instant::now(), usage));
         }
+    }
+
+    /// Measures unless the last measurement is younger than `age`.
+    pub async fn measure_unless_younger(&self, age: Duration) {
+        let fresh = self
+            .usage
+            .lock()
+            .expect("usage lock")
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < age);
+        if !fresh {
+            self.measure().await;
+        }
+    }
+
+    /// The build root's disk use at the last measurement (stores and
+    /// staging), and how long ago that was.
+    pub fn last_usage(&self) -> Option<(u64, Duration)> {
+        self.usage
+            .lock()
+            .expect("usage lock")
+            .as_ref()
+            .map(|(at, u)| (u.stores().bytes + u.staging.bytes, at.elapsed()))
     }
 
     /// The text exposition of every metric.
@@ -368,6 +399,12 @@ impl Collector for Scrape {
             )?;
             one(
                 e,
+                "serve_target_builds_running",
+                "ServeTarget misses being analysed and built now.",
+                &ConstGauge::new(t.builds_running.load(Relaxed) as i64),
+            )?;
+            one(
+                e,
                 "serve_target_build_seconds",
                 "Time to analyse and build a ServeTarget miss.",
                 &t.build_seconds,
@@ -394,7 +431,7 @@ impl Collector for Scrape {
                 &counter(&gc.files_removed),
             )?;
         }
-        if let Some(usage) = self.usage.lock().expect("usage lock").as_ref() {
+        if let Some((_, usage)) = self.usage.lock().expect("usage lock").as_ref() {
             let metric_encoder = encoder.encode_descriptor(
                 "build_root_bytes",
                 "Disk use of the build root by part: each generation of the stores, and staging.",

@@ -250,6 +250,7 @@ pub(super) async fn build_and_store(
             local: server.local_objects(),
             jobs: server.deps.build.build_jobs.max(1),
             dispatch,
+            progress_every: server.deps.build.progress_interval,
         },
     );
     let outcome = match builder.build(&wanted).await {

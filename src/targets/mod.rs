@@ -80,6 +80,8 @@ pub struct TargetStats {
     pub failures: AtomicU64,
     /// Requests that joined an identical request's computation.
     pub shared: AtomicU64,
+    /// Misses being analysed and built now.
+    pub builds_running: AtomicU64,
     /// Seconds from a miss to its value (or failure).
     pub build_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -96,6 +98,7 @@ impl Default for TargetStats {
             misses: AtomicU64::default(),
             failures: AtomicU64::default(),
             shared: AtomicU64::default(),
+            builds_running: AtomicU64::default(),
             build_seconds: crate::metrics::build_buckets(),
         }
     }
@@ -354,6 +357,15 @@ impl TargetServer {
             return Ok(answer);
         }
         stats.misses.fetch_add(1, Ordering::Relaxed);
+        stats.builds_running.fetch_add(1, Ordering::Relaxed);
+        // Down again however the build ends (its task may be dropped).
+        struct Running<'a>(&'a AtomicU64);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _running = Running(&stats.builds_running);
         tracing::info!(
             "ServeTarget {}: not in the cache; analysing and building",
             request.key.hash

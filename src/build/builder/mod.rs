@@ -38,9 +38,6 @@ pub use dispatch::DispatchTarget;
 
 use self::tree::Entry;
 
-/// How often progress is logged while actions run.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
 /// Errors of a local object source.
 pub type LocalError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -178,6 +175,8 @@ pub struct BuildContext {
     pub jobs: usize,
     /// Other endpoints for actions with matching properties.
     pub dispatch: Vec<DispatchTarget>,
+    /// How often a running build logs its progress.
+    pub progress_every: Duration,
 }
 
 /// An object with the failed-ness of what it was made from.
@@ -216,6 +215,10 @@ struct Inner {
     /// Symlink targets by blob hash (compatible mode stores them inline).
     targets: Mutex<HashMap<String, String>>,
     counters: Counters,
+    /// Actions holding a slot: since when, and what they make.
+    running: Mutex<HashMap<String, (std::time::Instant, String)>>,
+    /// Actions waiting for a slot.
+    queued: AtomicUsize,
 }
 
 /// Builds artifacts of one action graph. Results are kept: building more
@@ -262,6 +265,8 @@ impl Builder {
                 overlays: Memo::default(),
                 targets: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
+                running: Mutex::new(HashMap::new()),
+                queued: AtomicUsize::new(0),
             }),
         }
     }
@@ -340,14 +345,36 @@ impl Builder {
 }
 
 async fn report_progress(inner: Arc<Inner>, before: BuildStats, total: usize) {
+    /// Longest-running actions named in a progress line.
+    const NAMED: usize = 3;
     loop {
-        tokio::time::sleep(PROGRESS_EVERY).await;
+        tokio::time::sleep(inner.ctx.progress_every).await;
         let now = inner.stats(total);
         let done = (now.executed + now.cached) - (before.executed + before.cached);
+        let mut running: Vec<(std::time::Duration, String)> = inner
+            .running
+            .lock()
+            .expect("running lock")
+            .values()
+            .map(|(since, what)| (since.elapsed(), what.clone()))
+            .collect();
+        running.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let longest: Vec<String> = running
+            .iter()
+            .take(NAMED)
+            .map(|(took, what)| format!("{what} ({} s)", took.as_secs()))
+            .collect();
         tracing::info!(
-            "{done} of {total} actions done ({} cached), {} running",
+            "{done} of {total} actions done ({} cached), {} running, {} queued{}{}",
             now.cached - before.cached,
-            inner.ctx.jobs.max(1) - inner.slots.available_permits()
+            running.len(),
+            inner.queued.load(Ordering::Relaxed),
+            if longest.is_empty() {
+                ""
+            } else {
+                "; longest: "
+            },
+            longest.join(", ")
         );
     }
 }

@@ -18,6 +18,55 @@ use super::outputs::{missing_outputs, produced, Produced};
 use super::upload::upload_missing;
 use super::{BuildError, Inner, Outputs};
 
+/// Counted as waiting for a slot while it lives (for progress reports).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+type RunningMap = std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>;
+
+/// Listed as running (since now, named by its id and first output) while
+/// it lives.
+struct Running<'a> {
+    map: &'a RunningMap,
+    id: String,
+}
+
+impl<'a> Running<'a> {
+    fn new(map: &'a RunningMap, node: &ActionNode) -> Running<'a> {
+        let first = node.outputs.first().or(node.output_dirs.first());
+        let short = &node.id[..node.id.len().min(12)];
+        let what = match first {
+            Some(out) => format!("{short} making {out}"),
+            None => short.to_string(),
+        };
+        map.lock()
+            .expect("running lock")
+            .insert(node.id.clone(), (std::time::Instant::now(), what));
+        Running {
+            map,
+            id: node.id.clone(),
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.map.lock().expect("running lock").remove(&self.id);
+    }
+}
+
 /// Longest part of a log shown in an error message.
 const LOG_LIMIT: usize = 64 << 10;
 
@@ -147,11 +196,14 @@ impl Inner {
         let mut skip_cache = node.no_cache;
         loop {
             let executed = {
+                let waiting = Waiting::new(&self.queued);
                 let _slot = self
                     .slots
                     .acquire()
                     .await
                     .map_err(|e| BuildError::Task(e.to_string()))?;
+                drop(waiting);
+                let _running = Running::new(&self.running, node);
                 executor.execute(action, skip_cache).await
             };
             let executed = match executed {
