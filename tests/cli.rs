@@ -477,3 +477,38 @@ async fn long_work_logs_its_progress() {
         "{unpacking:?}"
     );
 }
+
+/// An upload to the endpoint that takes longer than the progress interval
+/// logs how many objects it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_upload_logs_its_progress() {
+    use common::clients::SourceTree;
+    use jserve::digest::HashFunction;
+    let endpoint = common::reapi::start_execute(HashFunction::GitSha1, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    // 20 MB in all: several batches.
+    for i in 0..2000 {
+        let line = format!("file {i}\n");
+        std::fs::write(repo.join(format!("f{i}")), line.repeat(10_000 / line.len())).unwrap();
+    }
+    let (commit, _) = common::git::commit_all(&repo);
+    let serve = common::endpoints::JserveServe::start(
+        &dir.path().join("serve"),
+        json!({"local build root": loc(&dir.path().join("root")),
+               "remote service": {"port": 0},
+               "repositories": [loc(&repo)],
+               "execution endpoint": {"address": format!("127.0.0.1:{}", endpoint.server.addr.port())},
+               "build": {"progress interval": 0.001}}),
+    );
+    let mut sources = SourceTree::new(common::channel(serve.port).await);
+    assert_eq!(sources.commit_tree(&commit, ".", true).await.status, 0);
+    let log = serve.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("uploading to the endpoint: "))
+        .unwrap_or_else(|| panic!("no progress of the upload:\n{log}"));
+    assert!(line.contains(" of 2001 objects sent"), "{line}");
+    endpoint.server.shutdown().await.unwrap();
+}

@@ -117,6 +117,7 @@ impl World {
                 "remote service": {"port": 0},
                 "gc": {"max bytes": max_bytes, "interval seconds": interval,
                        "min age seconds": min_age},
+                "metrics": {"port": 0},
             }),
         );
         let main = dir.join("main");
@@ -265,6 +266,12 @@ fn a_bounded_root_stays_within_its_bound_and_answers_again() {
     });
     let log = w.serve.log();
     assert!(log.contains("gc: "), "no collection logged:\n{log}");
+    // The metrics count the collections and what they removed.
+    let metrics = common::http::metrics_address(&log).expect("metrics address logged");
+    let (_, _, text) = common::http::get(metrics, "/metrics");
+    let runs = common::http::sample(&text, "jserve_gc_runs_total").unwrap();
+    let removed = common::http::sample(&text, "jserve_gc_removed_bytes_total").unwrap();
+    assert!(runs >= 1.0 && removed > 0.0, "{text}");
     assert!(log.contains("bound 2.4 MiB"), "no start-up line:\n{log}");
     w.assert_consistent("after the collections");
 

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -73,34 +73,8 @@ fn parser_python() -> Option<&'static str> {
     })
 }
 
-/// GET /metrics: status line, content type, body.
-fn get(addr: SocketAddr, path: &str) -> (String, String, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("headers end");
-    let status = head.lines().next().unwrap().to_string();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
 fn scrape(addr: SocketAddr) -> Samples {
-    let (status, content_type, body) = get(addr, "/metrics");
+    let (status, content_type, body) = common::http::get(addr, "/metrics");
     assert!(status.contains(" 200 "), "{status}");
     assert!(
         content_type.starts_with("application/openmetrics-text"),
@@ -165,7 +139,7 @@ async fn counters_after_a_known_sequence() {
     let addr = endpoint.server.metrics_addr.expect("metrics served");
 
     // Not found elsewhere; only GET.
-    assert!(get(addr, "/").0.contains(" 404 "));
+    assert!(common::http::get(addr, "/").0.contains(" 404 "));
 
     // The build root is measured in the background from the start.
     let deadline = Instant::now() + Duration::from_secs(20);

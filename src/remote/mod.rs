@@ -70,6 +70,45 @@ pub enum Fetched {
     File(u64),
 }
 
+/// A long upload's progress, logged at the progress interval
+/// ([`crate::logging::progress_interval`]).
+pub(crate) struct UploadProgress {
+    total: usize,
+    sent: usize,
+    bytes: u64,
+    started: std::time::Instant,
+    logged: std::time::Instant,
+}
+
+impl UploadProgress {
+    pub(crate) fn new(total: usize) -> UploadProgress {
+        let now = std::time::Instant::now();
+        UploadProgress {
+            total,
+            sent: 0,
+            bytes: 0,
+            started: now,
+            logged: now,
+        }
+    }
+
+    /// Counts `objects` of `bytes` as sent; logs if the interval has passed.
+    pub(crate) fn sent(&mut self, objects: usize, bytes: u64) {
+        self.sent += objects;
+        self.bytes += bytes;
+        if self.logged.elapsed() >= crate::logging::progress_interval() {
+            self.logged = std::time::Instant::now();
+            tracing::info!(
+                "uploading to the endpoint: {} of {} objects sent ({} MiB, {} s)",
+                self.sent,
+                self.total,
+                self.bytes >> 20,
+                self.started.elapsed().as_secs()
+            );
+        }
+    }
+}
+
 /// The CAS of the associated endpoint. Digests are in the endpoint's hash
 /// mode (`hash_function`); native trees are git tree objects and may only be
 /// uploaded after everything they name.

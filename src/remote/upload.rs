@@ -54,9 +54,7 @@ pub async fn upload_all(
 ) -> Result<(), RemoteError> {
     let mut group: Vec<(Digest, Vec<u8>)> = Vec::new();
     let mut group_bytes = 0usize;
-    let mut progress = Progress::new(objects.len());
     for (digest, content) in objects {
-        progress.next(group.len());
         let data = match content {
             Content::Bytes(data) => data,
             Content::File(path) => {
@@ -72,8 +70,6 @@ pub async fn upload_all(
                     remote.upload_blobs(std::mem::take(&mut group)).await?;
                     group_bytes = 0;
                     remote.upload_file(&digest, &path).await?;
-                    progress.sent += 1;
-                    progress.bytes += len;
                     continue;
                 }
                 tokio::fs::read(&path)
@@ -84,8 +80,6 @@ pub async fn upload_all(
         group_bytes += data.len();
         group.push((digest, data));
         if group_bytes >= GROUP_BYTES {
-            progress.sent += group.len();
-            progress.bytes += group_bytes as u64;
             remote.upload_blobs(std::mem::take(&mut group)).await?;
             group_bytes = 0;
         }
@@ -94,42 +88,6 @@ pub async fn upload_all(
         remote.upload_blobs(group).await?;
     }
     Ok(())
-}
-
-/// An upload's progress, logged at the progress interval.
-struct Progress {
-    total: usize,
-    sent: usize,
-    bytes: u64,
-    started: std::time::Instant,
-    logged: std::time::Instant,
-}
-
-impl Progress {
-    fn new(total: usize) -> Progress {
-        let now = std::time::Instant::now();
-        Progress {
-            total,
-            sent: 0,
-            bytes: 0,
-            started: now,
-            logged: now,
-        }
-    }
-
-    /// Before the next object; `pending` are read and waiting to go.
-    fn next(&mut self, pending: usize) {
-        if self.logged.elapsed() >= crate::logging::progress_interval() {
-            self.logged = std::time::Instant::now();
-            tracing::info!(
-                "uploading to the endpoint: {} of {} objects sent ({} MiB), {pending} read ({} s)",
-                self.sent,
-                self.total,
-                self.bytes >> 20,
-                self.started.elapsed().as_secs()
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod corpus;
 pub mod endpoints;
 pub mod git;
+pub mod http;
 pub mod pki;
 pub mod procs;
 pub mod reapi;

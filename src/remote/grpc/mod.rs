@@ -708,6 +708,7 @@ impl RemoteCas for GrpcCas {
 
     async fn upload_blobs(&self, blobs: Vec<(Digest, Vec<u8>)>) -> Result<(), RemoteError> {
         let limit = self.max_batch_bytes().await?;
+        let mut progress = super::UploadProgress::new(blobs.len());
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         for (digest, data) in blobs {
@@ -715,14 +716,19 @@ impl RemoteCas for GrpcCas {
             let cost = data.len().saturating_add(ENTRY_OVERHEAD);
             if cost > limit {
                 // Keep the order: what came before goes first.
+                let n = batch.len();
                 self.upload_batch(std::mem::take(&mut batch)).await?;
+                progress.sent(n, batch_bytes as u64);
                 batch_bytes = 0;
                 self.write_stream(&digest, size, Source::Memory(Arc::new(data)))
                     .await?;
+                progress.sent(1, size);
                 continue;
             }
             if batch_bytes + cost > limit {
+                let n = batch.len();
                 self.upload_batch(std::mem::take(&mut batch)).await?;
+                progress.sent(n, batch_bytes as u64);
                 batch_bytes = 0;
             }
             batch.push((digest, data));
