@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tonic::body::Body;
 
-use super::{global, Method, MethodCode};
+use super::{code_name, global, MethodMetrics};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -46,7 +46,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = global().method_label(request.uri().path());
+        let method = global().method(request.uri().path());
         let start = Instant::now();
         // The clone is ready only if polled; keep the polled one for this call.
         let clone = self.inner.clone();
@@ -82,7 +82,7 @@ const SLOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One request's figures, counted (and its end logged) when dropped.
 struct Record {
-    method: &'static str,
+    method: &'static MethodMetrics,
     start: Instant,
     code: Option<tonic::Code>,
     span: tracing::Span,
@@ -90,54 +90,19 @@ struct Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let g = global();
-        g.requests_answered
+        global()
+            .requests_answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let code = self.code.map_or("CANCELLED", code_name);
         let elapsed = self.start.elapsed();
+        self.method.requests(self.code).inc();
+        self.method.duration.observe(elapsed.as_secs_f64());
+        let code = self.code.map_or("CANCELLED", code_name);
         let ms = elapsed.as_secs_f64() * 1e3;
-        self.span.in_scope(|| {
-            if code != "OK" || elapsed >= SLOW {
-                tracing::info!(code, ms, "answered");
-            } else {
-                tracing::debug!(code, ms, "answered");
-            }
-        });
-        g.grpc_requests
-            .get_or_create(&MethodCode {
-                method: self.method,
-                code,
-            })
-            .inc();
-        g.grpc_duration
-            .get_or_create(&Method {
-                method: self.method,
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-}
-
-/// The name gRPC gives a code.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
+        if code != "OK" || elapsed >= SLOW {
+            self.span.in_scope(|| tracing::info!(code, ms, "answered"));
+        } else if tracing::enabled!(tracing::Level::DEBUG) {
+            self.span.in_scope(|| tracing::debug!(code, ms, "answered"));
+        }
     }
 }
 

@@ -100,7 +100,57 @@ pub struct Global {
     /// gRPC requests answered, all methods together.
     pub requests_answered: std::sync::atomic::AtomicU64,
     started: SystemTime,
-    known_methods: OnceLock<HashSet<&'static str>>,
+    methods: OnceLock<std::collections::HashMap<&'static str, MethodMetrics>>,
+}
+
+/// The metrics of one gRPC method, looked up once: its duration histogram
+/// and its counter for each status code (created when first used, so only
+/// codes that happened are exported).
+pub struct MethodMetrics {
+    pub name: &'static str,
+    pub duration: Histogram,
+    by_code: [OnceLock<Counter>; 18],
+}
+
+impl MethodMetrics {
+    /// The counter of answers with `code` (`None`: the client went away).
+    pub fn requests(&self, code: Option<tonic::Code>) -> &Counter {
+        // Slot 17 is for CANCELLED by the client (no code was sent).
+        let slot = code.map_or(17, |c| (c as usize).min(16));
+        self.by_code[slot].get_or_init(|| {
+            global()
+                .grpc_requests
+                .get_or_create(&MethodCode {
+                    method: self.name,
+                    code: code.map_or("CANCELLED", code_name),
+                })
+                .clone()
+        })
+    }
+}
+
+/// The name gRPC gives a code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// The process-wide counters, created on first use.
@@ -123,7 +173,7 @@ pub fn global() -> &'static Global {
         endpoint_retries: Family::default(),
         requests_answered: std::sync::atomic::AtomicU64::new(0),
         started: SystemTime::now(),
-        known_methods: OnceLock::new(),
+        methods: OnceLock::new(),
     })
 }
 
@@ -136,8 +186,30 @@ impl Global {
     /// The method label of a request path: the path of a method jserve
     /// serves, else `other` (so that clients cannot make up labels).
     pub fn method_label(&self, path: &str) -> &'static str {
-        let known = self.known_methods.get_or_init(known_methods);
-        known.get(path).copied().unwrap_or("other")
+        self.method(path).name
+    }
+
+    /// The metrics of the method at `path` (those of `other` for a path
+    /// jserve does not serve).
+    pub fn method(&self, path: &str) -> &MethodMetrics {
+        let methods = self.methods.get_or_init(|| {
+            known_methods()
+                .into_iter()
+                .chain(["other"])
+                .map(|name| {
+                    let metrics = MethodMetrics {
+                        name,
+                        duration: self
+                            .grpc_duration
+                            .get_or_create(&Method { method: name })
+                            .clone(),
+                        by_code: Default::default(),
+                    };
+                    (name, metrics)
+                })
+                .collect()
+        });
+        methods.get(path).unwrap_or_else(|| &methods["other"])
     }
 
     /// Counts a CAS transfer of `blobs` objects, `bytes` in all.
