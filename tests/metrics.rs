@@ -145,7 +145,8 @@ async fn counters_after_a_known_sequence() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let before = loop {
         let s = scrape(addr);
-        if s.or_zero("jserve_build_root_bytes", &[("part", "generation-0")]) > 0.0 {
+        let staging = [("store", "staging"), ("generation", "")];
+        if s.or_zero("jserve_build_root_bytes", &staging) > 0.0 {
             break s;
         }
         assert!(
@@ -312,7 +313,31 @@ async fn counters_after_a_known_sequence() {
         .unwrap()
         .as_secs_f64();
     assert!(start <= now && start >= test_start - 5.0, "{start}");
-    assert!(before.get("jserve_build_root_bytes", &[("part", "staging")]) >= 0.0);
+    // The build root by store and generation, as measured at the start.
+    let stores: Vec<&BTreeMap<String, String>> = before
+        .0
+        .keys()
+        .filter(|(name, _)| name == "jserve_build_root_bytes")
+        .map(|(_, labels)| labels)
+        .collect();
+    assert!(!stores.is_empty());
+    for labels in stores {
+        let store = labels["store"].as_str();
+        let known = [
+            "cas",
+            "action-cache",
+            "target-cache",
+            "git-cache",
+            "source-maps",
+            "maps",
+            "staging",
+        ];
+        assert!(known.contains(&store), "{labels:?}");
+        assert!(
+            ["0", "1", ""].contains(&labels["generation"].as_str()),
+            "{labels:?}"
+        );
+    }
     // The daemon's own counters are the ones exported.
     let [requests, _, hits, builds, ..] = ctx.target_stats.snapshot();
     assert_eq!((requests, hits, builds), (3, 1, 2));

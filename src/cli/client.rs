@@ -227,7 +227,7 @@ fn status_table(address: &str, s: &crate::proto::status::GetStatusResponse) -> S
     } else {
         format!(
             "{} (measured {:.0} s ago)",
-            human_bytes(s.build_root_bytes),
+            crate::storage::gc::usage::human(s.build_root_bytes),
             s.build_root_measured_seconds_ago
         )
     };
@@ -259,22 +259,6 @@ fn status_table(address: &str, s: &crate::proto::status::GetStatusResponse) -> S
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
         .collect()
-}
-
-/// Bytes in B, KiB, MiB, GiB or TiB, one decimal.
-fn human_bytes(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < units.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", units[unit])
-    }
 }
 
 fn parse_distfile(spec: &str) -> anyhow::Result<serve_distdir_tree_request::Distfile> {

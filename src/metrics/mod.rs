@@ -272,7 +272,16 @@ pub struct Scrape {
     pub gc: Option<Arc<crate::storage::gc::collector::GcStats>>,
     /// The build root, measured every [`MEASURE_EVERY`] by the listener.
     pub root: Option<crate::storage::BuildRoot>,
-    usage: Arc<Mutex<Option<(std::time::Instant, crate::storage::gc::usage::Usage)>>>,
+    usage: Arc<Mutex<Option<Measured>>>,
+}
+
+/// The build root as last measured.
+#[derive(Clone, Debug)]
+struct Measured {
+    at: std::time::Instant,
+    /// By store and generation.
+    stores: std::collections::BTreeMap<(&'static str, usize), crate::storage::gc::usage::Part>,
+    staging: crate::storage::gc::usage::Part,
 }
 
 /// How often the metrics listener measures the build root.
@@ -298,10 +307,17 @@ impl Scrape {
         let Some(root) = self.root.clone() else {
             return;
         };
-        if let Ok(usage) =
-            tokio::task::spawn_blocking(move || crate::storage::gc::usage::measure(&root)).await
-        {
-            *self.usage.lock().expect("usage lock") = Some((std::time::Instant::now(), usage));
+        let measured = tokio::task::spawn_blocking(move || {
+            use crate::storage::gc::usage::{measure_dir, measure_stores};
+            Measured {
+                stores: measure_stores(&root),
+                staging: measure_dir(&root.tmp_dir()),
+                at: std::time::Instant::now(),
+            }
+        })
+        .await;
+        if let Ok(measured) = measured {
+            *self.usage.lock().expect("usage lock") = Some(measured);
         }
     }
 
@@ -312,7 +328,7 @@ impl Scrape {
             .lock()
             .expect("usage lock")
             .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() < age);
+            .is_some_and(|m| m.at.elapsed() < age);
         if !fresh {
             self.measure().await;
         }
@@ -321,11 +337,10 @@ impl Scrape {
     /// The build root's disk use at the last measurement (stores and
     /// staging), and how long ago that was.
     pub fn last_usage(&self) -> Option<(u64, Duration)> {
-        self.usage
-            .lock()
-            .expect("usage lock")
-            .as_ref()
-            .map(|(at, u)| (u.stores().bytes + u.staging.bytes, at.elapsed()))
+        self.usage.lock().expect("usage lock").as_ref().map(|m| {
+            let stores: u64 = m.stores.values().map(|p| p.bytes).sum();
+            (stores + m.staging.bytes, m.at.elapsed())
+        })
     }
 
     /// The text exposition of every metric.
@@ -503,21 +518,22 @@ impl Collector for Scrape {
                 &counter(&gc.files_removed),
             )?;
         }
-        if let Some((_, usage)) = self.usage.lock().expect("usage lock").as_ref() {
-            let metric_encoder = encoder.encode_descriptor(
+        if let Some(measured) = self.usage.lock().expect("usage lock").as_ref() {
+            let mut metric_encoder = encoder.encode_descriptor(
                 "build_root_bytes",
-                "Disk use of the build root by part: each generation of the stores, and staging.",
+                "Disk use of the build root by store (cas, action-cache, target-cache, git-cache, \
+                 source-maps, maps) and generation, and of staging (store staging, no generation).",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;
-            let mut metric_encoder = metric_encoder;
-            for (i, g) in usage.generations.iter().enumerate() {
-                let part = format!("generation-{i}");
-                let labels = [("part", part.as_str())];
-                ConstGauge::new(g.bytes as i64).encode(metric_encoder.encode_family(&labels)?)?;
+            for ((store, generation), part) in &measured.stores {
+                let generation = generation.to_string();
+                let labels = [("store", *store), ("generation", generation.as_str())];
+                ConstGauge::new(part.bytes as i64)
+                    .encode(metric_encoder.encode_family(&labels)?)?;
             }
-            let labels = [("part", "staging")];
-            ConstGauge::new(usage.staging.bytes as i64)
+            let labels = [("store", "staging"), ("generation", "")];
+            ConstGauge::new(measured.staging.bytes as i64)
                 .encode(metric_encoder.encode_family(&labels)?)?;
         }
         let p = process::sample();

@@ -192,6 +192,21 @@ impl BuildRoot {
         self.older(PROTOCOL_DEPENDENT, |g| g.join(hash.storage_dir_name()))
     }
 
+    /// The store a directory of a generation belongs to, for reports: in
+    /// `repositories/`, by its name (`git`: the git cache; the rest: source
+    /// maps); in `protocol-dependent/`, by the name of a directory inside a
+    /// hash mode's (`casf`/`casx`/`cast`: the CAS, `ac`, `tc`).
+    pub fn store_of(repositories: bool, name: &str) -> &'static str {
+        match (repositories, name) {
+            (true, "git") => "git-cache",
+            (true, _) => "source-maps",
+            (false, "casf" | "casx" | "cast") => "cas",
+            (false, "ac") => "action-cache",
+            (false, "tc") => "target-cache",
+            (false, _) => "maps",
+        }
+    }
+
     /// The CAS of one hash mode (reading older generations too).
     pub fn cas(&self, hash: HashFunction) -> Cas {
         Cas::new(hash, self.storage_dir(hash), self.tmp_dir())

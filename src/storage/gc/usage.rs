@@ -55,6 +55,41 @@ pub fn measure(root: &BuildRoot) -> Usage {
     usage
 }
 
+/// Disk use by store ([`BuildRoot::store_of`]) and generation, both hash
+/// modes together.
+pub fn measure_stores(root: &BuildRoot) -> std::collections::BTreeMap<(&'static str, usize), Part> {
+    let mut stores = std::collections::BTreeMap::new();
+    let subdirs = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for GenerationDir {
+        path,
+        index,
+        repositories,
+    } in root.generation_dirs()
+    {
+        // Repositories: the generation's own directories; protocol-dependent:
+        // those inside each hash mode's directory.
+        let dirs = if repositories {
+            subdirs(&path)
+        } else {
+            subdirs(&path).iter().flat_map(|d| subdirs(d)).collect()
+        };
+        for dir in dirs {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy();
+            let store = BuildRoot::store_of(repositories, &name);
+            *stores.entry((store, index)).or_default() += measure_dir(&dir);
+        }
+    }
+    stores
+}
+
 /// The disk use below `dir` (nothing if it does not exist); entries that
 /// vanish during the walk (a concurrent rotation, staging files) are skipped.
 pub fn measure_dir(dir: &Path) -> Part {
