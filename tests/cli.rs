@@ -512,3 +512,35 @@ async fn a_long_upload_logs_its_progress() {
     assert!(line.contains(" of 2001 objects sent"), "{line}");
     endpoint.server.shutdown().await.unwrap();
 }
+
+/// `jserve execute --metrics-port`: the metrics of a bare endpoint.
+#[test]
+fn execute_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let execute = common::endpoints::Execute::start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_jserve")),
+        dir.path(),
+        false,
+        &["--metrics-port", "0"],
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    let addr = loop {
+        if let Some(addr) = common::http::metrics_address(&execute.group.log()) {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "{}", execute.group.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (status, _, text) = common::http::get(addr, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(
+        common::http::sample(&text, "jserve_actions_running"),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("jserve_build_root_bytes{store=\"staging\""),
+        "{text}"
+    );
+    // A serve daemon's ServeTarget counters are not there.
+    assert!(!text.contains("jserve_serve_target_requests"), "{text}");
+}
