@@ -94,8 +94,8 @@ pub fn native_cas_tree_to_git(cas: &Cas, repo: &Repository, tree: &str) -> Resul
 /// objects over [`IN_MEMORY`] come through files. Small objects are read
 /// in batches, with no round trip each. The tree may have at most
 /// `limits.max_entries` distinct objects and `limits.max_total_bytes` bytes
-/// of distinct files (those the repository has already not counted), as an
-/// unpacked archive.
+/// of distinct files, as an unpacked archive (in native mode, subtrees and
+/// files the repository has already are not counted).
 pub async fn remote_tree_to_git(
     remote: &Arc<dyn RemoteCas>,
     repo_path: &std::path::Path,
