@@ -2,7 +2,8 @@
 //! workloads, printing the ratios.
 //!
 //!   cargo bench --bench vs_reference [-- FILTER]   FILTER: compat, commit, archive, target,
-//!                                                  cold, cold-archive, cold-large, cold-target
+//!                                                  cold, cold-archive, cold-large, cold-target,
+//!                                                  cold-remote
 //!
 //! Both servers run as processes with the same configuration (a fresh build
 //! root each, one repository), pinned to CPU 0 when there are two or more;
@@ -19,6 +20,10 @@
 //!   then the same with sync;
 //! cold-large: ServeCommitTree with sync of 100,000 small files, then
 //!   GetRemoteTree of that tree, and the server's peak memory;
+//! cold-remote: the same with `jserve execute` as each server's external
+//!   endpoint (a fresh one each run): the sync goes over gRPC, and
+//!   GetRemoteTree reads the tree back from there (native digests without
+//!   sizes, which jserve batches);
 //! cold-target: ServeTarget on a fresh server of an export target over 500
 //!   actions, then the reference's load scenario (an export chain 1,000 deep
 //!   plus 1,000 export targets wide) asked by two clients at once.
@@ -103,15 +108,23 @@ fn cpus() -> usize {
 
 /// `program serve CONFIG` over `repo` with its build root in `dir`.
 fn start(program: &Path, dir: &Path, repo: &Path) -> Server {
+    start_with(program, dir, repo, None)
+}
+
+/// As [`start`], with `endpoint` (`HOST:PORT`) as the execution endpoint.
+fn start_with(program: &Path, dir: &Path, repo: &Path, endpoint: Option<&str>) -> Server {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(dir).unwrap();
     let info = dir.join("info.json");
-    let config = json!({
+    let mut config = json!({
         "local build root": {"root": "system", "path": dir.join("root").to_str().unwrap()},
         "repositories": [{"root": "system", "path": repo.to_str().unwrap()}],
         "remote service": {"port": 0,
                            "info file": {"root": "system", "path": info.to_str().unwrap()}},
     });
+    if let Some(address) = endpoint {
+        config["execution endpoint"] = json!({"address": address});
+    }
     let config_path = dir.join("serve.json");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let mut cmd = Command::new(program);
@@ -303,7 +316,7 @@ fn main() {
         .status()
         .unwrap();
     assert!(tar.success(), "tar");
-    if "cold-large".contains(&filter) {
+    if "cold-large".contains(&filter) || "cold-remote".contains(&filter) {
         // LARGE_FILES small files, 100 to a directory.
         for i in 0..LARGE_FILES {
             let dir = repo.join(format!("large/d{:04}", i / 100));
@@ -400,7 +413,10 @@ fn main() {
             cold.targets(&tree).await;
         }
         if "cold-large".contains(&filter) {
-            cold.large(&commit).await;
+            cold.large(&commit, false).await;
+        }
+        if "cold-remote".contains(&filter) {
+            cold.large(&commit, true).await;
         }
     });
 }
@@ -431,12 +447,38 @@ impl Cold {
         F: Fn(u16) -> Fut,
         Fut: std::future::Future<Output = Vec<Duration>>,
     {
+        self.best_with(name, phases, false, work).await
+    }
+
+    /// As [`Cold::best`]; with `remote`, each server has a fresh `jserve
+    /// execute` (native) as its external endpoint.
+    async fn best_with<F, Fut>(
+        &self,
+        name: &str,
+        phases: usize,
+        remote: bool,
+        work: F,
+    ) -> Vec<[Duration; 2]>
+    where
+        F: Fn(u16) -> Fut,
+        Fut: std::future::Future<Output = Vec<Duration>>,
+    {
         let mut best = vec![[Duration::MAX; 2]; phases];
         for round in 0..2 {
             for (i, program) in self.programs.iter().enumerate() {
                 let dir = self.dir.join(format!("{name}-{round}-{i}"));
-                let server = start(program, &dir, &self.repo);
+                let endpoint = remote.then(|| {
+                    common::endpoints::Execute::start(
+                        Path::new(env!("CARGO_BIN_EXE_jserve")),
+                        &dir.join("endpoint"),
+                        false,
+                        None,
+                    )
+                });
+                let address = endpoint.as_ref().map(|e| e.address());
+                let server = start_with(program, &dir, &self.repo, address.as_deref());
                 let times = work(server.port).await;
+                drop(endpoint);
                 // Build roots stay until the end: on ext4, files created
                 // after a mass deletion are slow for a minute, which would
                 // weigh on whichever server runs next.
@@ -460,11 +502,13 @@ impl Cold {
 
     /// ServeCommitTree with sync of a directory of [`LARGE_FILES`] files
     /// (the commit is in a configured repository: everything goes to the
-    /// server's CAS), then GetRemoteTree of that tree (from the CAS into the
-    /// git cache); the server's peak RSS after both.
-    async fn large(&self, commit: &str) {
+    /// endpoint's CAS, the server's own or, with `remote`, a `jserve
+    /// execute`), then GetRemoteTree of that tree (from that CAS into the git
+    /// cache); the server's peak RSS after both.
+    async fn large(&self, commit: &str, remote: bool) {
+        let name = if remote { "cold-remote" } else { "cold-large" };
         let best = self
-            .best("cold-large", 3, |port| async move {
+            .best_with(name, 3, remote, |port| async move {
                 let mut client = SourceTree::new(common::channel(port).await);
                 let start = Instant::now();
                 let r = client.commit_tree(commit, "large", true).await;
@@ -479,7 +523,11 @@ impl Cold {
                 vec![sync, fetch, Duration::from_millis(peak_rss_kib(port))]
             })
             .await;
-        let files = format!("{LARGE_FILES} files");
+        let files = if remote {
+            format!("{LARGE_FILES} files, to jserve execute")
+        } else {
+            format!("{LARGE_FILES} files")
+        };
         Self::print(&format!("ServeCommitTree + sync, {files}"), best[0]);
         Self::print("  GetRemoteTree of that tree into the git cache", best[1]);
         println!(
