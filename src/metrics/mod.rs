@@ -183,14 +183,8 @@ impl Global {
         self.started
     }
 
-    /// The method label of a request path: the path of a method jserve
-    /// serves, else `other` (so that clients cannot make up labels).
-    pub fn method_label(&self, path: &str) -> &'static str {
-        self.method(path).name
-    }
-
-    /// The metrics of the method at `path` (those of `other` for a path
-    /// jserve does not serve).
+    /// The metrics of the method at `path`; those of `other` for a path
+    /// jserve does not serve, so that clients cannot make up labels.
     pub fn method(&self, path: &str) -> &MethodMetrics {
         let methods = self.methods.get_or_init(|| {
             known_methods()
