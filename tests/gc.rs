@@ -280,8 +280,10 @@ fn a_bounded_root_stays_within_its_bound_and_answers_again() {
     let mark = w.serve.log().len();
     w.install_top(BIG - 1, "again-last");
     let latest = w.serve.log_since(mark);
+    // A hit either way: computed, or remembered in memory when no rotation
+    // came after the build (memory forgets with every rotation).
     assert!(
-        latest.contains(": cache hit (") && !latest.contains(": built ("),
+        latest.contains(": cache hit") && !latest.contains(": built ("),
         "the most recent entry did not survive:\n{latest}"
     );
     for i in (0..BIG - 1).rev() {
