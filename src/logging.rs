@@ -99,9 +99,17 @@ pub fn progress_interval() -> std::time::Duration {
 
 /// Names what the current RPC is about (a commit, tree, archive, target
 /// key) in its span, so that every later line of the request carries it.
+/// Client input: only the first [`SUBJECT_BYTES`] bytes are kept.
 pub fn subject(what: &str) {
-    tracing::Span::current().record("subject", what);
+    let mut end = what.len().min(SUBJECT_BYTES);
+    while !what.is_char_boundary(end) {
+        end -= 1;
+    }
+    tracing::Span::current().record("subject", &what[..end]);
 }
+
+/// The longest subject kept: any digest or commit id fits.
+const SUBJECT_BYTES: usize = 160;
 
 /// One log sink: text (with colours if `ansi`), or one JSON object a line
 /// whose fields are at the top and whose RPC span (request id, method, what
