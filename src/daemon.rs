@@ -81,6 +81,9 @@ pub struct RunningServer {
     background: Vec<JoinHandle<()>>,
     /// Where the metrics are served, if they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// What the Status service and the metrics read; one measurement of the
+    /// build root serves both.
+    scrape: crate::metrics::Scrape,
 }
 
 /// How a bounded stop ended.
@@ -132,12 +135,17 @@ impl RunningServer {
         ));
     }
 
-    /// Serves Prometheus metrics at `config`'s address (`GET /metrics`).
+    /// Serves Prometheus metrics at `config`'s address (`GET /metrics`),
+    /// with the counters of the collector keeping the bound, if one does.
     pub async fn serve_metrics(
         &mut self,
         config: &crate::config::MetricsConfig,
-        scrape: crate::metrics::Scrape,
+        gc: Option<Arc<crate::storage::gc::collector::GcStats>>,
     ) -> Result<(), DaemonError> {
+        let mut scrape = self.scrape.clone();
+        if gc.is_some() {
+            scrape.gc = gc;
+        }
         let (addr, task) =
             crate::metrics::http::serve(&config.interface, config.port, scrape).await?;
         tracing::info!("metrics at http://{addr}/metrics");
@@ -313,12 +321,7 @@ pub async fn start(ctx: Arc<ServeContext>) -> Result<RunningServer, DaemonError>
         );
     }
     if let Some(metrics) = &ctx.config.metrics {
-        let scrape = crate::metrics::Scrape::new(
-            Some(ctx.target_stats.clone()),
-            Some(ctx.gc_stats.clone()),
-            Some(ctx.build_root.clone()),
-        );
-        if let Err(e) = server.serve_metrics(metrics, scrape).await {
+        if let Err(e) = server.serve_metrics(metrics, None).await {
             let _ = server.shutdown().await;
             return Err(e);
         }
@@ -429,7 +432,7 @@ pub async fn start_services(
     };
     router = router.add_service(StatusServer::new(crate::status::StatusService {
         role,
-        scrape,
+        scrape: scrape.clone(),
         reachable: reachable.clone(),
     }));
     if let (Services::Serve(ctx), crate::config::Associated::External { address, .. }) =
@@ -502,5 +505,6 @@ pub async fn start_services(
         state_files,
         background,
         metrics_addr: None,
+        scrape,
     })
 }

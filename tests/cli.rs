@@ -319,12 +319,10 @@ async fn json_logs_are_one_object_a_line() {
     std::fs::create_dir_all(&repo).unwrap();
     std::fs::write(repo.join("f"), "f\n").unwrap();
     let (commit, _) = common::git::commit_all(&repo);
-    let serve = common::endpoints::JserveServe::start(
-        &dir.path().join("serve"),
-        json!({"local build root": loc(&dir.path().join("root")),
-               "remote service": {"port": 0},
-               "repositories": [loc(&repo)],
-               "logging": {"format": "json", "limit": 5}}),
+    let serve = serve_repo(
+        dir.path(),
+        &repo,
+        json!({"logging": {"format": "json", "limit": 5}}),
     );
     let channel = common::channel(serve.port).await;
     let mut sources = SourceTree::new(channel.clone());
@@ -420,12 +418,10 @@ async fn long_work_logs_its_progress() {
                      "cmds": ["sleep 1", "echo late > late.txt"]}});
     std::fs::write(repo.join("TARGETS"), targets.to_string()).unwrap();
     let (_, tree) = common::git::commit_all(&repo);
-    let serve = common::endpoints::JserveServe::start(
-        &dir.path().join("serve"),
-        json!({"local build root": loc(&dir.path().join("root")),
-               "remote service": {"port": 0},
-               "repositories": [loc(&repo)],
-               "build": {"progress interval": 0.05}}),
+    let serve = serve_repo(
+        dir.path(),
+        &repo,
+        json!({"build": {"progress interval": 0.05}}),
     );
     let channel = common::channel(serve.port).await;
     let request =
@@ -494,12 +490,10 @@ async fn a_long_upload_logs_its_progress() {
         std::fs::write(repo.join(format!("f{i}")), line.repeat(10_000 / line.len())).unwrap();
     }
     let (commit, _) = common::git::commit_all(&repo);
-    let serve = common::endpoints::JserveServe::start(
-        &dir.path().join("serve"),
-        json!({"local build root": loc(&dir.path().join("root")),
-               "remote service": {"port": 0},
-               "repositories": [loc(&repo)],
-               "execution endpoint": {"address": format!("127.0.0.1:{}", endpoint.server.addr.port())},
+    let serve = serve_repo(
+        dir.path(),
+        &repo,
+        json!({"execution endpoint": {"address": format!("127.0.0.1:{}", endpoint.server.addr.port())},
                "build": {"progress interval": 0.001}}),
     );
     let mut sources = SourceTree::new(common::channel(serve.port).await);
@@ -550,4 +544,20 @@ fn execute_serves_metrics() {
     );
     // A serve daemon's ServeTarget counters are not there.
     assert!(!text.contains("jserve_serve_target_requests"), "{text}");
+}
+
+/// `jserve serve` (its files in `dir/serve`, its build root `dir/root`)
+/// over `repo`, with the further config keys of `extra`.
+fn serve_repo(
+    dir: &std::path::Path,
+    repo: &std::path::Path,
+    extra: serde_json::Value,
+) -> common::endpoints::JserveServe {
+    let mut config = json!({"local build root": loc(&dir.join("root")),
+                            "remote service": {"port": 0},
+                            "repositories": [loc(repo)]});
+    for (key, value) in extra.as_object().into_iter().flatten() {
+        config[key] = value.clone();
+    }
+    common::endpoints::JserveServe::start(&dir.join("serve"), config)
 }

@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -81,20 +80,9 @@ fn scrape(addr: SocketAddr) -> Samples {
         "{content_type}"
     );
     let python = parser_python().expect("checked at the start");
-    let mut child = std::process::Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut parse = std::process::Command::new(python);
+    parse.args(["-c", PARSE]);
+    let out = common::procs::output_with_stdin(&mut parse, body.as_bytes());
     assert!(
         out.status.success(),
         "the exposition does not parse: {}\n{body}",

@@ -252,24 +252,10 @@ async fn distdir_tree() {
         assert_eq!(r.status, 0, "compatible={compatible}");
         let expected = {
             let input = format!("100755 blob {a}\ta.sh\n100644 blob {readme}\treadme.txt\n");
-            let mut child = Command::new("git")
-                .args(["mktree"])
-                .current_dir(&s.repo)
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-            String::from_utf8(child.wait_with_output().unwrap().stdout)
-                .unwrap()
-                .trim()
-                .to_string()
+            let mut mktree = Command::new("git");
+            mktree.args(["mktree"]).current_dir(&s.repo);
+            let out = common::procs::output_with_stdin(&mut mktree, input.as_bytes());
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
         };
         assert_eq!(r.tree, expected);
         assert_tree_readable(&s, &r.digest.unwrap(), 2).await;

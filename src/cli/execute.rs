@@ -236,12 +236,7 @@ pub fn run(args: ExecuteArgs) -> ExitCode {
                 crate::daemon::start_services(&listen, Services::Execute(endpoint)).await?;
             let gc_stats = std::sync::Arc::new(crate::storage::gc::collector::GcStats::default());
             if let Some(metrics) = metrics {
-                let scrape = crate::metrics::Scrape::new(
-                    None,
-                    Some(gc_stats.clone()),
-                    Some(build_root.clone()),
-                );
-                if let Err(e) = server.serve_metrics(&metrics, scrape).await {
+                if let Err(e) = server.serve_metrics(&metrics, Some(gc_stats.clone())).await {
                     let _ = server.shutdown().await;
                     return Err(e.into());
                 }

@@ -72,7 +72,7 @@ pub async fn serve(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let scrape = scrape.clone();
-                    async move { Ok::<_, Infallible>(answer(&scrape, &request)) }
+                    async move { Ok::<_, Infallible>(answer(scrape, &request).await) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -90,7 +90,7 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-fn answer<B>(scrape: &Scrape, request: &Request<B>) -> Response<Full<Bytes>> {
+async fn answer<B>(scrape: Arc<Scrape>, request: &Request<B>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         Response::builder()
             .status(status)
@@ -112,5 +112,13 @@ fn answer<B>(scrape: &Scrape, request: &Request<B>) -> Response<Full<Bytes>> {
             "only GET\n".into(),
         );
     }
-    reply(StatusCode::OK, CONTENT_TYPE, scrape.encode())
+    // Reading /proc (and the directory of open descriptors) is file work.
+    match tokio::task::spawn_blocking(move || scrape.encode()).await {
+        Ok(text) => reply(StatusCode::OK, CONTENT_TYPE, text),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("encoding the metrics failed: {e}\n"),
+        ),
+    }
 }

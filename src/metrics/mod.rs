@@ -441,76 +441,73 @@ impl Collector for Scrape {
         use std::sync::atomic::Ordering::Relaxed;
         let counter = |v: &std::sync::atomic::AtomicU64| ConstCounter::new(v.load(Relaxed));
         if let Some(t) = &self.target {
-            let e = &mut encoder;
+            for (name, help, value) in [
+                (
+                    "serve_target_requests",
+                    "ServeTarget requests.",
+                    &t.requests,
+                ),
+                (
+                    "serve_target_hits",
+                    "ServeTarget answers from the target cache.",
+                    &t.hits,
+                ),
+                (
+                    "serve_target_misses",
+                    "ServeTarget requests not in the target cache.",
+                    &t.misses,
+                ),
+                (
+                    "serve_target_builds",
+                    "ServeTarget misses analysed and built.",
+                    &t.builds,
+                ),
+                (
+                    "serve_target_failures",
+                    "ServeTarget requests without a value: errors and failed builds.",
+                    &t.failures,
+                ),
+                (
+                    "serve_target_shared",
+                    "ServeTarget requests that joined an identical one's computation.",
+                    &t.shared,
+                ),
+            ] {
+                one(&mut encoder, name, help, &counter(value))?;
+            }
             one(
-                e,
-                "serve_target_requests",
-                "ServeTarget requests.",
-                &counter(&t.requests),
-            )?;
-            one(
-                e,
-                "serve_target_hits",
-                "ServeTarget answers from the target cache.",
-                &counter(&t.hits),
-            )?;
-            one(
-                e,
-                "serve_target_misses",
-                "ServeTarget requests not in the target cache.",
-                &counter(&t.misses),
-            )?;
-            one(
-                e,
-                "serve_target_builds",
-                "ServeTarget misses analysed and built.",
-                &counter(&t.builds),
-            )?;
-            one(
-                e,
-                "serve_target_failures",
-                "ServeTarget requests without a value: errors and failed builds.",
-                &counter(&t.failures),
-            )?;
-            one(
-                e,
-                "serve_target_shared",
-                "ServeTarget requests that joined an identical one's computation.",
-                &counter(&t.shared),
-            )?;
-            one(
-                e,
+                &mut encoder,
                 "serve_target_builds_running",
                 "ServeTarget misses being analysed and built now.",
                 &ConstGauge::new(t.builds_running.load(Relaxed) as i64),
             )?;
             one(
-                e,
+                &mut encoder,
                 "serve_target_build_seconds",
                 "Time to analyse and build a ServeTarget miss.",
                 &t.build_seconds,
             )?;
         }
         if let Some(gc) = &self.gc {
-            let e = &mut encoder;
-            one(
-                e,
-                "gc_runs",
-                "Garbage collections (rotations of the build root).",
-                &counter(&gc.rotations),
-            )?;
-            one(
-                e,
-                "gc_removed_bytes",
-                "Bytes removed by garbage collection.",
-                &counter(&gc.bytes_removed),
-            )?;
-            one(
-                e,
-                "gc_removed_objects",
-                "Files removed by garbage collection.",
-                &counter(&gc.files_removed),
-            )?;
+            for (name, help, value) in [
+                (
+                    "gc_runs",
+                    "Garbage collections (rotations of the build root).",
+                    &gc.rotations,
+                ),
+                (
+                    "gc_removed_bytes",
+                    "Bytes removed by garbage collection.",
+                    &gc.bytes_removed,
+                ),
+                (
+                    "gc_removed_objects",
+                    "Files removed by garbage collection.",
+                    &gc.files_removed,
+                ),
+            ] {
+                one(&mut encoder, name, help, &counter(value))?;
+            }
         }
         if let Some(measured) = self.usage.lock().expect("usage lock").as_ref() {
             let mut metric_encoder = encoder.encode_descriptor(

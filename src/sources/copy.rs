@@ -126,22 +126,22 @@ pub async fn remote_tree_to_git(
         },
         HashFunction::Sha256 => directories_to_git(remote, root, &sink, &spill, &mut budget).await,
     };
-    // The writer's own failure explains a stopped fetch better.
     let written = sink.finish().await;
-    let root_oid = match (fetched, written) {
-        (Err(CopyError::WriterStopped), Err(e)) => return Err(e),
-        (fetched, written) => (fetched?, written?),
-    };
-    let (root_oid, (scratch, packs)) = root_oid;
     let path = repo_path.to_path_buf();
+    // On the blocking pool, so that the scratch directories are removed
+    // there too, whichever way the fetch ended.
     blocking(move || {
+        let _spill = spill_dir;
+        // The writer's own failure explains a stopped fetch better.
+        let (root_oid, (_scratch, packs)) = match (fetched, written) {
+            (Err(CopyError::WriterStopped), Err(e)) => return Err(e),
+            (fetched, written) => (fetched?, written?),
+        };
         let repo = Repository::open_bare(&path)?;
         install_packs(&repo, &packs).map_err(|e| CopyError::Invalid(e.to_string()))?;
-        drop((scratch, spill_dir));
-        Ok(())
+        Ok(root_oid)
     })
-    .await?;
-    Ok(root_oid)
+    .await
 }
 
 /// Objects up to this size are read into memory; larger ones into a file
