@@ -177,6 +177,38 @@ impl LocalEndpoint {
         }
     }
 
+    /// The action cache's result for `action`, while every output it names
+    /// is still in the CAS.
+    pub fn cached_result(
+        &self,
+        action: &Digest,
+    ) -> Result<Option<reapi::ActionResult>, EndpointError> {
+        let Some(result) = self.action_cache.get(&action.hash)? else {
+            return Ok(None);
+        };
+        Ok(match self.first_missing(&result)? {
+            None => Some(result),
+            Some(missing) => {
+                tracing::debug!(action = %action.hash, missing, "cached result has lost an output");
+                None
+            }
+        })
+    }
+
+    /// Records `result` for `action`, if every output it names is in the CAS.
+    pub fn record_result(
+        &self,
+        action: &Digest,
+        result: &reapi::ActionResult,
+    ) -> Result<(), EndpointError> {
+        if let Some(missing) = self.first_missing(result)? {
+            return Err(EndpointError::Precondition(format!(
+                "the result names {missing}, which is not in the CAS"
+            )));
+        }
+        Ok(self.action_cache.store(&action.hash, result)?)
+    }
+
     /// The first object a cached action result refers to that is no longer in the CAS.
     pub fn first_missing(
         &self,

@@ -155,7 +155,7 @@ impl LocalEndpoint {
             let cached = if skip_cache_lookup || loaded.action.do_not_cache {
                 None
             } else {
-                me.cached_result(&d.hash)?
+                me.cached_result(&d)?
             };
             Ok((loaded, cached))
         })
@@ -215,18 +215,6 @@ impl LocalEndpoint {
                 Ok(Execution::Running(rx))
             }
         }
-    }
-
-    /// A cached result whose outputs are all still present.
-    fn cached_result(
-        &self,
-        action_hash: &str,
-    ) -> Result<Option<reapi::ActionResult>, EndpointError> {
-        let Some(result) = self.action_cache.get(action_hash)? else {
-            return Ok(None);
-        };
-        let missing = self.first_missing(&result)?;
-        Ok(missing.is_none().then_some(result))
     }
 
     async fn run(

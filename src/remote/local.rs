@@ -197,6 +197,36 @@ impl RemoteCas for LocalRemote {
         .await
     }
 
+    async fn get_action_result(
+        &self,
+        action: &Digest,
+    ) -> Result<
+        Option<bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult>,
+        RemoteError,
+    > {
+        let (endpoint, action) = (self.endpoint.clone(), action.clone());
+        blocking(move || {
+            endpoint
+                .cached_result(&action)
+                .map_err(|e| RemoteError::Other(e.to_string()))
+        })
+        .await
+    }
+
+    async fn update_action_result(
+        &self,
+        action: &Digest,
+        result: bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult,
+    ) -> Result<(), RemoteError> {
+        let (endpoint, action) = (self.endpoint.clone(), action.clone());
+        blocking(move || {
+            endpoint
+                .record_result(&action, &result)
+                .map_err(|e| refused(&action.hash, e))
+        })
+        .await
+    }
+
     async fn get_tree(
         &self,
         root: &Digest,

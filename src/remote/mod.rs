@@ -11,7 +11,7 @@ pub mod upload;
 use std::path::Path;
 use std::sync::Arc;
 
-use bazel_remote_apis::build::bazel::remote::execution::v2::Directory;
+use bazel_remote_apis::build::bazel::remote::execution::v2::{ActionResult, Directory};
 
 use crate::digest::{Digest, HashFunction};
 
@@ -166,6 +166,18 @@ pub trait RemoteCas: Send + Sync {
         root: &Digest,
         max_bytes: u64,
     ) -> Result<Option<Vec<Directory>>, RemoteError>;
+
+    /// The endpoint's action-cache entry for `action`, `None` if it has none
+    /// (the shared cache keeps its facts there).
+    async fn get_action_result(&self, action: &Digest)
+        -> Result<Option<ActionResult>, RemoteError>;
+
+    /// Records `result` for `action` in the endpoint's action cache.
+    async fn update_action_result(
+        &self,
+        action: &Digest,
+        result: ActionResult,
+    ) -> Result<(), RemoteError>;
 }
 
 /// The CAS and Execution clients of one endpoint.

@@ -158,6 +158,22 @@ mod tests {
         > {
             Ok(None)
         }
+        async fn get_action_result(
+            &self,
+            _: &Digest,
+        ) -> Result<
+            Option<bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult>,
+            RemoteError,
+        > {
+            Ok(None)
+        }
+        async fn update_action_result(
+            &self,
+            _: &Digest,
+            _: bazel_remote_apis::build::bazel::remote::execution::v2::ActionResult,
+        ) -> Result<(), RemoteError> {
+            Err(RemoteError::Other("no action cache".into()))
+        }
     }
 
     fn blob(data: &[u8]) -> (Digest, Content) {

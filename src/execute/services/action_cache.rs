@@ -8,7 +8,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 };
 use tonic::{Request, Response, Status};
 
-use super::super::endpoint::{EndpointError, LocalEndpoint};
+use super::super::endpoint::LocalEndpoint;
 use super::blocking;
 
 pub struct ActionCacheService {
@@ -33,19 +33,7 @@ impl ActionCache for ActionCacheService {
             .endpoint
             .parse_digest(&request.action_digest.unwrap_or_default())?;
         let endpoint = self.endpoint.clone();
-        let found = blocking(move || {
-            let Some(result) = endpoint.action_cache.get(&digest.hash)? else {
-                return Ok(None);
-            };
-            Ok(match endpoint.first_missing(&result)? {
-                None => Some(result),
-                Some(missing) => {
-                    tracing::debug!(action = %digest.hash, missing, "cached result has lost an output");
-                    None
-                }
-            })
-        })
-        .await?;
+        let found = blocking(move || endpoint.cached_result(&digest)).await?;
         found
             .map(Response::new)
             .ok_or_else(|| Status::not_found("action result not in the action cache"))
@@ -65,12 +53,7 @@ impl ActionCache for ActionCacheService {
             .ok_or_else(|| Status::invalid_argument("no action result given"))?;
         let endpoint = self.endpoint.clone();
         blocking(move || {
-            if let Some(missing) = endpoint.first_missing(&result)? {
-                return Err(EndpointError::Precondition(format!(
-                    "the result names {missing}, which is not in the CAS"
-                )));
-            }
-            endpoint.action_cache.store(&digest.hash, &result)?;
+            endpoint.record_result(&digest, &result)?;
             Ok(result)
         })
         .await

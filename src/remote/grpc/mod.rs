@@ -52,6 +52,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 const FIND_MISSING_BATCH: usize = 10_000;
 use crate::remote::MAX_DECODING_BYTES;
 
+mod action_cache;
 mod channel;
 mod transfer;
 
@@ -906,6 +907,21 @@ impl RemoteCas for GrpcCas {
         self.finish_file(digest, &spill, download).await?;
         guard.0 = None;
         Ok(Some(Fetched::File(len)))
+    }
+
+    async fn get_action_result(
+        &self,
+        action: &Digest,
+    ) -> Result<Option<reapi::ActionResult>, RemoteError> {
+        self.action_result(action).await
+    }
+
+    async fn update_action_result(
+        &self,
+        action: &Digest,
+        result: reapi::ActionResult,
+    ) -> Result<(), RemoteError> {
+        self.record_action_result(action, result).await
     }
 
     async fn get_tree(
