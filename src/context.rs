@@ -109,7 +109,8 @@ impl ServeContext {
             };
         let sources = Arc::new(
             Sources::new(build_root.clone(), repos.clone(), remote)
-                .with_fetch_limits(config.unpacking().limits),
+                .with_fetch_limits(config.unpacking().limits)
+                .with_shared_cache(config.shared_cache()),
         );
         let gc = crate::storage::gc::GcLocks::for_root(&build_root);
         Ok(Arc::new(ServeContext {

@@ -19,6 +19,7 @@ pub mod memo;
 pub mod metrics;
 pub mod remote;
 pub mod serve;
+pub mod shared_cache;
 pub mod sources;
 pub mod status;
 mod status_layer;

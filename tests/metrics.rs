@@ -240,6 +240,11 @@ async fn counters_after_a_known_sequence() {
     assert_eq!(s.get("jserve_serve_target_builds_total", &[]), 2.0);
     assert_eq!(s.get("jserve_serve_target_failures_total", &[]), 1.0);
     assert_eq!(s.get("jserve_serve_target_shared_total", &[]), 0.0);
+    let outcome = |o| s.get("jserve_serve_target_outcomes_total", &[("outcome", o)]);
+    assert_eq!(
+        (outcome("local_hit"), outcome("shared_hit"), outcome("miss")),
+        (1.0, 0.0, 2.0)
+    );
     assert_eq!(s.get("jserve_serve_target_build_seconds_count", &[]), 2.0);
     // Per gRPC method and status code, with a duration for each.
     let ok = |method: &str| {

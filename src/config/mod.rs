@@ -196,6 +196,10 @@ pub struct ExecutionEndpointConfig {
     /// How often an external endpoint is probed for the health service
     /// (jserve's own `"health interval"`, seconds); `None`: the default.
     pub health_interval: Option<Duration>,
+    /// Whether target-cache entries and source trees are shared with other
+    /// serve replicas through the endpoint's action cache (jserve's own
+    /// `"shared cache"`; needs an external endpoint).
+    pub shared_cache: bool,
 }
 
 /// How often an external endpoint is probed by default.
@@ -410,6 +414,15 @@ impl ServeConfig {
             },
             _ => Associated::Own,
         }
+    }
+
+    /// Whether facts are shared through the external endpoint.
+    pub fn shared_cache(&self) -> bool {
+        !self.is_own_endpoint()
+            && self
+                .execution_endpoint
+                .as_ref()
+                .is_some_and(|e| e.shared_cache)
     }
 
     /// The configuration with every default, as with no config file at all.

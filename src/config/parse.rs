@@ -295,6 +295,15 @@ fn execution_endpoint_section(
     if let Some((k, v)) = o.get("health interval") {
         e.health_interval = Some(seconds(v, &k, false)?);
     }
+    if let Some((k, v)) = o.get("shared cache") {
+        e.shared_cache = flag(v, &k)?;
+        if e.shared_cache && e.address.is_none() {
+            return Err(invalid(
+                &k,
+                "a shared cache needs an external endpoint: set \"address\" too",
+            ));
+        }
+    }
     o.finish(warnings);
     Ok(e)
 }

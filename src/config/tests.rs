@@ -53,7 +53,8 @@ fn every_key() {
                            "server cert": {"root": "system", "path": "etc/s.crt"},
                            "server key": {"root": "system", "path": "etc/s.key"}},
         "execution endpoint": {"address": "re.example:8980", "instance name": "main",
-                               "client address": "[::1]:8981", "compatible": true},
+                               "client address": "[::1]:8981", "compatible": true,
+                               "shared cache": true},
         "max-attempts": 10, "initial-backoff-seconds": 2, "max-backoff-seconds": 30.5,
         "jobs": 8,
         "build": {"build jobs": 64, "local jobs": 100, "action timeout": 12.5,
@@ -91,6 +92,7 @@ fn every_key() {
     assert_eq!(e.client_address.unwrap().to_string(), "[::1]:8981");
     assert_eq!(e.instance_name, "main");
     assert!(!c.is_own_endpoint());
+    assert!(c.shared_cache());
     assert_eq!(c.hash_function(), HashFunction::Sha256);
     assert_eq!(c.retry.max_attempts, 10);
     assert_eq!(c.retry.initial_backoff, Duration::from_secs(2));
@@ -122,6 +124,18 @@ fn compatible_without_address_is_own_compatible_endpoint() {
     let c = parse(json!({"execution endpoint": {"compatible": true}})).unwrap();
     assert!(c.is_own_endpoint());
     assert_eq!(c.hash_function(), HashFunction::Sha256);
+}
+
+#[test]
+fn a_shared_cache_needs_an_external_endpoint() {
+    let e = err(json!({"execution endpoint": {"shared cache": true}}));
+    assert!(
+        e.contains("\"shared cache\"") && e.contains("external endpoint"),
+        "{e}"
+    );
+    let c = parse(json!({"execution endpoint": {"address": "re:1", "shared cache": false}}));
+    assert!(!c.unwrap().shared_cache());
+    assert!(!parse(json!({})).unwrap().shared_cache());
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub struct ActionOutcome {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Counters of the shared cache, by fact kind and outcome.
+pub type FactFamily = Family<crate::shared_cache::FactOutcome, Counter>;
+
 /// Seconds from 100 µs up to about 7 minutes, doubling.
 fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 23))
@@ -97,6 +100,9 @@ pub struct Global {
     pub endpoint_calls: Family<Method, Counter>,
     pub endpoint_errors: Family<Method, Counter>,
     pub endpoint_retries: Family<Method, Counter>,
+    /// Shared-cache look-ups and records by fact kind and outcome.
+    pub shared_cache_lookups: FactFamily,
+    pub shared_cache_records: FactFamily,
     /// gRPC requests answered, all methods together.
     pub requests_answered: std::sync::atomic::AtomicU64,
     started: SystemTime,
@@ -171,6 +177,8 @@ pub fn global() -> &'static Global {
         endpoint_calls: Family::default(),
         endpoint_errors: Family::default(),
         endpoint_retries: Family::default(),
+        shared_cache_lookups: Family::default(),
+        shared_cache_records: Family::default(),
         requests_answered: std::sync::atomic::AtomicU64::new(0),
         started: SystemTime::now(),
         methods: OnceLock::new(),
@@ -411,6 +419,18 @@ impl Scrape {
             "Calls to the associated endpoint made again after a failure, by method",
             g.endpoint_retries.clone(),
         );
+        registry.register(
+            "shared_cache_lookups",
+            "Look-ups in the shared cache at the endpoint, by fact kind and outcome \
+             (hit, miss, malformed, error)",
+            g.shared_cache_lookups.clone(),
+        );
+        registry.register(
+            "shared_cache_records",
+            "Facts recorded in the shared cache at the endpoint, by fact kind and outcome \
+             (recorded, refused, error)",
+            g.shared_cache_records.clone(),
+        );
         registry.register_collector(Box::new(self.clone()));
         let mut text = String::new();
         // Writing to a String does not fail.
@@ -474,6 +494,27 @@ impl Collector for Scrape {
                 ),
             ] {
                 one(&mut encoder, name, help, &counter(value))?;
+            }
+            // Where each computation's answer came from (the hits above,
+            // split by cache; a miss is analysed and built).
+            let shared_hits = t.shared_hits.load(Relaxed);
+            let outcomes = &mut encoder.encode_descriptor(
+                "serve_target_outcomes",
+                "ServeTarget look-ups by outcome: local_hit (the replica's own cache), \
+                 shared_hit (the shared cache at the endpoint), miss.",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (outcome, value) in [
+                (
+                    "local_hit",
+                    t.hits.load(Relaxed).saturating_sub(shared_hits),
+                ),
+                ("shared_hit", shared_hits),
+                ("miss", t.misses.load(Relaxed)),
+            ] {
+                ConstCounter::new(value)
+                    .encode(outcomes.encode_family(&[("outcome", outcome)])?)?;
             }
             one(
                 &mut encoder,

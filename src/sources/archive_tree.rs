@@ -16,6 +16,7 @@ use super::{blocking, Sources};
 use crate::archive::{ArchiveFormat, Unpacking};
 use crate::digest::{Digest, ObjectKind};
 use crate::git::{commit_and_keep, install_packs, keep_tree, parse_oid};
+use crate::shared_cache::FactKind;
 use crate::storage::IdMap;
 
 /// Serialises work on the same archive (or resolved tree): the second caller
@@ -114,20 +115,40 @@ impl Sources {
             kind.justbuild_name(),
             subdir.to_string(),
         );
-        let (repo, tree) = match self.archive_subtrees.get(&key) {
-            Some(known) => known,
-            None => match self
-                .unpacked_subtree(content, format, subdir, unpacking)
-                .await
-            {
-                Ok(found) => {
-                    self.archive_subtrees.remember(key, found.clone());
-                    found
-                }
-                Err(answer) => return answer,
-            },
+        if let Some(known) = self.archive_subtrees.get(&key) {
+            return self.resolved_answer(known.0, known.1, mode, sync).await;
+        }
+        let fact = format!(
+            "{content}/{}/{subdir}/{}",
+            kind.justbuild_name(),
+            mode.map_or("as-is", |m| m.pragma_name())
+        );
+        // Another replica's tree spares unpacking, unless this one has the
+        // archive unpacked already.
+        if self.shared.is_some() && !matches!(self.unpacked_root(content, kind).await, Ok(Some(_)))
+        {
+            if let Some(answer) = self.shared_tree(FactKind::Archive, &fact, sync).await {
+                return answer.into();
+            }
+        }
+        let (repo, tree) = match self
+            .unpacked_subtree(content, format, subdir, unpacking)
+            .await
+        {
+            Ok(found) => {
+                self.archive_subtrees.remember(key, found.clone());
+                found
+            }
+            Err(answer) => return answer,
         };
-        self.resolved_answer(repo, tree, mode, sync).await
+        let answer = self.resolved_answer(repo, tree, mode, sync).await;
+        if let (ArchiveOutcome::Common(Outcome::Ok), Some(tree)) = (&answer.outcome, &answer.tree) {
+            // Resolved trees live in the git cache, unpacked ones where found.
+            let path = self.repos.paths()[if mode.is_some() { 0 } else { repo }].clone();
+            self.share_tree(FactKind::Archive, &fact, tree, answer.digest.as_ref(), path)
+                .await;
+        }
+        answer
     }
 
     /// The repository holding the unpacked archive and the tree at

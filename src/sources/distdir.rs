@@ -9,6 +9,7 @@ use super::answers::{BlobSource, Outcome, TreeAnswer};
 use super::{blocking, Sources};
 use crate::digest::{serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind};
 use crate::git::{commit_and_keep, parse_oid};
+use crate::shared_cache::FactKind;
 
 /// One file of a distdir request.
 #[derive(Clone, Debug)]
@@ -22,6 +23,44 @@ pub struct Distfile {
 impl Sources {
     /// ServeDistdirTree: a flat tree of known blobs.
     pub async fn distdir(&self, files: Vec<Distfile>, sync: bool) -> TreeAnswer {
+        if self.shared.is_none() {
+            return self.local_distdir(files, sync).await;
+        }
+        let Ok((_, tree_id, content_id)) = distdir_ids(&files) else {
+            return self.local_distdir(files, sync).await;
+        };
+        // Another replica's tree, unless this one has it already.
+        let (repos, id) = (self.repos.clone(), tree_id.clone());
+        let known = blocking(move || Ok(repos.find_tree(&id)?)).await;
+        if matches!(known, Ok(None)) {
+            if let Some(answer) = self
+                .shared_tree(FactKind::Distdir, &content_id, sync)
+                .await
+                .filter(|a| a.tree.as_deref() == Some(tree_id.as_str()))
+            {
+                return answer;
+            }
+        }
+        let answer = self.local_distdir(files, sync).await;
+        if answer.outcome == Outcome::Ok {
+            let (repos, id) = (self.repos.clone(), tree_id.clone());
+            if let Ok(Some(repo)) = blocking(move || Ok(repos.find_tree(&id)?)).await {
+                let path = self.repos.paths()[repo].clone();
+                self.share_tree(
+                    FactKind::Distdir,
+                    &content_id,
+                    &tree_id,
+                    answer.digest.as_ref(),
+                    path,
+                )
+                .await;
+            }
+        }
+        answer
+    }
+
+    /// ServeDistdirTree from what this replica has.
+    async fn local_distdir(&self, files: Vec<Distfile>, sync: bool) -> TreeAnswer {
         let native = self.remote_hash().is_native();
         // Find every blob: (native) local CAS, git cache, repositories, (native) endpoint.
         let mut sources = Vec::with_capacity(files.len());
@@ -61,32 +100,10 @@ impl Sources {
             sources.push(source);
         }
 
-        // The distdir tree and its content id, as just-mr computes them.
-        let mut entries = Vec::new();
-        let mut content_map = BTreeMap::new();
-        for f in &files {
-            let mut id = [0u8; 20];
-            if hex::decode_to_slice(&f.content, &mut id).is_err() {
-                return TreeAnswer::internal(format!("invalid blob id {:?}", f.content));
-            }
-            entries.push(GitTreeEntry {
-                name: f.name.as_bytes().to_vec(),
-                kind: ObjectKind::blob(f.executable),
-                id,
-            });
-            content_map.insert(f.name.clone(), serde_json::json!([f.content, f.executable]));
-        }
-        let tree_bytes = match serialize_git_tree(entries) {
-            Ok(b) => b,
-            Err(e) => return TreeAnswer::internal(format!("invalid distdir: {e}")),
+        let (tree_bytes, tree_id, content_id) = match distdir_ids(&files) {
+            Ok(ids) => ids,
+            Err(e) => return TreeAnswer::internal(e),
         };
-        let tree_id = HashFunction::GitSha1.hash_bytes(ObjectKind::Tree, &tree_bytes);
-        let content_id = HashFunction::GitSha1.hash_bytes(
-            ObjectKind::File,
-            serde_json::to_string(&content_map)
-                .expect("JSON of strings")
-                .as_bytes(),
-        );
 
         // Known already? Then sync from where it is.
         let (repos, id) = (self.repos.clone(), tree_id.clone());
@@ -161,4 +178,32 @@ impl Sources {
         self.answer(tree_id, ObjectKind::Tree, self.git_cache(), sync)
             .await
     }
+}
+
+/// The distdir's git tree (bytes and id) and its content id, as just-mr
+/// computes them.
+fn distdir_ids(files: &[Distfile]) -> Result<(Vec<u8>, String, String), String> {
+    let mut entries = Vec::new();
+    let mut content_map = BTreeMap::new();
+    for f in files {
+        let mut id = [0u8; 20];
+        if hex::decode_to_slice(&f.content, &mut id).is_err() {
+            return Err(format!("invalid blob id {:?}", f.content));
+        }
+        entries.push(GitTreeEntry {
+            name: f.name.as_bytes().to_vec(),
+            kind: ObjectKind::blob(f.executable),
+            id,
+        });
+        content_map.insert(f.name.clone(), serde_json::json!([f.content, f.executable]));
+    }
+    let tree_bytes = serialize_git_tree(entries).map_err(|e| format!("invalid distdir: {e}"))?;
+    let tree_id = HashFunction::GitSha1.hash_bytes(ObjectKind::Tree, &tree_bytes);
+    let content_id = HashFunction::GitSha1.hash_bytes(
+        ObjectKind::File,
+        serde_json::to_string(&content_map)
+            .expect("JSON of strings")
+            .as_bytes(),
+    );
+    Ok((tree_bytes, tree_id, content_id))
 }

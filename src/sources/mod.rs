@@ -13,6 +13,7 @@ mod copy;
 mod distdir;
 mod get_remote_tree;
 pub mod resolve;
+mod shared_trees;
 pub mod sync;
 mod tree;
 mod tree_structure;
@@ -50,6 +51,8 @@ pub struct Sources {
     archive_subtrees: crate::memo::Memo<(String, &'static str, String), (usize, String)>,
     /// Bounds on a tree fetched from the endpoint: those of an unpacked archive.
     fetch_limits: crate::archive::Limits,
+    /// Facts shared with other replicas through the endpoint, if configured.
+    pub shared: Option<Arc<crate::shared_cache::SharedCache>>,
 }
 
 /// What went wrong inside a SourceTree operation: the text of its
@@ -108,12 +111,20 @@ impl Sources {
             build_root,
             once: Default::default(),
             fetch_limits: Default::default(),
+            shared: None,
         }
     }
 
     /// These sources, fetching trees from the endpoint within `limits`.
     pub fn with_fetch_limits(mut self, limits: crate::archive::Limits) -> Sources {
         self.fetch_limits = limits;
+        self
+    }
+
+    /// Shares facts with other replicas through the endpoint's action cache.
+    pub fn with_shared_cache(mut self, shared: bool) -> Sources {
+        self.shared =
+            shared.then(|| Arc::new(crate::shared_cache::SharedCache::new(self.remote.clone())));
         self
     }
 

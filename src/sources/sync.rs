@@ -57,6 +57,7 @@ struct Plan {
 }
 
 /// Syncs git objects to one endpoint.
+#[derive(Clone)]
 pub struct Syncer {
     remote: Arc<dyn RemoteCas>,
     /// Compatible mode: git id -> `[sha256:size:type]`.
@@ -107,6 +108,16 @@ impl Syncer {
                 .and_then(|t| parse_object_info(&t))
                 .map(|(d, _)| d),
         }
+    }
+
+    /// Compatible mode: notes that the git tree `id` is `digest` at the
+    /// endpoint (learnt from the shared cache), so later syncs and fetches
+    /// find it without the tree at hand. Blocking (a small file write).
+    pub fn remember_tree(&self, id: &str, digest: &Digest) -> std::io::Result<()> {
+        if self.hash_function().is_native() || self.rehash.get(id)?.is_some() {
+            return Ok(());
+        }
+        self.rehash.set(id, &object_info(digest, ObjectKind::Tree))
     }
 
     /// Uploads git object `id` (a tree with everything below it, or a blob) from

@@ -23,6 +23,7 @@ use crate::build::value::Value;
 use crate::config::TargetCacheWriteStrategy;
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::runner::Interest;
+use crate::shared_cache::{FactKind, SharedCache};
 use crate::storage::target_cache::{CachedEntry, TargetCache};
 
 /// What a miss ended in: built and stored (the caller re-reads the cache),
@@ -37,11 +38,32 @@ pub(super) struct MissOutcome {
 struct CacheView {
     cache: TargetCache,
     hash: HashFunction,
+    /// The shared cache, asked from the analysis threads (which may block).
+    shared: Option<(Arc<SharedCache>, tokio::runtime::Handle)>,
+}
+
+impl CacheView {
+    /// A nested export target's entry recorded by another replica.
+    fn shared_entry(&self, key: &str) -> Option<CachedEntry> {
+        let (shared, runtime) = self.shared.as_ref()?;
+        let shard = self.cache.backend().shard(self.hash);
+        let found = runtime.block_on(shared.look_up(FactKind::Target, &shard, key));
+        match found {
+            Ok(fact) => super::entry_of_fact(&fact?, self.hash, key),
+            Err(e) => {
+                tracing::warn!("shared cache look-up of {key}: {e}; treated as a miss");
+                None
+            }
+        }
+    }
 }
 
 impl ExportCache for CacheView {
     fn lookup(&self, key: &KeyBlob) -> Option<CachedExport> {
-        let entry = self.cache.read(key.hash()).ok()??;
+        let entry = match self.cache.read(key.hash()) {
+            Ok(Some(entry)) => entry,
+            _ => self.shared_entry(key.hash())?,
+        };
         let parsed = entry.parse(self.hash).ok()?;
         Some(CachedExport {
             artifacts: parsed.result.artifact_stage,
@@ -157,6 +179,12 @@ pub(super) async fn build_and_store(
     let view = Arc::new(CacheView {
         cache: cache.clone(),
         hash,
+        shared: server
+            .deps
+            .sources
+            .shared
+            .clone()
+            .map(|s| (s, tokio::runtime::Handle::current())),
     });
     let jobs = server.deps.jobs;
     let name = EntityName::Named(target.clone());
@@ -357,16 +385,22 @@ async fn write_entries(
             continue;
         }
         let (c, k) = (cache.clone(), key.hash().to_string());
-        let stored = super::blocking(move || c.store(&k, &text)).await;
+        let stored = {
+            let text = text.clone();
+            super::blocking(move || c.store(&k, &text)).await
+        };
         match stored
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
         {
-            Ok(info) => tracing::info!(
-                "stored target-cache entry {} for {} as {info}",
-                key.hash(),
-                r.target
-            ),
+            Ok(info) => {
+                tracing::info!(
+                    "stored target-cache entry {} for {} as {info}",
+                    key.hash(),
+                    r.target
+                );
+                server.share_entry(cache, key.hash(), &text).await;
+            }
             Err(e) => tracing::warn!("storing the cache entry of {}: {e}", r.target),
         }
     }

@@ -17,10 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::build::builder::{DispatchTarget, LocalObjects};
+use crate::build::cache_entry::ObjectInfo;
 use crate::digest::{Digest, HashFunction, ObjectKind};
 use crate::execute::runner::Interest;
 use crate::memo::Memo;
 use crate::remote::executor::RemoteExecutor;
+use crate::shared_cache::FactKind;
 use crate::storage::target_cache::{
     BackendDescription, CachedEntry, TargetCache, TargetCacheError,
 };
@@ -70,6 +72,8 @@ pub struct TargetStats {
     pub computations: AtomicU64,
     /// Answers from the cache without a build.
     pub hits: AtomicU64,
+    /// Those of the hits found in the shared cache at the endpoint.
+    pub shared_hits: AtomicU64,
     /// Misses that analysed and built.
     pub builds: AtomicU64,
     pub actions_executed: AtomicU64,
@@ -92,6 +96,7 @@ impl Default for TargetStats {
             requests: AtomicU64::default(),
             computations: AtomicU64::default(),
             hits: AtomicU64::default(),
+            shared_hits: AtomicU64::default(),
             builds: AtomicU64::default(),
             actions_executed: AtomicU64::default(),
             actions_cached: AtomicU64::default(),
@@ -346,12 +351,16 @@ impl TargetServer {
         let started = std::time::Instant::now();
         let stats = &self.deps.stats;
         stats.computations.fetch_add(1, Ordering::Relaxed);
-        let (cache, found) = self.look_up(backend, &request.key.hash).await?;
+        let (cache, found, shared) = self.look_up(backend, &request.key.hash).await?;
         if let Some(answer) = self.answer_hit(&cache, &request, found).await? {
             stats.hits.fetch_add(1, Ordering::Relaxed);
+            if shared {
+                stats.shared_hits.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(
-                "ServeTarget {}: cache hit ({} ms)",
+                "ServeTarget {}: {}cache hit ({} ms)",
                 request.key.hash,
+                if shared { "shared " } else { "" },
                 started.elapsed().as_millis()
             );
             return Ok(answer);
@@ -441,17 +450,25 @@ impl TargetServer {
 
     /// The shard's cache (opened once: that stores its backend description)
     /// and the entry for `key`: from memory for keys answered before, else
-    /// read from the build root in one trip to the blocking pool.
+    /// read from the build root in one trip to the blocking pool, else from
+    /// the shared cache (then the last value is true).
     async fn look_up(
         &self,
         backend: BackendDescription,
         key: &str,
-    ) -> Result<(TargetCache, Result<Option<CachedEntry>, TargetCacheError>), TargetError> {
+    ) -> Result<
+        (
+            TargetCache,
+            Result<Option<CachedEntry>, TargetCacheError>,
+            bool,
+        ),
+        TargetError,
+    > {
         let shard = backend.shard(self.hash());
         let opened = self.caches.get(&shard);
         if let Some(cache) = &opened {
             if let Some(entry) = self.entries.get(&(shard.clone(), key.to_string())) {
-                return Ok((cache.clone(), Ok(Some(entry))));
+                return Ok((cache.clone(), Ok(Some(entry)), false));
             }
         }
         let (root, hash, k) = (self.deps.build_root.clone(), self.hash(), key.to_string());
@@ -461,11 +478,67 @@ impl TargetServer {
             (cache, found)
         })
         .await?;
-        self.caches.remember(shard, cache.clone());
+        self.caches.remember(shard.clone(), cache.clone());
         if let Ok(Some(entry)) = &found {
             self.remember(&cache, key, entry);
+            return Ok((cache, found, false));
         }
-        Ok((cache, found))
+        if let Some(entry) = self.shared_entry(&shard, key).await {
+            // Kept in memory only: the local target cache holds entries whose
+            // objects are in the local CAS, and these are at the endpoint.
+            self.remember(&cache, key, &entry);
+            return Ok((cache, Ok(Some(entry)), true));
+        }
+        Ok((cache, found, false))
+    }
+
+    /// The entry another replica recorded in the shared cache, its blob
+    /// copied into the local CAS (the one object serve reads).
+    async fn shared_entry(&self, shard: &str, key: &str) -> Option<CachedEntry> {
+        let shared = self.deps.sources.shared.as_ref()?;
+        let fact = match shared.look_up(FactKind::Target, shard, key).await {
+            Ok(fact) => fact?,
+            Err(e) => {
+                tracing::warn!("shared cache look-up of {key}: {e}; treated as a miss");
+                return None;
+            }
+        };
+        let entry = entry_of_fact(&fact, self.hash(), key)?;
+        let (cas, value) = (self.local_cas(), fact.value);
+        match blocking(move || cas.put_bytes(ObjectKind::File, &value)).await {
+            Ok(Ok(_)) => Some(entry),
+            Ok(Err(e)) => {
+                tracing::warn!("storing the shared cache entry {key}: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Records a target-cache entry (`text`, as stored) in the shared
+    /// cache, after making sure the endpoint has every object it names;
+    /// failures are only logged.
+    pub(super) async fn share_entry(&self, cache: &TargetCache, key: &str, text: &str) {
+        let Some(shared) = self.deps.sources.shared.as_ref() else {
+            return;
+        };
+        let shared_one = async {
+            let json: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+            let objects = crate::build::cache_entry::entry_objects(&json, self.hash())
+                .map_err(|e| format!("reading its objects: {e}"))?;
+            ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
+                .await
+                .map_err(|e| format!("uploading its objects: {e}"))?;
+            let shard = cache.backend().shard(self.hash());
+            shared
+                .record(FactKind::Target, &shard, key, text.as_bytes(), &objects)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = shared_one.await {
+            tracing::warn!("sharing target-cache entry {key}: {e}");
+        }
     }
 
     /// Keeps an entry in memory (entries do not change once written).
@@ -507,10 +580,8 @@ impl TargetServer {
         });
         // jserve's own endpoint shares the local CAS: entries are written
         // only with their objects there, so there is nothing to upload.
-        if !self.deps.own_endpoint {
-            ensure_at_endpoint(&self.local_cas(), self.remote().as_ref(), &objects)
-                .await
-                .map_err(|e| TargetError::upload("uploading the cached artifacts", e))?;
+        if !self.deps.own_endpoint && !self.at_endpoint(&objects, request).await? {
+            return Ok(None);
         }
         if request.keep_artifact_root {
             miss::keep_artifact_root(self, &entry)
@@ -518,6 +589,44 @@ impl TargetServer {
                 .map_err(|e| TargetError::local("keeping the artifact root", e))?;
         }
         Ok(Some(TargetAnswer::Value(entry.blob.digest.clone())))
+    }
+
+    /// Makes sure the endpoint has `objects` (the last one the backend
+    /// description, which is local), uploading what it lacks. Objects the
+    /// local CAS does not have either (an entry from the shared cache) must
+    /// be at the endpoint already; false if they are not there (a miss).
+    async fn at_endpoint(
+        &self,
+        objects: &[ObjectInfo],
+        request: &TargetRequest,
+    ) -> Result<bool, TargetError> {
+        let (cas, remote) = (self.local_cas(), self.remote().as_ref());
+        match ensure_at_endpoint(&cas, remote, objects).await {
+            Ok(()) => return Ok(true),
+            Err(objects::ObjectsError::Missing(_)) => {}
+            Err(e) => return Err(TargetError::upload("uploading the cached artifacts", e)),
+        }
+        let (named, description) = objects.split_at(objects.len().saturating_sub(1));
+        let wanted = named.iter().map(|o| o.digest.clone()).collect();
+        let missing = self
+            .remote()
+            .find_missing(wanted)
+            .await
+            .map_err(|e| TargetError::upload("checking the cached artifacts", e))?;
+        if !missing.is_empty() {
+            tracing::info!(
+                "ServeTarget {}: {} objects of the entry are neither local nor at the \
+                 endpoint (first {}); a miss",
+                request.key.hash,
+                missing.len(),
+                missing[0].hash
+            );
+            return Ok(false);
+        }
+        ensure_at_endpoint(&cas, remote, description)
+            .await
+            .map_err(|e| TargetError::upload("uploading the backend description", e))?;
+        Ok(true)
     }
 
     /// Clients for the endpoints of a dispatch list (kept per address).
@@ -566,6 +675,28 @@ impl TargetServer {
     fn local_objects(&self) -> Arc<dyn LocalObjects> {
         objects::serve_objects(self.local_cas(), self.deps.repos.clone())
     }
+}
+
+/// The target-cache entry a shared fact holds: only a well-formed entry
+/// all of whose objects the fact names (and so the endpoint has).
+pub(super) fn entry_of_fact(
+    fact: &crate::shared_cache::Fact,
+    hash: HashFunction,
+    key: &str,
+) -> Option<CachedEntry> {
+    let entry = CachedEntry {
+        blob: ObjectInfo {
+            digest: fact.value_digest.clone(),
+            kind: ObjectKind::File,
+        },
+        json: serde_json::from_slice(&fact.value).ok()?,
+    };
+    let named = entry.objects(hash).ok()?;
+    if entry.parse(hash).is_err() || named.iter().any(|o| !fact.objects.contains(o)) {
+        tracing::warn!("shared cache entry {key} is not one jserve records; ignored");
+        return None;
+    }
+    Some(entry)
 }
 
 /// [`crate::blocking::value`] with the Target service's error type.
