@@ -11,6 +11,7 @@ const SERVED: &[&str] = &[
     "just_serve.proto",
     "jserve/status.proto",
     "build/bazel/remote/execution/v2/remote_execution.proto",
+    "build/bazel/remote/asset/v1/remote_asset.proto",
     "google/bytestream/bytestream.proto",
     "google/longrunning/operations.proto",
 ];

@@ -18,7 +18,16 @@ use crate::proto::configuration_server::ConfigurationServer;
 use crate::proto::source_tree_server::SourceTreeServer;
 use crate::proto::status::status_server::StatusServer;
 use crate::proto::target_server::TargetServer;
-use crate::serve::{ConfigurationService, SourceTreeService, TargetService};
+use crate::serve::{AssetService, ConfigurationService, SourceTreeService, TargetService};
+use bazel_remote_apis::build::bazel::remote::asset::v1::{
+    fetch_server::FetchServer, push_server::PushServer,
+};
+
+/// The Remote Asset API's services, served beside the serve services.
+const ASSET_SERVICES: [&str; 2] = [
+    <FetchServer<AssetService> as NamedService>::NAME,
+    <PushServer<AssetService> as NamedService>::NAME,
+];
 use crate::storage::atomic::write_atomic;
 
 /// Errors starting or running the daemon.
@@ -221,6 +230,7 @@ impl Services {
                 <TargetServer<TargetService> as NamedService>::NAME,
                 <ConfigurationServer<ConfigurationService> as NamedService>::NAME,
             ]);
+            names.extend(ASSET_SERVICES);
         }
         if self.endpoint().is_some() {
             names.extend(crate::execute::SERVICE_NAMES);
@@ -409,6 +419,15 @@ pub async fn start_services(
                 ConfigurationServer::new(ConfigurationService::new(ctx.clone()))
                     .max_decoding_message_size(limit),
             );
+        let assets = Arc::new(AssetService::new(ctx));
+        router = router
+            .add_service(FetchServer::from_arc(assets.clone()).max_decoding_message_size(limit))
+            .add_service(PushServer::from_arc(assets).max_decoding_message_size(limit));
+        for name in ASSET_SERVICES {
+            health
+                .set_service_status(name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
     }
     let mut background = Vec::new();
     let reachable = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -447,11 +466,14 @@ pub async fn start_services(
         background.push(crate::health::watch_endpoint(
             health.clone(),
             ctx.sources.remote.clone(),
-            vec![
+            [
                 <SourceTreeServer<SourceTreeService> as NamedService>::NAME,
                 <TargetServer<TargetService> as NamedService>::NAME,
                 <ConfigurationServer<ConfigurationService> as NamedService>::NAME,
-            ],
+            ]
+            .into_iter()
+            .chain(ASSET_SERVICES)
+            .collect(),
             address.to_string(),
             interval,
             reachable,

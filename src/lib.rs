@@ -1,6 +1,7 @@
 //! jserve: a drop-in replacement for justbuild's `just serve`.
 
 pub mod archive;
+pub mod asset;
 pub mod blocking;
 pub mod build;
 pub mod cli;

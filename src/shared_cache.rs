@@ -41,6 +41,8 @@ pub enum FactKind {
     Archive,
     /// A distdir's tree: content id → tree.
     Distdir,
+    /// A pushed Remote Asset: kind, URI and qualifiers → digest.
+    Asset,
 }
 
 impl FactKind {
@@ -49,6 +51,7 @@ impl FactKind {
             FactKind::Target => "target-cache",
             FactKind::Archive => "archive-tree",
             FactKind::Distdir => "distdir-tree",
+            FactKind::Asset => "asset",
         }
     }
 }

@@ -14,7 +14,10 @@ use prost_types::{DescriptorProto, FileDescriptorProto};
 use serde_json::json;
 use tonic::transport::Channel;
 
-const SERVE: [&str; 3] = [
+const SERVE: [&str; 5] = [
+    // The Remote Asset API over serve's sources.
+    "build.bazel.remote.asset.v1.Fetch",
+    "build.bazel.remote.asset.v1.Push",
     "justbuild.just_serve.Configuration",
     "justbuild.just_serve.SourceTree",
     "justbuild.just_serve.Target",

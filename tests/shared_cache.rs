@@ -13,6 +13,7 @@
 //!   serves it for the same dispatch list, and builds it anew without one;
 //! * archive and distdir roots set up by `just-mr` through B, which has no
 //!   archive, get the trees A computed;
+//! * a Remote Asset pushed at A is fetched from B;
 //! * B restarted on an empty build root serves all of it again;
 //! * B's metrics count its shared hits, local hits and misses.
 //!
@@ -26,11 +27,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use bazel_remote_apis::build::bazel::remote::asset::v1::{
+    fetch_client::FetchClient, push_client::PushClient, FetchBlobRequest, PushBlobRequest,
+};
+use bazel_remote_apis::build::bazel::remote::execution::v2::{
+    self as reapi, content_addressable_storage_client::ContentAddressableStorageClient,
+};
 use common::endpoints::{BuildGrid, Execute, JserveServe};
 use common::git::git;
 use common::loc;
 use common::procs::run_bounded;
 use common::reference::{reference_just, reference_just_16, reference_just_mr};
+use jserve::digest::{HashFunction, ObjectKind};
 use serde_json::{json, Value};
 
 /// The dependency, known to the replicas only; COUNTS is where its actions
@@ -66,6 +74,17 @@ const DISPATCH_LAUNCHER: &str = r#"["env","DISPATCHED=dispatched"]"#;
 const UNREACHABLE: &str = "file:///nonexistent/jserve-shared-cache.git";
 
 const CLIENT_LIMIT: Duration = Duration::from_secs(180);
+
+/// The URI a Remote Asset is pushed under.
+const ASSET_URI: &str = "urn:jserve-test:shared-asset";
+
+async fn connect(address: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Kind {
@@ -299,6 +318,59 @@ impl World {
                "parts": {"tgz": self.archive_root()}})
     }
 
+    /// Uploads a blob to the endpoint and pushes it at A under [`ASSET_URI`].
+    async fn push_blob_at_a(&self) -> reapi::Digest {
+        let hash = if self.compatible {
+            HashFunction::Sha256
+        } else {
+            HashFunction::GitSha1
+        };
+        let data = format!("asset of {}", self.name()).into_bytes();
+        let digest = hash.digest_bytes(ObjectKind::File, &data).to_wire(hash);
+        let instance = if self.kind == Kind::BuildGrid {
+            INSTANCE
+        } else {
+            ""
+        };
+        let mut cas = ContentAddressableStorageClient::new(connect(&self.endpoint).await);
+        let stored = cas
+            .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+                instance_name: instance.into(),
+                requests: vec![reapi::batch_update_blobs_request::Request {
+                    digest: Some(digest.clone()),
+                    data,
+                    compressor: 0,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stored.responses[0].status.as_ref().map_or(0, |s| s.code), 0);
+        PushClient::new(connect(&self.a.address()).await)
+            .push_blob(PushBlobRequest {
+                uris: vec![ASSET_URI.into()],
+                blob_digest: Some(digest.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        digest
+    }
+
+    /// FetchBlob of [`ASSET_URI`] at B: the digest, if found.
+    async fn fetch_blob_at_b(&self) -> Option<reapi::Digest> {
+        let answer = FetchClient::new(connect(&self.b.address()).await)
+            .fetch_blob(FetchBlobRequest {
+                uris: vec![ASSET_URI.into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        answer.blob_digest
+    }
+
     /// B's metrics sample `name{labels}`.
     fn b_metric(&self, sample: &str) -> f64 {
         let addr = common::http::metrics_address(&self.b.log()).expect("B logs its metrics");
@@ -522,8 +594,22 @@ fn shared_between_replicas(kind: Kind, compatible: bool, old_client: bool) {
     assert_eq!(w.out("client-race-a", "race.txt"), "race\n", "{name}");
     assert_eq!(w.out("client-race-b", "race.txt"), "race\n", "{name}");
 
+    // A blob pushed as a Remote Asset at A is fetched from B.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pushed = runtime.block_on(w.push_blob_at_a());
+    assert_eq!(
+        runtime.block_on(w.fetch_blob_at_b()),
+        Some(pushed.clone()),
+        "{name}"
+    );
+
     // B restarted on an empty build root: everything again, nothing built.
     w.restart_b("b-restarted");
+    assert_eq!(
+        runtime.block_on(w.fetch_blob_at_b()),
+        Some(pushed),
+        "{name}"
+    );
     let run = w.install(&w.b, "client-5", "top", &[]);
     assert_served(&w, &run, "client 5 through the restarted B");
     assert_eq!(

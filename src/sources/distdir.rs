@@ -42,7 +42,8 @@ impl Sources {
             }
         }
         let answer = self.local_distdir(files, sync).await;
-        if answer.outcome == Outcome::Ok {
+        // Recorded by the replica that wrote the tree (once, not per request).
+        if answer.outcome == Outcome::Ok && matches!(known, Ok(None)) {
             let (repos, id) = (self.repos.clone(), tree_id.clone());
             if let Ok(Some(repo)) = blocking(move || Ok(repos.find_tree(&id)?)).await {
                 let path = self.repos.paths()[repo].clone();
