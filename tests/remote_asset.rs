@@ -28,6 +28,9 @@ use bazel_remote_apis::build::bazel::remote::execution::v2::{
 use common::endpoints::JserveServe;
 use common::git::git;
 use common::loc;
+use jserve::digest::{HashFunction, ObjectKind};
+use jserve::proto::serve_archive_tree_request::{ArchiveType::Tar, SymlinksResolve as Resolve};
+use jserve::proto::serve_archive_tree_response::ServeArchiveTreeStatus as ArchiveStatus;
 use prost::Message;
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -430,6 +433,85 @@ async fn fetch_and_push(compatible: bool) {
     drop(serve);
     let serve = start(&serve_dir, &repo, compatible);
     check(&ask(&python, &serve, &pushed), "after a restart");
+
+    // An archive only the endpoint has, pushed with its git blob id: then
+    // ServeArchiveTree knows it (in compatible mode only through the push).
+    let other = tmp.path().join("other.tar.gz");
+    let made = Command::new("tar")
+        .arg("-czf")
+        .arg(&other)
+        .arg("README")
+        .current_dir(&repo.dir)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let other_id = git(&repo.dir, &["hash-object", other.to_str().unwrap()]);
+    let bytes = std::fs::read(&other).unwrap();
+    let digest = upload(&serve, &bytes, compatible).await;
+    let mut source_tree = common::clients::SourceTree::new(common::channel(serve.port).await);
+    if compatible {
+        assert_eq!(
+            unpacked(&mut source_tree, &other_id).await,
+            ArchiveStatus::NotFound as i32,
+            "{mode}"
+        );
+    }
+    let push = |id: &str| {
+        call(
+            "PushBlob",
+            json!({"uris": ["https://example.org/other.tar.gz"],
+                   "qualifiers": qualifiers(&[("jserve.git-blob-id", id)]),
+                   "blobDigest": digest}),
+        )
+    };
+    let answers = ask(&python, &serve, &[push(&"2".repeat(40)), push(&other_id)]);
+    assert_eq!(
+        answers[0]["error"]["code"], "INVALID_ARGUMENT",
+        "{mode}: a wrong git id"
+    );
+    assert_eq!(
+        answers[1]["response"],
+        json!({}),
+        "{mode}: {:?}",
+        answers[1]
+    );
+    assert_eq!(
+        unpacked(&mut source_tree, &other_id).await,
+        ArchiveStatus::Ok as i32,
+        "{mode}"
+    );
+}
+
+/// The status ServeArchiveTree answers for the tar archive `id`.
+async fn unpacked(st: &mut common::clients::SourceTree, id: &str) -> i32 {
+    st.archive_tree(id, Tar, "", Resolve::None, false)
+        .await
+        .status
+}
+
+/// Uploads `data` to serve's own endpoint; its digest as JSON.
+async fn upload(serve: &JserveServe, data: &[u8], compatible: bool) -> Value {
+    let hash = if compatible {
+        HashFunction::Sha256
+    } else {
+        HashFunction::GitSha1
+    };
+    let digest = hash.digest_bytes(ObjectKind::File, data).to_wire(hash);
+    let mut cas = ContentAddressableStorageClient::new(common::channel(serve.port).await);
+    let stored = cas
+        .batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests: vec![reapi::batch_update_blobs_request::Request {
+                digest: Some(digest.clone()),
+                data: data.to_vec(),
+                compressor: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.responses[0].status.as_ref().map_or(0, |s| s.code), 0);
+    json!({"hash": digest.hash, "sizeBytes": digest.size_bytes.to_string()})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

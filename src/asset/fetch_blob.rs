@@ -56,16 +56,12 @@ impl Assets {
         Ok(FetchOutcome::Found { uri, digest })
     }
 
-    /// The blob with git id `id`, put into the endpoint's CAS (ServeContent),
-    /// or already there (native mode).
+    /// The blob with git id `id`, put into the endpoint's CAS, or already
+    /// there (ServeContent).
     async fn blob_by_git_id(&self, id: &str) -> Result<Option<Digest>, AssetError> {
         let answer = self.sources.content(id).await;
         match answer.outcome {
             Outcome::Ok => Ok(answer.digest),
-            Outcome::NotFound if self.hash().is_native() => {
-                let digest = HashFunction::GitSha1.digest(ObjectKind::File, id, 0);
-                Ok(self.at_endpoint(&digest).await?.then_some(digest))
-            }
             Outcome::NotFound => Ok(None),
             Outcome::SyncError(e) | Outcome::FailedPrecondition(e) | Outcome::Internal(e) => {
                 Err(AssetError::Internal(e))

@@ -154,13 +154,13 @@ impl Assets {
         Ok(missing.is_empty())
     }
 
-    /// Whether the endpoint's blob `digest` matches one of `checksums`
-    /// (read through a file in the build root's staging area).
-    async fn endpoint_blob_matches(
+    /// `f` of a file holding the endpoint's blob `digest`, in the build
+    /// root's staging area; `None` if the endpoint does not have it.
+    async fn with_endpoint_file<T: Send + 'static>(
         &self,
         digest: &Digest,
-        checksums: &[qualifiers::Sri],
-    ) -> Result<bool, AssetError> {
+        f: impl FnOnce(&Path) -> Result<T, AssetError> + Send + 'static,
+    ) -> Result<Option<T>, AssetError> {
         let scratch = {
             let tmp = self.build_root.tmp_dir();
             crate::blocking::run(move || {
@@ -177,15 +177,41 @@ impl Assets {
             .await
             .map_err(AssetError::internal)?;
         if !found {
-            return Ok(false);
+            return Ok(None);
         }
-        let checksums = checksums.to_vec();
         crate::blocking::run(move || {
-            let matches = file_matches(&file, &checksums).map_err(AssetError::internal);
+            let answer = f(&file);
             drop(scratch);
-            matches
+            answer.map(Some)
         })
         .await
+    }
+
+    /// The git blob id of the endpoint's blob `digest`.
+    async fn endpoint_git_id(&self, digest: &Digest) -> Result<Option<String>, AssetError> {
+        self.with_endpoint_file(digest, |file| {
+            let len = std::fs::metadata(file).map_err(AssetError::internal)?.len();
+            let mut hasher = HashFunction::GitSha1.hasher(crate::digest::ObjectKind::File, len);
+            let mut reader = std::fs::File::open(file).map_err(AssetError::internal)?;
+            std::io::copy(&mut reader, &mut hasher).map_err(AssetError::internal)?;
+            Ok(hasher.finish_hex())
+        })
+        .await
+    }
+
+    /// Whether the endpoint's blob `digest` matches one of `checksums`.
+    async fn endpoint_blob_matches(
+        &self,
+        digest: &Digest,
+        checksums: &[qualifiers::Sri],
+    ) -> Result<bool, AssetError> {
+        let checksums = checksums.to_vec();
+        let matches = self
+            .with_endpoint_file(digest, move |file| {
+                file_matches(file, &checksums).map_err(AssetError::internal)
+            })
+            .await?;
+        Ok(matches == Some(true))
     }
 }
 

@@ -51,6 +51,9 @@ impl Assets {
                 object.digest.hash
             )));
         }
+        if let (AssetKind::Blob, Some(id)) = (kind, &request.qualifiers.git_blob) {
+            self.learn_git_id(id, &object.digest).await?;
+        }
         let value = json!({
             "hash": object.digest.hash,
             "size": object.digest.size,
@@ -84,6 +87,36 @@ impl Assets {
             kind.name()
         );
         Ok(())
+    }
+
+    /// A blob pushed with its git id: checked, and then known to SourceTree
+    /// by that id (ServeArchiveTree, ServeDistdirTree and ServeContent read
+    /// it from the endpoint). Native digests are git ids already.
+    async fn learn_git_id(&self, id: &str, digest: &Digest) -> Result<(), AssetError> {
+        if self.hash().is_native() {
+            return if digest.hash == id {
+                Ok(())
+            } else {
+                Err(AssetError::invalid(format!(
+                    "the pushed blob {} is not git blob {id}",
+                    digest.hash
+                )))
+            };
+        }
+        let git_id = self.endpoint_git_id(digest).await?;
+        if git_id.as_deref() != Some(id) {
+            return Err(AssetError::invalid(format!(
+                "the pushed blob {} is not git blob {id}",
+                digest.hash
+            )));
+        }
+        let (syncer, id, digest) = (self.sources.syncer.clone(), id.to_string(), digest.clone());
+        crate::blocking::run(move || {
+            syncer
+                .remember(&id, &digest, ObjectKind::File)
+                .map_err(AssetError::internal)
+        })
+        .await
     }
 
     /// A pushed asset for one of the request's URIs, with exactly its

@@ -52,10 +52,26 @@ impl TreeAnswer {
 pub(super) enum BlobSource {
     Repo(usize),
     NativeCas(PathBuf),
-    Remote,
+    /// At the endpoint, under this digest.
+    Remote(Digest),
 }
 
 impl Sources {
+    /// The endpoint's digest of git blob `id`, if the endpoint has it:
+    /// native endpoints know blobs by their git id; compatible ones by the
+    /// SHA-256 the rehash map knows (from a sync, or a verified push of a
+    /// Remote Asset naming the git id).
+    pub(super) async fn endpoint_blob(
+        &self,
+        id: &str,
+    ) -> Result<Option<Digest>, crate::remote::RemoteError> {
+        let Some(digest) = self.syncer.known_digest(id, ObjectKind::File) else {
+            return Ok(None);
+        };
+        let missing = self.remote.find_missing(vec![digest.clone()]).await?;
+        Ok(missing.is_empty().then_some(digest))
+    }
+
     pub(super) fn git_cache(&self) -> PathBuf {
         self.repos.paths()[0].clone()
     }

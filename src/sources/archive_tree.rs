@@ -83,7 +83,7 @@ impl From<TreeAnswer> for ArchiveAnswer {
 enum ArchiveSource {
     File(PathBuf),
     Repo(usize),
-    Remote,
+    Remote(Digest),
 }
 
 impl Sources {
@@ -307,28 +307,15 @@ impl Sources {
         .map_err(ArchiveAnswer::internal)?;
         let source = match local {
             Some(s) => s,
-            // Only native endpoints know archives by their git blob id.
-            None if self.remote_hash().is_native() => {
-                let d = Digest {
-                    hash: content.to_string(),
-                    size: 0,
-                    is_tree: false,
-                };
-                match self.remote.find_missing(vec![d]).await {
-                    Ok(m) if m.is_empty() => ArchiveSource::Remote,
-                    Ok(_) => {
-                        return Err(ArchiveAnswer::fail(ArchiveOutcome::Common(
-                            Outcome::NotFound,
-                        )))
-                    }
-                    Err(e) => return Err(ArchiveAnswer::internal(e.to_string())),
+            None => match self.endpoint_blob(content).await {
+                Ok(Some(d)) => ArchiveSource::Remote(d),
+                Ok(None) => {
+                    return Err(ArchiveAnswer::fail(ArchiveOutcome::Common(
+                        Outcome::NotFound,
+                    )))
                 }
-            }
-            None => {
-                return Err(ArchiveAnswer::fail(ArchiveOutcome::Common(
-                    Outcome::NotFound,
-                )))
-            }
+                Err(e) => return Err(ArchiveAnswer::internal(e.to_string())),
+            },
         };
 
         // Put the archive into the native CAS as a file to unpack from.
@@ -359,12 +346,7 @@ impl Sources {
                 .await
                 .map_err(ArchiveAnswer::internal)?
             }
-            ArchiveSource::Remote => {
-                let d = Digest {
-                    hash: content.to_string(),
-                    size: 0,
-                    is_tree: false,
-                };
+            ArchiveSource::Remote(d) => {
                 let tmp = self
                     .build_root
                     .tmp_dir()

@@ -1,5 +1,5 @@
 //! ServeContent: a known blob put into the endpoint's CAS, from the git
-//! repositories or the native CAS.
+//! repositories or the native CAS, or found there already.
 
 use super::answers::{BlobSource, Outcome, TreeAnswer};
 use super::{blocking, Sources};
@@ -33,7 +33,16 @@ impl Sources {
                 .await
             }
             Ok(Some(BlobSource::NativeCas(path))) => self.upload_cas_file(blob, path).await,
-            Ok(_) => TreeAnswer::outcome(Outcome::NotFound),
+            // Already at the endpoint: nothing to upload.
+            Ok(_) => match self.endpoint_blob(blob).await {
+                Ok(Some(digest)) => TreeAnswer {
+                    outcome: Outcome::Ok,
+                    tree: None,
+                    digest: Some(self.response_digest(digest)),
+                },
+                Ok(None) => TreeAnswer::outcome(Outcome::NotFound),
+                Err(e) => TreeAnswer::internal(e.to_string()),
+            },
             Err(e) => TreeAnswer::internal(e),
         }
     }

@@ -7,7 +7,7 @@ use git2::{ObjectType, Oid};
 
 use super::answers::{BlobSource, Outcome, TreeAnswer};
 use super::{blocking, Sources};
-use crate::digest::{serialize_git_tree, Digest, GitTreeEntry, HashFunction, ObjectKind};
+use crate::digest::{serialize_git_tree, GitTreeEntry, HashFunction, ObjectKind};
 use crate::git::{commit_and_keep, parse_oid};
 use crate::shared_cache::FactKind;
 
@@ -83,19 +83,11 @@ impl Sources {
             .await;
             let source = match local {
                 Ok(Some(s)) => s,
-                Ok(None) if native => {
-                    let d = Digest {
-                        hash: f.content.clone(),
-                        size: 0,
-                        is_tree: false,
-                    };
-                    match self.remote.find_missing(vec![d]).await {
-                        Ok(m) if m.is_empty() => BlobSource::Remote,
-                        Ok(_) => return TreeAnswer::outcome(Outcome::NotFound),
-                        Err(e) => return TreeAnswer::internal(e.to_string()),
-                    }
-                }
-                Ok(None) => return TreeAnswer::outcome(Outcome::NotFound),
+                Ok(None) => match self.endpoint_blob(&f.content).await {
+                    Ok(Some(d)) => BlobSource::Remote(d),
+                    Ok(None) => return TreeAnswer::outcome(Outcome::NotFound),
+                    Err(e) => return TreeAnswer::internal(e.to_string()),
+                },
                 Err(e) => return TreeAnswer::internal(e),
             };
             sources.push(source);
@@ -125,14 +117,9 @@ impl Sources {
 
         // Otherwise write blobs and tree into the git cache and keep it.
         let mut remote_blobs = Vec::new();
-        for (f, s) in files.iter().zip(&sources) {
-            if let BlobSource::Remote = s {
-                let d = Digest {
-                    hash: f.content.clone(),
-                    size: 0,
-                    is_tree: false,
-                };
-                match self.remote.read_blob(&d).await {
+        for s in &sources {
+            if let BlobSource::Remote(d) = s {
+                match self.remote.read_blob(d).await {
                     Ok(Some(data)) => remote_blobs.push(data),
                     Ok(None) => return TreeAnswer::outcome(Outcome::NotFound),
                     Err(e) => return TreeAnswer::internal(e.to_string()),
@@ -158,7 +145,7 @@ impl Sources {
                         blob.content().to_vec()
                     }
                     BlobSource::NativeCas(p) => std::fs::read(&p)?,
-                    BlobSource::Remote => remote_blobs.next().unwrap_or_default(),
+                    BlobSource::Remote(_) => remote_blobs.next().unwrap_or_default(),
                 };
                 let written = odb.write(ObjectType::Blob, &data)?;
                 if written != oid {

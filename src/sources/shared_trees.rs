@@ -54,7 +54,9 @@ impl Sources {
             return None;
         }
         let (syncer, id, digest) = (self.syncer.clone(), tree.clone(), root.digest.clone());
-        if let Err(e) = super::blocking(move || Ok(syncer.remember_tree(&id, &digest)?)).await {
+        if let Err(e) =
+            super::blocking(move || Ok(syncer.remember(&id, &digest, ObjectKind::Tree)?)).await
+        {
             tracing::warn!(tree, "noting the endpoint digest of a shared tree: {e}");
         }
         tracing::info!(

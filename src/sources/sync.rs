@@ -110,14 +110,15 @@ impl Syncer {
         }
     }
 
-    /// Compatible mode: notes that the git tree `id` is `digest` at the
-    /// endpoint (learnt from the shared cache), so later syncs and fetches
-    /// find it without the tree at hand. Blocking (a small file write).
-    pub fn remember_tree(&self, id: &str, digest: &Digest) -> std::io::Result<()> {
+    /// Compatible mode: notes that the git object `id` is `digest` at the
+    /// endpoint (learnt from the shared cache, or from a verified push), so
+    /// later syncs and fetches find it without the object at hand.
+    /// Blocking (a small file write).
+    pub fn remember(&self, id: &str, digest: &Digest, kind: ObjectKind) -> std::io::Result<()> {
         if self.hash_function().is_native() || self.rehash.get(id)?.is_some() {
             return Ok(());
         }
-        self.rehash.set(id, &object_info(digest, ObjectKind::Tree))
+        self.rehash.set(id, &object_info(digest, kind))
     }
 
     /// Uploads git object `id` (a tree with everything below it, or a blob) from
