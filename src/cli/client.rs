@@ -31,7 +31,23 @@ pub struct Endpoint {
     client_key: Option<PathBuf>,
     /// Print the answer as one JSON object.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+impl Endpoint {
+    /// The serve endpoint's address as given.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The TLS files, as the configuration's authentication would give them.
+    pub fn auth(&self) -> crate::config::AuthConfig {
+        crate::config::AuthConfig {
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -109,7 +125,7 @@ pub enum ClientCommand {
     },
 }
 
-async fn connect(e: &Endpoint) -> anyhow::Result<Channel> {
+pub(super) async fn connect(e: &Endpoint) -> anyhow::Result<Channel> {
     let address = Address::parse(&e.address).map_err(anyhow::Error::msg)?;
     let tls = e.ca_cert.is_some() || e.client_cert.is_some();
     let scheme = if tls { "https" } else { "http" };

@@ -4,6 +4,7 @@ mod analyse;
 mod client;
 mod execute;
 mod gc;
+mod prefetch;
 mod serve;
 
 use std::future::Future;
@@ -50,6 +51,10 @@ enum Command {
     Gc(Box<gc::GcArgs>),
     /// Analyse a target as `just analyse` does (no build).
     Analyse(Box<analyse::AnalyseArgs>),
+    /// Make every content-fixed root of a just-mr configuration known to a
+    /// serve endpoint and backed up at its execution endpoint (and, with
+    /// --targets, build export targets there).
+    Prefetch(Box<prefetch::PrefetchArgs>),
     #[command(flatten)]
     Client(client::ClientCommand),
     /// Unpacks one archive for the daemon, in a process of its own.
@@ -67,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Execute(args) => execute::run(*args),
         Command::Gc(args) => gc::run(*args),
         Command::Analyse(args) => analyse::run(*args),
+        Command::Prefetch(args) => prefetch::run(*args),
         Command::Client(command) => client::run(command),
         Command::Unpack { args } => ExitCode::from(crate::archive::helper_main(&args) as u8),
     }

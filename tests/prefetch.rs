@@ -1,0 +1,261 @@
+//! `jserve prefetch` filling a fresh serve from a just-mr configuration
+//! with a git, an archive and a distdir root and an export target, after
+//! which a reference `just-mr` client with every root absent (and nothing
+//! it could fetch: the URLs do not resolve, it has no distdir) builds the
+//! target, served from serve's warm cache:
+//!
+//! * native mode, serve its own endpoint, `just-mr` 1.6;
+//! * compatible mode, a `jserve execute` endpoint that prefetch learns from
+//!   serve, `just-mr` 1.5.
+//!
+//! Serve knows the git repository (as serve deployments do); the archive
+//! exists only in the client's distdir. A root nobody has makes prefetch
+//! exit 1 with the root `missing`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::endpoints::{Execute, JserveServe};
+use common::git::git;
+use common::loc;
+use common::procs::run_bounded;
+use common::reference::{reference_just, reference_just_16, reference_just_mr};
+use serde_json::{json, Value};
+
+const MAIN_TARGETS: &str = r#"{
+  "app": {"type": "export", "target": "app-gen"},
+  "app-gen": {"type": "generic", "outs": ["out.txt"],
+    "deps": [["@", "pkg", "", "a.txt"], ["@", "dist", "", "pkg.tar.gz"]],
+    "cmds": ["cat a.txt > out.txt", "test -s pkg.tar.gz && echo archive >> out.txt"]}
+}"#;
+
+const UNREACHABLE: &str = "file:///nonexistent/jserve-prefetch.git";
+const LIMIT: Duration = Duration::from_secs(180);
+
+struct Fixture {
+    dir: PathBuf,
+    main_repo: PathBuf,
+    distfiles: PathBuf,
+    config: PathBuf,
+}
+
+fn fixture(dir: &Path) -> Fixture {
+    let main_repo = dir.join("main-repo");
+    std::fs::create_dir_all(&main_repo).unwrap();
+    std::fs::write(main_repo.join("TARGETS"), MAIN_TARGETS).unwrap();
+    // The archive and distdir roots take their (empty) target files from
+    // main: their files are then plain source targets.
+    std::fs::write(main_repo.join("TARGETS.files"), "{}").unwrap();
+    git(&main_repo, &["init", "-q"]);
+    git(&main_repo, &["add", "-A"]);
+    git(&main_repo, &["commit", "-q", "-m", "main"]);
+    let commit = git(&main_repo, &["rev-parse", "HEAD"]);
+    // The archive: only in the client's distdir.
+    let pkg = dir.join("pkg-src/pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("a.txt"), format!("a of {}\n", dir.display())).unwrap();
+    let distfiles = dir.join("distfiles");
+    std::fs::create_dir_all(&distfiles).unwrap();
+    let archive = distfiles.join("pkg.tar.gz");
+    let tar = Command::new("tar")
+        .arg("-czf")
+        .arg(&archive)
+        .arg("pkg")
+        .current_dir(pkg.parent().unwrap())
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let content = git(dir, &["hash-object", archive.to_str().unwrap()]);
+    // A local directory, content-fixed by the to_git pragma.
+    let local = dir.join("local-src");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    std::fs::write(local.join("sub/b.txt"), format!("b of {}\n", dir.display())).unwrap();
+    let config = json!({
+        "main": "main",
+        "repositories": {
+            "main": {
+                "repository": {"type": "git", "repository": UNREACHABLE, "branch": "main",
+                               "commit": commit, "pragma": {"absent": true}},
+                "bindings": {"pkg": "pkg", "dist": "dist"}
+            },
+            "pkg": {"repository": {"type": "archive", "content": content, "subdir": "pkg",
+                                   "fetch": "https://invalid.example/pkg.tar.gz",
+                                   "pragma": {"absent": true}},
+                    "target_root": "main", "target_file_name": "TARGETS.files"},
+            "local": {"repository": {"type": "file", "path": local.to_str().unwrap(),
+                                     "pragma": {"to_git": true}}},
+            "dist": {"repository": {"type": "distdir", "repositories": ["pkg"],
+                                    "pragma": {"absent": true}},
+                     "target_root": "main", "target_file_name": "TARGETS.files"}
+        }
+    });
+    let path = dir.join("repos.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    Fixture {
+        dir: dir.to_path_buf(),
+        main_repo,
+        distfiles,
+        config: path,
+    }
+}
+
+fn prefetch(f: &Fixture, serve: &JserveServe, config: &Path, extra: &[&str]) -> (bool, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
+    cmd.arg("prefetch")
+        .arg("-C")
+        .arg(config)
+        .args(["-R", &serve.address(), "--json", "--distdir"])
+        .arg(&f.distfiles)
+        .arg("--local-build-root")
+        .arg(f.dir.join("empty-just-root"))
+        .args(extra);
+    let out = run_bounded(cmd, "jserve prefetch", LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "prefetch printed no JSON ({e}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+fn status_of<'a>(report: &'a Value, name: &str) -> &'a str {
+    report["roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .and_then(|r| r["status"].as_str())
+        .unwrap_or_else(|| panic!("no row {name}: {report}"))
+}
+
+fn warm_cache(compatible: bool) {
+    let just = if compatible {
+        reference_just()
+    } else {
+        reference_just_16()
+    };
+    let Some(just) = just else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path());
+    let jserve = PathBuf::from(env!("CARGO_BIN_EXE_jserve"));
+    let endpoint = compatible.then(|| Execute::start(&jserve, &f.dir.join("endpoint"), true, None));
+    let mut execution = json!({"compatible": compatible});
+    if let Some(e) = &endpoint {
+        execution["address"] = json!(e.address());
+    }
+    let serve = JserveServe::start(
+        &f.dir.join("serve"),
+        json!({
+            "local build root": loc(&f.dir.join("serve/root")),
+            "repositories": [loc(&f.main_repo)],
+            "remote service": {"port": 0},
+            "execution endpoint": execution,
+        }),
+    );
+    let mode = if compatible { "compatible" } else { "native" };
+
+    let (ok, report) = prefetch(&f, &serve, &f.config, &["--targets", "app"]);
+    assert!(ok, "{mode}: {report}");
+    assert_eq!(status_of(&report, "main"), "known", "{mode}: {report}");
+    // The distdir comes first (names in order): its archive is handed over
+    // then, and the archive root is known afterwards.
+    assert_eq!(status_of(&report, "dist"), "uploaded", "{mode}: {report}");
+    assert_eq!(status_of(&report, "pkg"), "known", "{mode}: {report}");
+    assert_eq!(status_of(&report, "local"), "uploaded", "{mode}: {report}");
+    assert_eq!(status_of(&report, "app"), "served", "{mode}: {report}");
+
+    // A client with every root absent, no distdir, and URLs that resolve
+    // nowhere: it can fetch nothing, and serve answers everything.
+    let mark = serve.log().len();
+    let out_dir = f.dir.join("out");
+    let mut cmd = Command::new(reference_just_mr(&just));
+    cmd.current_dir(&f.dir)
+        .args(["--norc", "--plain-log", "--just"])
+        .arg(&just)
+        .arg("--local-build-root")
+        .arg(f.dir.join("client-root"))
+        .args(["-R", &serve.address()]);
+    if let Some(e) = &endpoint {
+        cmd.args(["-r", &e.address()]);
+    } else {
+        cmd.args(["-r", &serve.address()]);
+    }
+    if compatible {
+        cmd.arg("--compatible");
+    }
+    cmd.arg("-C")
+        .arg(&f.config)
+        .args(["install", "-o", out_dir.to_str().unwrap(), "app"]);
+    let out = run_bounded(cmd, "just-mr install app", LIMIT);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{mode}: the client failed:\n{log}");
+    assert!(
+        log.contains("0 cached, 1 served, 0 uncached"),
+        "{mode}: not served:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("out.txt")).unwrap(),
+        format!("a of {}\narchive\n", f.dir.display()),
+        "{mode}"
+    );
+    let served = serve.log_since(mark);
+    assert!(
+        served.contains("cache hit"),
+        "{mode}: not from the warm cache:\n{served}"
+    );
+    assert!(
+        !served.contains("analysing and building"),
+        "{mode}:\n{served}"
+    );
+
+    // A root nobody has: exit 1, and the table says which.
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&f.config).unwrap()).unwrap();
+    config["repositories"]["ghost"] = json!({"repository": {
+        "type": "zip", "content": "0".repeat(40), "fetch": "https://invalid.example/ghost.zip"}});
+    let ghost = f.dir.join("ghost.json");
+    std::fs::write(&ghost, config.to_string()).unwrap();
+    let (ok, report) = prefetch(&f, &serve, &ghost, &[]);
+    assert!(!ok, "{mode}: {report}");
+    assert_eq!(status_of(&report, "ghost"), "missing", "{mode}: {report}");
+    assert_eq!(status_of(&report, "pkg"), "known", "{mode}: {report}");
+    assert_eq!(status_of(&report, "local"), "known", "{mode}: {report}");
+
+    // The table for people: a header, then one aligned line per root.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
+    cmd.arg("prefetch")
+        .arg("-C")
+        .arg(&ghost)
+        .args(["-R", &serve.address()]);
+    let out = run_bounded(cmd, "jserve prefetch (table)", LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{mode}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("ROOT ") && lines[0].contains("STATUS"),
+        "{table}"
+    );
+    let ghost_line = lines
+        .iter()
+        .find(|l| l.starts_with("ghost "))
+        .expect("a ghost row");
+    assert!(
+        ghost_line.contains("  zip  ") && ghost_line.contains("missing"),
+        "{table}"
+    );
+}
+
+#[test]
+fn native_own_endpoint() {
+    warm_cache(false);
+}
+
+#[test]
+fn compatible_external_endpoint() {
+    warm_cache(true);
+}
