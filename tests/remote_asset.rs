@@ -256,7 +256,7 @@ async fn fetch_and_push(compatible: bool) {
             call(
                 "FetchBlob",
                 json!({"uris": ["https://example.org/x"],
-                       "qualifiers": qualifiers(&[("bazel.canonical_id", "x")])}),
+                       "qualifiers": qualifiers(&[("example.unknown", "x")])}),
             ),
             // 6: by SHA-256 alone (the README, in the CAS since 3).
             call(
@@ -343,7 +343,7 @@ async fn fetch_and_push(compatible: bool) {
     assert_eq!(answers[5]["error"]["code"], "INVALID_ARGUMENT", "{mode}");
     assert_eq!(
         answers[5]["error"]["violations"],
-        json!([{"field": "qualifiers.name", "description": "\"bazel.canonical_id\" not supported"}]),
+        json!([{"field": "qualifiers.name", "description": "\"example.unknown\" not supported"}]),
         "{mode}"
     );
 

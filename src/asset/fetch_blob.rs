@@ -84,6 +84,9 @@ impl Assets {
             if let Some(digest) = self.local_compatible_blob(&hex).await? {
                 return Ok(Some(digest));
             }
+            if let Some(digest) = self.pushed_content(&hex).await? {
+                return Ok(Some(digest));
+            }
         }
         Ok(None)
     }

@@ -232,6 +232,14 @@ fn file_matches(path: &Path, checksums: &[qualifiers::Sri]) -> std::io::Result<b
 
 /// The key a pushed asset is kept under: the hash of its kind, URI and
 /// qualifiers (sorted), so a fetch with the same ones finds it.
+/// The key of a pushed blob by its SHA-256 alone (compatible mode): a
+/// checksum does not give the size the endpoint's CAS needs to name it.
+fn content_key(sha256_hex: &str) -> String {
+    use sha2::Digest as _;
+    let text = serde_json::json!(["blob-by-sha256", sha256_hex]).to_string();
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 fn push_key(kind: AssetKind, uri: &str, q: &Qualifiers) -> String {
     use sha2::Digest as _;
     let text = serde_json::json!([kind.name(), uri, q.all]).to_string();

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use super::{push_key, AssetError, AssetKind, Assets, FetchOutcome, Request};
+use super::{content_key, push_key, AssetError, AssetKind, Assets, FetchOutcome, Request};
 use crate::build::cache_entry::ObjectInfo;
 use crate::digest::{Digest, ObjectKind};
 use crate::shared_cache::FactKind;
@@ -61,8 +61,23 @@ impl Assets {
             "expires": expire_at.map(seconds),
         })
         .to_string();
-        for uri in request.uris {
-            let key = push_key(kind, uri, &request.qualifiers);
+        let mut keys: Vec<(String, &str, String)> = request
+            .uris
+            .iter()
+            .map(|uri| {
+                let key = push_key(kind, uri, &request.qualifiers);
+                (key, uri.as_str(), value.clone())
+            })
+            .collect();
+        if kind == AssetKind::Blob && !self.hash().is_native() {
+            // Whatever the URI and qualifiers, a later fetch by checksum
+            // finds it too (Bazel asks with the URL and checksum.sri only);
+            // content named by its checksum does not expire.
+            let content = json!({"hash": object.digest.hash, "size": object.digest.size,
+                                 "pushed": seconds(SystemTime::now())});
+            keys.push((content_key(&object.digest.hash), "", content.to_string()));
+        }
+        for (key, uri, value) in keys {
             let (map, k, v) = (self.pushes.clone(), key.clone(), value.clone());
             crate::blocking::run(move || map.set(&k, &v).map_err(AssetError::internal)).await?;
             if let Some(shared) = &self.sources.shared {
@@ -147,6 +162,26 @@ impl Assets {
             }
         }
         Ok(None)
+    }
+
+    /// A blob pushed earlier (with any URI and qualifiers) whose SHA-256 is
+    /// `hex`, if still at the endpoint; compatible mode only.
+    pub(super) async fn pushed_content(&self, hex: &str) -> Result<Option<Digest>, AssetError> {
+        let key = content_key(hex);
+        let (map, k) = (self.pushes.clone(), key.clone());
+        let local = crate::blocking::run(move || map.get(&k).map_err(AssetError::internal)).await?;
+        let value = match local {
+            Some(v) => Some(v),
+            None => self.shared_push(&key).await,
+        };
+        // Named by its checksum: no age limit applies.
+        let Some(digest) = value.and_then(|v| self.usable_push(AssetKind::Blob, &v, None)) else {
+            return Ok(None);
+        };
+        if digest.hash != hex || !self.at_endpoint(&digest).await? {
+            return Ok(None);
+        }
+        Ok(Some(digest))
     }
 
     async fn shared_push(&self, key: &str) -> Option<String> {

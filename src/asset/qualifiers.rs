@@ -104,11 +104,18 @@ impl Qualifiers {
             )));
         }
         let mut q = Qualifiers::default();
+        let mut seen: Vec<&str> = Vec::new();
         for Qualifier { name, value } in qualifiers {
-            if q.all.iter().any(|(n, _)| n == name) {
+            if seen.contains(&name.as_str()) {
                 return Err(AssetError::invalid(format!(
                     "qualifier {name:?} given twice (names must be unique)"
                 )));
+            }
+            seen.push(name);
+            if is_credential(name) {
+                // Headers for fetching the URIs: jserve never fetches, and
+                // credentials are neither stored nor echoed.
+                continue;
             }
             q.all.push((name.clone(), value.clone()));
             match name.as_str() {
@@ -138,6 +145,9 @@ impl Qualifiers {
                     }
                     q.git_blob = Some(value.clone());
                 }
+                // Bazel's name for the content beside its checksum: part of
+                // a pushed asset's key, no constraint on what is found.
+                "bazel.canonical_id" => {}
                 _ => q.unsupported.push(name.clone()),
             }
         }
@@ -156,6 +166,14 @@ impl Qualifiers {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Qualifiers carrying HTTP headers (Bazel's `bazel.auth_headers`, the
+/// lexicon's `http_header:NAME` and `http_header_url:N:NAME`).
+fn is_credential(name: &str) -> bool {
+    name == "bazel.auth_headers"
+        || name.starts_with("http_header:")
+        || name.starts_with("http_header_url:")
 }
 
 fn is_git_id(s: &str) -> bool {
@@ -238,6 +256,12 @@ mod tests {
             ("directory", "./src//lib/"),
             ("checksum.sri", &sri),
             ("bazel.canonical_id", "x"),
+            (
+                "bazel.auth_headers",
+                r#"{"https://a":{"Authorization":"secret"}}"#,
+            ),
+            ("http_header:Authorization", "Bearer secret"),
+            ("x.other", "y"),
         ])
         .unwrap();
         assert_eq!(parsed.directory.as_deref(), Some("src/lib"));
@@ -246,8 +270,13 @@ mod tests {
             parsed.checksums[0].sha256_hex(),
             Some(hex::encode([7u8; 32]))
         );
-        assert_eq!(parsed.unsupported, ["bazel.canonical_id"]);
+        assert_eq!(parsed.unsupported, ["x.other"]);
         assert_eq!(parsed.all[0].0, "bazel.canonical_id", "sorted by name");
+        assert!(
+            !parsed.describe().contains("secret"),
+            "headers are never kept: {}",
+            parsed.describe()
+        );
     }
 
     #[test]
