@@ -352,6 +352,7 @@ async fn write_entries(
     // strictly more implied keys than each of them.
     let mut ordered: Vec<&ExportRecord> = exports.iter().collect();
     ordered.sort_by_key(|r| r.analysed.implied_export.len());
+    let mut to_share = Vec::new();
     for r in ordered {
         let Some((_, key)) = &r.key else { continue };
         let text = match entry_text(
@@ -399,12 +400,23 @@ async fn write_entries(
                     key.hash(),
                     r.target
                 );
-                server.share_entry(cache, key.hash(), &text).await;
+                to_share.push((key.hash().to_string(), text));
             }
             Err(e) => tracing::warn!("storing the cache entry of {}: {e}", r.target),
         }
     }
+    // Each shared entry stands on its own (it names all its objects), so
+    // the round trips of many nested entries overlap.
+    use futures::StreamExt as _;
+    futures::stream::iter(to_share)
+        .for_each_concurrent(SHARED_RECORDS_AT_ONCE, |(key, text): (String, String)| async move {
+            server.share_entry(cache, &key, &text).await
+        })
+        .await;
 }
+
+/// Entries recorded in the shared cache at once after a build.
+const SHARED_RECORDS_AT_ONCE: usize = 16;
 
 /// Stores the log as a blob, locally and at the endpoint.
 async fn store_log(server: &TargetServer, log: &Log, scope: &str) -> Result<Digest, TargetError> {
