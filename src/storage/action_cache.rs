@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use bazel_remote_apis::build::bazel::remote::execution::v2::{ActionResult, Digest, Tree};
 use prost::Message;
 
-use super::atomic::write_atomic;
+use super::atomic::{write_atomic, write_atomic_unsynced};
 use super::cas::{Cas, CasError};
 use crate::digest::{HashFunction, ObjectKind};
 
@@ -65,7 +65,9 @@ impl ActionCache {
             .put_bytes(ObjectKind::File, &result.encode_to_vec())?;
         let entry = serde_json::json!([blob.hash, blob.size]).to_string();
         let path = self.entry_path(action_hash);
-        write_atomic(&self.tmp, &path, entry.as_bytes(), 0o644)
+        // The result blob is synced; an entry lost in a crash is a miss
+        // (`get`), and skipping its sync saves one of each action's flushes.
+        write_atomic_unsynced(&self.tmp, &path, entry.as_bytes(), 0o644)
             .map_err(|source| ActionCacheError::Io { path, source })
     }
 
@@ -215,5 +217,24 @@ mod tests {
         assert_eq!(entry, format!("[\"{}\",{}]", blob.hash, blob.size));
         assert!(ac.get("not-hex").unwrap().is_none());
         assert!(ac.store("not-hex", &result).is_err());
+    }
+
+    #[test]
+    fn an_entry_emptied_by_a_crash_is_a_miss_until_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hf = HashFunction::GitSha1;
+        let cas = Cas::new(hf, dir.path().join("s"), dir.path().join("tmp"));
+        let ac = ActionCache::new(cas, dir.path().join("s/ac"), dir.path().join("tmp"));
+        let action = hf.hash_bytes(ObjectKind::File, b"action");
+        let result = ActionResult {
+            exit_code: 3,
+            ..Default::default()
+        };
+        ac.store(&action, &result).unwrap();
+        // Unsynced entries come back whole, empty or not at all.
+        fs::write(ac.entry_path(&action), b"").unwrap();
+        assert_eq!(ac.get(&action).unwrap(), None);
+        ac.store(&action, &result).unwrap();
+        assert_eq!(ac.get(&action).unwrap(), Some(result));
     }
 }
