@@ -218,11 +218,37 @@ fn warm_cache(compatible: bool) {
         serde_json::from_str(&std::fs::read_to_string(&f.config).unwrap()).unwrap();
     config["repositories"]["ghost"] = json!({"repository": {
         "type": "zip", "content": "0".repeat(40), "fetch": "https://invalid.example/ghost.zip"}});
+    // A commit serve cannot know, in a local repository: reported missing,
+    // but its tree is handed over for clients that have the root.
+    let private = f.dir.join("private-repo");
+    std::fs::create_dir_all(private.join("src")).unwrap();
+    std::fs::write(
+        private.join("src/p.txt"),
+        format!("p of {}\n", f.dir.display()),
+    )
+    .unwrap();
+    git(&private, &["init", "-q"]);
+    git(&private, &["add", "-A"]);
+    git(&private, &["commit", "-q", "-m", "private"]);
+    let private_commit = git(&private, &["rev-parse", "HEAD"]);
+    let private_tree = git(&private, &["rev-parse", "HEAD:src"]);
+    config["repositories"]["private"] = json!({"repository": {
+        "type": "git", "repository": private.to_str().unwrap(), "branch": "main",
+        "commit": private_commit, "subdir": "src"}});
     let ghost = f.dir.join("ghost.json");
     std::fs::write(&ghost, config.to_string()).unwrap();
     let (ok, report) = prefetch(&f, &serve, &ghost, &[]);
     assert!(!ok, "{mode}: {report}");
     assert_eq!(status_of(&report, "ghost"), "missing", "{mode}: {report}");
+    assert_eq!(status_of(&report, "private"), "missing", "{mode}: {report}");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
+    cmd.args(["tree", &private_tree, "-R", &serve.address()]);
+    let out = run_bounded(cmd, "jserve tree", LIMIT);
+    assert!(
+        out.status.success(),
+        "{mode}: the private tree was not handed over: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(status_of(&report, "pkg"), "known", "{mode}: {report}");
     assert_eq!(status_of(&report, "local"), "known", "{mode}: {report}");
 

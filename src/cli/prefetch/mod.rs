@@ -364,7 +364,7 @@ impl Prefetcher {
             sub => format!("{commit}:{}", sub.trim_start_matches("./")),
         };
         for repo in self.git_repositories(local) {
-            let Ok(tree) = tree_of(&repo, &spec) else {
+            let Ok(tree) = tree_of(&repo, &spec).await else {
                 continue;
             };
             self.hand_over_tree(&repo, &tree).await?;
@@ -389,7 +389,7 @@ impl Prefetcher {
             return Ok(row(root, Some(id.into()), "known", ""));
         }
         for repo in self.git_repositories(None) {
-            if tree_of(&repo, id).is_ok() {
+            if tree_of(&repo, id).await.is_ok() {
                 self.hand_over_tree(&repo, id).await?;
                 return Ok(row(root, Some(id.into()), "uploaded", ""));
             }
@@ -688,11 +688,16 @@ impl Prefetcher {
 }
 
 /// The git id of `spec` (a tree id, or COMMIT:PATH) in `repo`, a tree.
-fn tree_of(repo: &Path, spec: &str) -> anyhow::Result<String> {
-    let repo = git2::Repository::open(repo)?;
-    let object = repo.revparse_single(spec)?;
-    let tree = object.peel_to_tree()?;
-    Ok(tree.id().to_string())
+/// (On the blocking pool: git look-ups read files.)
+async fn tree_of(repo: &Path, spec: &str) -> anyhow::Result<String> {
+    let (repo, spec) = (repo.to_path_buf(), spec.to_string());
+    tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::open(repo)?;
+        let object = repo.revparse_single(&spec)?;
+        let tree = object.peel_to_tree()?;
+        Ok(tree.id().to_string())
+    })
+    .await?
 }
 
 /// The digest of a file's content as a blob in `hash`'s mode (streamed).
