@@ -102,12 +102,12 @@ fn fixture(dir: &Path) -> Fixture {
     }
 }
 
-fn prefetch(f: &Fixture, serve: &JserveServe, config: &Path, extra: &[&str]) -> (bool, Value) {
+fn prefetch(f: &Fixture, serve: &str, config: &Path, extra: &[&str]) -> (bool, Value) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jserve"));
     cmd.arg("prefetch")
         .arg("-C")
         .arg(config)
-        .args(["-R", &serve.address(), "--json", "--distdir"])
+        .args(["-R", serve, "--json", "--distdir"])
         .arg(&f.distfiles)
         .arg("--local-build-root")
         .arg(f.dir.join("empty-just-root"))
@@ -159,7 +159,7 @@ fn warm_cache(compatible: bool) {
     );
     let mode = if compatible { "compatible" } else { "native" };
 
-    let (ok, report) = prefetch(&f, &serve, &f.config, &["--targets", "app"]);
+    let (ok, report) = prefetch(&f, &serve.address(), &f.config, &["--targets", "app"]);
     assert!(ok, "{mode}: {report}");
     assert_eq!(status_of(&report, "main"), "known", "{mode}: {report}");
     // The distdir comes first (names in order): its archive is handed over
@@ -237,7 +237,7 @@ fn warm_cache(compatible: bool) {
         "commit": private_commit, "subdir": "src"}});
     let ghost = f.dir.join("ghost.json");
     std::fs::write(&ghost, config.to_string()).unwrap();
-    let (ok, report) = prefetch(&f, &serve, &ghost, &[]);
+    let (ok, report) = prefetch(&f, &serve.address(), &ghost, &[]);
     assert!(!ok, "{mode}: {report}");
     assert_eq!(status_of(&report, "ghost"), "missing", "{mode}: {report}");
     assert_eq!(status_of(&report, "private"), "missing", "{mode}: {report}");
@@ -284,4 +284,56 @@ fn native_own_endpoint() {
 #[test]
 fn compatible_external_endpoint() {
     warm_cache(true);
+}
+
+/// The reference `just serve` 1.6 (native, its own endpoint) filled by
+/// `jserve prefetch` the same way, then serving a `just-mr` 1.6 client
+/// with every root absent.
+#[test]
+fn reference_serve() {
+    let Some(just) = reference_just_16() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path());
+    let serve = common::reference::start_server(
+        &just,
+        &["serve"],
+        &f.dir.join("serve"),
+        &f.main_repo,
+        false,
+    );
+    let address = format!("127.0.0.1:{}", serve.port);
+    let (ok, report) = prefetch(&f, &address, &f.config, &["--targets", "app"]);
+    assert!(ok, "{report}");
+    for (name, status) in [
+        ("main", "known"),
+        ("dist", "uploaded"),
+        ("pkg", "known"),
+        ("local", "uploaded"),
+        ("app", "served"),
+    ] {
+        assert_eq!(status_of(&report, name), status, "{name}: {report}");
+    }
+    let out_dir = f.dir.join("out");
+    let mut cmd = Command::new(reference_just_mr(&just));
+    cmd.current_dir(&f.dir)
+        .args(["--norc", "--plain-log", "--just"])
+        .arg(&just)
+        .arg("--local-build-root")
+        .arg(f.dir.join("client-root"))
+        .args(["-R", &address, "-r", &address, "-C"])
+        .arg(&f.config)
+        .args(["install", "-o", out_dir.to_str().unwrap(), "app"]);
+    let out = run_bounded(cmd, "just-mr install app", LIMIT);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the client failed:\n{log}");
+    assert!(
+        log.contains("0 cached, 1 served, 0 uncached"),
+        "not served:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("out.txt")).unwrap(),
+        format!("a of {}\narchive\n", f.dir.display())
+    );
 }

@@ -129,14 +129,22 @@ pub async fn serve_target(
             .map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
     // Serve reads both from the endpoint, as it does for `just`.
     let (repo_digest, key_digest) = (repo_key.digest.clone(), key.digest.clone());
+    // No dispatch entries, as `just` states them (the reference serve
+    // requires the field).
+    let dispatch = b"[]".to_vec();
+    let dispatch_digest = p
+        .hash
+        .digest_bytes(crate::digest::ObjectKind::File, &dispatch);
     let blobs = vec![
         (repo_digest.clone(), repo_key.json.into_bytes()),
         (key_digest.clone(), key.json.into_bytes()),
+        (dispatch_digest.clone(), dispatch),
     ];
     p.remote.upload_blobs(blobs).await?;
     let answer = target_client
         .serve_target(ServeTargetRequest {
             target_cache_key_id: Some(key_digest.to_wire(p.hash)),
+            dispatch_info: Some(dispatch_digest.to_wire(p.hash)),
             required_digests: vec![repo_digest.to_wire(p.hash)],
             ..Default::default()
         })
