@@ -213,6 +213,57 @@ fn warm_cache(compatible: bool) {
         "{mode}:\n{served}"
     );
 
+    // Warmed for developers with an execution property and a dispatch
+    // list: another shard, built by the prefetch, a hit for such a client.
+    let dispatch = f.dir.join("dispatch.json");
+    let endpoint_address = endpoint
+        .as_ref()
+        .map_or_else(|| serve.address(), |e| e.address());
+    std::fs::write(
+        &dispatch,
+        json!([[{"pool": "fast"}, endpoint_address]]).to_string(),
+    )
+    .unwrap();
+    let backend = [
+        "--remote-execution-property",
+        "os:linux",
+        "--endpoint-configuration",
+        dispatch.to_str().unwrap(),
+    ];
+    let mut args = vec!["--targets", "app"];
+    args.extend(backend);
+    let (ok, report) = prefetch(&f, &serve.address(), &f.config, &args);
+    assert!(ok, "{mode}: {report}");
+    assert_eq!(status_of(&report, "app"), "served", "{mode}: {report}");
+    let mark = serve.log().len();
+    let mut cmd = Command::new(reference_just_mr(&just));
+    cmd.current_dir(&f.dir)
+        .args(["--norc", "--plain-log", "--just"])
+        .arg(&just)
+        .arg("--local-build-root")
+        .arg(f.dir.join("client-root-2"))
+        .args(["-R", &serve.address(), "-r", &endpoint_address]);
+    if compatible {
+        cmd.arg("--compatible");
+    }
+    cmd.arg("-C")
+        .arg(&f.config)
+        .args([
+            "install",
+            "-o",
+            f.dir.join("out-2").to_str().unwrap(),
+            "app",
+        ])
+        .args(backend);
+    let out = run_bounded(cmd, "just-mr install app (properties)", LIMIT);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{mode}: the client failed:\n{log}");
+    let served = serve.log_since(mark);
+    assert!(
+        served.contains("cache hit") && !served.contains("analysing and building"),
+        "{mode}: the backend's shard was not warm:\n{served}"
+    );
+
     // A root nobody has: exit 1, and the table says which.
     let mut config: Value =
         serde_json::from_str(&std::fs::read_to_string(&f.config).unwrap()).unwrap();

@@ -55,6 +55,14 @@ pub struct PrefetchArgs {
     /// module), '["MODULE","NAME"]' or '["@","REPO","MODULE","NAME"]'.
     #[arg(long, num_args = 1.., value_name = "TARGET")]
     targets: Vec<String>,
+    /// An execution property the developers' clients send (as just's
+    /// option): the targets are warmed for that backend.
+    #[arg(long = "remote-execution-property", value_name = "KEY:VALUE")]
+    properties: Vec<String>,
+    /// The developers' dispatch list (as just's option): a JSON list of
+    /// [PROPERTIES, "HOST:PORT"] pairs.
+    #[arg(long = "endpoint-configuration", value_name = "FILE")]
+    dispatch: Option<PathBuf>,
 }
 
 /// What became of one root or target.
@@ -84,6 +92,9 @@ pub struct Prefetcher {
     local_build_root: PathBuf,
     distdirs: Vec<PathBuf>,
     scratch: crate::storage::staging::ScratchDir,
+    /// Execution properties and the dispatch list of ServeTarget requests.
+    properties: Vec<(String, String)>,
+    dispatch: Vec<u8>,
 }
 
 pub fn run(args: PrefetchArgs) -> ExitCode {
@@ -296,6 +307,27 @@ impl Prefetcher {
             None => PathBuf::from(std::env::var_os("HOME").context("no HOME for ~/.cache/just")?)
                 .join(".cache/just"),
         };
+        let mut properties = Vec::new();
+        for p in &args.properties {
+            let (k, v) = p.split_once(':').with_context(|| {
+                format!("--remote-execution-property {p:?}: expected KEY:VALUE")
+            })?;
+            properties.push((k.to_string(), v.to_string()));
+        }
+        let dispatch = match &args.dispatch {
+            None => b"[]".to_vec(),
+            Some(path) => {
+                let text =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                match serde_json::from_slice::<Value>(&text) {
+                    Ok(Value::Array(_)) => text,
+                    _ => bail!(
+                        "{}: expected a JSON list of dispatch entries",
+                        path.display()
+                    ),
+                }
+            }
+        };
         Ok(Prefetcher {
             serve: SourceTreeClient::new(channel.clone()),
             channel,
@@ -307,6 +339,8 @@ impl Prefetcher {
                 &std::env::temp_dir(),
                 "jserve-prefetch",
             )?,
+            properties,
+            dispatch,
         })
     }
 

@@ -129,9 +129,9 @@ pub async fn serve_target(
             .map_err(|e| anyhow::anyhow!("{spec}: {e}"))?;
     // Serve reads both from the endpoint, as it does for `just`.
     let (repo_digest, key_digest) = (repo_key.digest.clone(), key.digest.clone());
-    // No dispatch entries, as `just` states them (the reference serve
-    // requires the field).
-    let dispatch = b"[]".to_vec();
+    // The dispatch list as `just` sends it, even when empty (the reference
+    // serve requires the field).
+    let dispatch = p.dispatch.clone();
     let dispatch_digest = p
         .hash
         .digest_bytes(crate::digest::ObjectKind::File, &dispatch);
@@ -145,6 +145,16 @@ pub async fn serve_target(
         .serve_target(ServeTargetRequest {
             target_cache_key_id: Some(key_digest.to_wire(p.hash)),
             dispatch_info: Some(dispatch_digest.to_wire(p.hash)),
+            execution_properties: p
+                .properties
+                .iter()
+                .map(
+                    |(name, value)| crate::proto::serve_target_request::Property {
+                        name: name.clone(),
+                        value: value.clone(),
+                    },
+                )
+                .collect(),
             required_digests: vec![repo_digest.to_wire(p.hash)],
             ..Default::default()
         })
