@@ -325,6 +325,29 @@ fn warm_cache(compatible: bool) {
         ghost_line.contains("  zip  ") && ghost_line.contains("missing"),
         "{table}"
     );
+
+    // On a terminal (script(1) gives it one) a progress line counts the
+    // roots on stderr and is cleared before the table.
+    let line = format!(
+        "{} prefetch -C {} -R {}",
+        env!("CARGO_BIN_EXE_jserve"),
+        ghost.display(),
+        serve.address()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let out = run_bounded(cmd, "jserve prefetch on a terminal", LIMIT);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let roots = report["roots"].as_array().unwrap().len();
+    assert!(
+        screen.contains(&format!("] 1/{roots} "))
+            && screen.contains(&format!("] {roots}/{roots} ")),
+        "{mode}: no progress line:\n{screen:?}"
+    );
+    assert!(
+        screen.contains("\r\x1b[KROOT "),
+        "{mode}: not cleared:\n{screen:?}"
+    );
 }
 
 #[test]
