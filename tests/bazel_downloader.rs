@@ -122,14 +122,7 @@ fn fetch_through_serve(external_endpoint: bool) {
     let distfiles = dir.join("distfiles");
     std::fs::create_dir_all(&distfiles).unwrap();
     let archive = distfiles.join("pkg-1.0.tar.gz");
-    let tar = Command::new("tar")
-        .arg("-czf")
-        .arg(&archive)
-        .arg("pkg")
-        .current_dir(dir.join("src"))
-        .status()
-        .unwrap();
-    assert!(tar.success());
+    common::tar_gz(&archive, &dir.join("src"), "pkg");
     let sha256 = {
         use sha2::Digest as _;
         hex::encode(sha2::Sha256::digest(std::fs::read(&archive).unwrap()))

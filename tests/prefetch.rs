@@ -60,14 +60,7 @@ fn fixture(dir: &Path) -> Fixture {
     let distfiles = dir.join("distfiles");
     std::fs::create_dir_all(&distfiles).unwrap();
     let archive = distfiles.join("pkg.tar.gz");
-    let tar = Command::new("tar")
-        .arg("-czf")
-        .arg(&archive)
-        .arg("pkg")
-        .current_dir(pkg.parent().unwrap())
-        .status()
-        .unwrap();
-    assert!(tar.success());
+    common::tar_gz(&archive, pkg.parent().unwrap(), "pkg");
     let content = git(dir, &["hash-object", archive.to_str().unwrap()]);
     // A local directory, content-fixed by the to_git pragma.
     let local = dir.join("local-src");
@@ -123,6 +116,36 @@ fn prefetch(f: &Fixture, serve: &str, config: &Path, extra: &[&str]) -> (bool, V
     (out.status.success(), report)
 }
 
+/// `just-mr install app` into `f.dir/NAME` by a client with an empty build
+/// root, asking `serve` and `endpoint`; its log.
+fn install_app(
+    just: &Path,
+    f: &Fixture,
+    name: &str,
+    (serve, endpoint): (&str, &str),
+    compatible: bool,
+    extra: &[&str],
+) -> String {
+    let mut cmd = Command::new(reference_just_mr(just));
+    cmd.current_dir(&f.dir)
+        .args(["--norc", "--plain-log", "--just"])
+        .arg(just)
+        .arg("--local-build-root")
+        .arg(f.dir.join(format!("{name}-client-root")))
+        .args(["-R", serve, "-r", endpoint]);
+    if compatible {
+        cmd.arg("--compatible");
+    }
+    cmd.arg("-C")
+        .arg(&f.config)
+        .args(["install", "-o", f.dir.join(name).to_str().unwrap(), "app"])
+        .args(extra);
+    let out = run_bounded(cmd, "just-mr install app", LIMIT);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the client failed:\n{log}");
+    log
+}
+
 fn status_of<'a>(report: &'a Value, name: &str) -> &'a str {
     report["roots"]
         .as_array()
@@ -172,28 +195,13 @@ fn warm_cache(compatible: bool) {
     // A client with every root absent, no distdir, and URLs that resolve
     // nowhere: it can fetch nothing, and serve answers everything.
     let mark = serve.log().len();
+    let endpoint_address = endpoint
+        .as_ref()
+        .map_or_else(|| serve.address(), |e| e.address());
+    let serve_address = serve.address();
+    let addresses = (serve_address.as_str(), endpoint_address.as_str());
+    let log = install_app(&just, &f, "out", addresses, compatible, &[]);
     let out_dir = f.dir.join("out");
-    let mut cmd = Command::new(reference_just_mr(&just));
-    cmd.current_dir(&f.dir)
-        .args(["--norc", "--plain-log", "--just"])
-        .arg(&just)
-        .arg("--local-build-root")
-        .arg(f.dir.join("client-root"))
-        .args(["-R", &serve.address()]);
-    if let Some(e) = &endpoint {
-        cmd.args(["-r", &e.address()]);
-    } else {
-        cmd.args(["-r", &serve.address()]);
-    }
-    if compatible {
-        cmd.arg("--compatible");
-    }
-    cmd.arg("-C")
-        .arg(&f.config)
-        .args(["install", "-o", out_dir.to_str().unwrap(), "app"]);
-    let out = run_bounded(cmd, "just-mr install app", LIMIT);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{mode}: the client failed:\n{log}");
     assert!(
         log.contains("0 cached, 1 served, 0 uncached"),
         "{mode}: not served:\n{log}"
@@ -216,9 +224,6 @@ fn warm_cache(compatible: bool) {
     // Warmed for developers with an execution property and a dispatch
     // list: another shard, built by the prefetch, a hit for such a client.
     let dispatch = f.dir.join("dispatch.json");
-    let endpoint_address = endpoint
-        .as_ref()
-        .map_or_else(|| serve.address(), |e| e.address());
     std::fs::write(
         &dispatch,
         json!([[{"pool": "fast"}, endpoint_address]]).to_string(),
@@ -236,28 +241,7 @@ fn warm_cache(compatible: bool) {
     assert!(ok, "{mode}: {report}");
     assert_eq!(status_of(&report, "app"), "served", "{mode}: {report}");
     let mark = serve.log().len();
-    let mut cmd = Command::new(reference_just_mr(&just));
-    cmd.current_dir(&f.dir)
-        .args(["--norc", "--plain-log", "--just"])
-        .arg(&just)
-        .arg("--local-build-root")
-        .arg(f.dir.join("client-root-2"))
-        .args(["-R", &serve.address(), "-r", &endpoint_address]);
-    if compatible {
-        cmd.arg("--compatible");
-    }
-    cmd.arg("-C")
-        .arg(&f.config)
-        .args([
-            "install",
-            "-o",
-            f.dir.join("out-2").to_str().unwrap(),
-            "app",
-        ])
-        .args(backend);
-    let out = run_bounded(cmd, "just-mr install app (properties)", LIMIT);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{mode}: the client failed:\n{log}");
+    install_app(&just, &f, "out-2", addresses, compatible, &backend);
     let served = serve.log_since(mark);
     assert!(
         served.contains("cache hit") && !served.contains("analysing and building"),
@@ -389,19 +373,8 @@ fn reference_serve() {
     ] {
         assert_eq!(status_of(&report, name), status, "{name}: {report}");
     }
+    let log = install_app(&just, &f, "out", (&address, &address), false, &[]);
     let out_dir = f.dir.join("out");
-    let mut cmd = Command::new(reference_just_mr(&just));
-    cmd.current_dir(&f.dir)
-        .args(["--norc", "--plain-log", "--just"])
-        .arg(&just)
-        .arg("--local-build-root")
-        .arg(f.dir.join("client-root"))
-        .args(["-R", &address, "-r", &address, "-C"])
-        .arg(&f.config)
-        .args(["install", "-o", out_dir.to_str().unwrap(), "app"]);
-    let out = run_bounded(cmd, "just-mr install app", LIMIT);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the client failed:\n{log}");
     assert!(
         log.contains("0 cached, 1 served, 0 uncached"),
         "not served:\n{log}"

@@ -463,21 +463,5 @@ async fn run_async(command: ClientCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run(command: ClientCommand) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("jserve: cannot start the async runtime: {e}");
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
-    };
-    match runtime.block_on(run_async(command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("jserve: {e:#}");
-            ExitCode::from(super::EXIT_FAILURE)
-        }
-    }
+    super::run_client("jserve", run_async(command))
 }

@@ -78,6 +78,28 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs a client command to its exit code on a one-thread runtime (blocking
+/// work goes to tokio's blocking pool); errors are printed after `name`.
+fn run_client(name: &str, command: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 /// Sets up logging, starts a daemon on a runtime with `jobs` workers, and runs
 /// it until SIGTERM or SIGINT, then stops it gracefully.
 fn run_daemon<F, Fut>(

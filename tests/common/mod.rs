@@ -22,6 +22,18 @@ use jserve::context::ServeContext;
 use jserve::daemon::RunningServer;
 use serde_json::{json, Value};
 
+/// `tar -czf ARCHIVE MEMBER` run in `dir`.
+pub fn tar_gz(archive: &Path, dir: &Path, member: &str) {
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(archive)
+        .arg(member)
+        .current_dir(dir)
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "tar -czf {}", archive.display());
+}
+
 /// Location object for an absolute path.
 pub fn loc(path: &Path) -> Value {
     json!({"root": "system", "path": path.to_str().unwrap()})

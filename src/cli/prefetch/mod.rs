@@ -98,24 +98,7 @@ pub struct Prefetcher {
 }
 
 pub fn run(args: PrefetchArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("jserve prefetch: {e}");
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
-    };
-    match runtime.block_on(run_async(args)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("jserve prefetch: {e:#}");
-            ExitCode::from(super::EXIT_FAILURE)
-        }
-    }
+    super::run_client("jserve prefetch", run_async(args))
 }
 
 async fn run_async(args: PrefetchArgs) -> anyhow::Result<ExitCode> {
@@ -254,6 +237,18 @@ impl Progress {
     }
 }
 
+/// The row for an answer that settles a root: known with its tree, or an
+/// error; `None` when serve did not find it (`not_found`), so that what it
+/// lacks can be handed over.
+fn settled(root: &Root, rpc: &str, status: i32, not_found: i32, tree: String) -> Option<Row> {
+    match status {
+        // OK is 0 in every SourceTree status enum.
+        0 => Some(row(root, Some(tree), "known", "")),
+        s if s == not_found => None,
+        s => Some(row(root, None, "error", format!("{rpc}: status {s}"))),
+    }
+}
+
 fn row(root: &Root, tree: Option<String>, status: &'static str, note: impl Into<String>) -> Row {
     Row {
         name: root.name.clone(),
@@ -380,16 +375,14 @@ impl Prefetcher {
             })
             .await?
             .into_inner();
-        if r.status == S::Ok as i32 {
-            return Ok(row(root, Some(r.tree), "known", ""));
-        }
-        if r.status != S::NotFound as i32 {
-            return Ok(row(
-                root,
-                None,
-                "error",
-                format!("ServeCommitTree: status {}", r.status),
-            ));
+        if let Some(row) = settled(
+            root,
+            "ServeCommitTree",
+            r.status,
+            S::NotFound as i32,
+            r.tree,
+        ) {
+            return Ok(row);
         }
         // Serve cannot learn a commit, only its tree: upload that for
         // clients that have the root, and say the commit is missing.
@@ -542,16 +535,14 @@ impl Prefetcher {
             .serve_distdir_tree(request.clone())
             .await?
             .into_inner();
-        if r.status == S::Ok as i32 {
-            return Ok(row(root, Some(r.tree), "known", ""));
-        }
-        if r.status != S::NotFound as i32 {
-            return Ok(row(
-                root,
-                None,
-                "error",
-                format!("ServeDistdirTree: status {}", r.status),
-            ));
+        if let Some(row) = settled(
+            root,
+            "ServeDistdirTree",
+            r.status,
+            S::NotFound as i32,
+            r.tree,
+        ) {
+            return Ok(row);
         }
         for a in archives {
             let known = self
@@ -736,10 +727,10 @@ async fn tree_of(repo: &Path, spec: &str) -> anyhow::Result<String> {
 
 /// The digest of a file's content as a blob in `hash`'s mode (streamed).
 fn file_digest(path: &Path, hash: HashFunction) -> anyhow::Result<Digest> {
-    let len = std::fs::metadata(path)?.len();
-    let mut hasher = hash.hasher(ObjectKind::File, len);
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hash.digest(ObjectKind::File, hasher.finish_hex(), len))
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let hex = hash.hash_reader(ObjectKind::File, len, file)?;
+    Ok(hash.digest(ObjectKind::File, hex, len))
 }
 
 #[cfg(test)]
