@@ -6,7 +6,10 @@
 //!
 //! * native mode, serve its own endpoint, `just-mr` 1.6;
 //! * compatible mode, a `jserve execute` endpoint that prefetch learns from
-//!   serve, `just-mr` 1.5.
+//!   serve, `just-mr` 1.5;
+//! * serve over the reference `just execute` 1.6 (native, `just-mr` 1.6) and
+//!   1.5 (compatible, `just-mr` 1.5), and over BuildGrid (`just-mr` 1.6);
+//! * the reference `just serve` 1.6 itself, filled by prefetch.
 //!
 //! Serve knows the git repository (as serve deployments do); the archive
 //! exists only in the client's distdir. A root nobody has makes prefetch
@@ -383,4 +386,124 @@ fn reference_serve() {
         std::fs::read_to_string(out_dir.join("out.txt")).unwrap(),
         format!("a of {}\narchive\n", f.dir.display())
     );
+}
+
+/// The execution endpoints serve may work with besides jserve.
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    /// The reference `just execute` 1.6, native; a `just-mr` 1.6 client.
+    JustExecute16,
+    /// The reference `just execute` 1.5, compatible; a `just-mr` 1.5 client.
+    JustExecute15,
+    /// BuildGrid (compatible, instance `remote-execution`); `just-mr` 1.6.
+    BuildGrid,
+}
+
+/// `jserve prefetch` handing roots to a jserve serve whose endpoint is
+/// another engine: everything lands at that engine, and a client with every
+/// root absent is served.
+fn through_engine(engine: Engine) {
+    const INSTANCE: &str = "remote-execution";
+    let (Some(just15), Some(just16)) = (reference_just(), reference_just_16()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture(tmp.path());
+    let mut guard_grid = None;
+    let mut guard_execute = None;
+    let (just, endpoint, compatible, instance) = match engine {
+        Engine::JustExecute16 | Engine::JustExecute15 => {
+            let compatible = matches!(engine, Engine::JustExecute15);
+            let just = if compatible { just15 } else { just16 };
+            let e = Execute::start(&just, &f.dir.join("endpoint"), compatible, None);
+            let address = e.address();
+            guard_execute = Some(e);
+            (just, address, compatible, None)
+        }
+        Engine::BuildGrid => {
+            let Some((bgd, pg_bin)) = common::endpoints::BuildGrid::find() else {
+                return;
+            };
+            let dir = f.dir.join("buildgrid");
+            std::fs::create_dir_all(&dir).unwrap();
+            let grid = common::endpoints::BuildGrid::start(&bgd, pg_bin, &dir, INSTANCE);
+            let address = format!("127.0.0.1:{}", grid.port);
+            guard_grid = Some(grid);
+            (just16, address, true, Some(INSTANCE))
+        }
+    };
+    let mut execution = json!({"address": endpoint, "compatible": compatible});
+    if let Some(i) = instance {
+        execution["instance name"] = json!(i);
+    }
+    let serve = JserveServe::start(
+        &f.dir.join("serve"),
+        json!({
+            "local build root": loc(&f.dir.join("serve/root")),
+            "repositories": [loc(&f.main_repo)],
+            "remote service": {"port": 0},
+            "execution endpoint": execution,
+        }),
+    );
+    let mut args = vec!["--targets", "app"];
+    let mut client_args = Vec::new();
+    if let Some(i) = instance {
+        args.extend(["--remote-instance-name", i]);
+        client_args.extend(["--remote-instance-name", i]);
+    }
+    let (ok, report) = prefetch(&f, &serve.address(), &f.config, &args);
+    assert!(ok, "{engine:?}: {report}");
+    for (name, status) in [
+        ("main", "known"),
+        ("dist", "uploaded"),
+        ("pkg", "known"),
+        ("local", "uploaded"),
+        ("app", "served"),
+    ] {
+        assert_eq!(
+            status_of(&report, name),
+            status,
+            "{engine:?}, {name}: {report}"
+        );
+    }
+    let mark = serve.log().len();
+    let log = install_app(
+        &just,
+        &f,
+        "out",
+        (&serve.address(), &endpoint),
+        compatible,
+        &client_args,
+    );
+    assert!(
+        log.contains("0 cached, 1 served, 0 uncached"),
+        "{engine:?}: not served:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.dir.join("out/out.txt")).unwrap(),
+        format!("a of {}\narchive\n", f.dir.display()),
+        "{engine:?}"
+    );
+    let served = serve.log_since(mark);
+    assert!(
+        served.contains("cache hit") && !served.contains("analysing and building"),
+        "{engine:?}: not from the warm cache:\n{served}"
+    );
+    // The engines stop only after the client is done.
+    drop((guard_grid, guard_execute));
+}
+
+#[test]
+fn just_execute_16_native() {
+    through_engine(Engine::JustExecute16);
+}
+
+#[test]
+fn just_execute_15_compatible() {
+    through_engine(Engine::JustExecute15);
+}
+
+#[test]
+fn buildgrid_compatible() {
+    through_engine(Engine::BuildGrid);
 }
